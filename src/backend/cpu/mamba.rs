@@ -1,0 +1,143 @@
+//! Mamba-2 on the CPU: causal depthwise conv with carried state, the selective scan, and the
+//! gated grouped RMSNorm (ARCH_NOTES §3). The scan is the plain recurrence, parallel over heads;
+//! it is the same math as the reference's chunked SSD prefill and its decode step.
+
+use rayon::prelude::*;
+
+use crate::backend::SsmDims;
+
+/// `x`: `[T, C]` pre-conv inputs; `w`: `[C, K]`; `state`: `[K-1, C]` previous inputs (oldest
+/// first). Returns `silu(conv)` `[T, C]` and leaves the last `K-1` inputs in `state`.
+pub(crate) fn conv1d_silu(
+    x: &[f32],
+    tokens: usize,
+    channels: usize,
+    kernel: usize,
+    w: &[f32],
+    b: Option<&[f32]>,
+    state: &mut [f32],
+) -> Vec<f32> {
+    let hist = kernel - 1;
+    // Timeline = carried history followed by the new inputs.
+    let mut timeline = Vec::with_capacity((hist + tokens) * channels);
+    timeline.extend_from_slice(state);
+    timeline.extend_from_slice(&x[..tokens * channels]);
+    let mut out = vec![0.0f32; tokens * channels];
+    out.par_chunks_mut(channels)
+        .enumerate()
+        .for_each(|(t, row)| {
+            for (c, o) in row.iter_mut().enumerate() {
+                let mut acc = b.map_or(0.0, |b| b[c]);
+                for j in 0..kernel {
+                    acc += w[c * kernel + j] * timeline[(t + j) * channels + c];
+                }
+                *o = silu(acc);
+            }
+        });
+    let total = hist + tokens;
+    state.copy_from_slice(&timeline[(total - hist) * channels..total * channels]);
+    out
+}
+
+#[inline]
+pub(crate) fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+#[inline]
+fn softplus(x: f32) -> f32 {
+    // torch.nn.functional.softplus with its default threshold of 20.
+    if x > 20.0 { x } else { x.exp().ln_1p() }
+}
+
+/// Selective scan. `xbc`: `[T, I + 2GN]` (x, B, C); `dt`: `[T, H]` raw; `state`: `[H, P, N]`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn ssm_scan(
+    xbc: &[f32],
+    dt: &[f32],
+    tokens: usize,
+    a_log: &[f32],
+    d: &[f32],
+    dt_bias: &[f32],
+    state: &mut [f32],
+    dims: SsmDims,
+    dt_min: Option<f32>,
+) -> Vec<f32> {
+    let SsmDims {
+        heads,
+        head_dim: p,
+        groups,
+        state: n,
+    } = dims;
+    let inner = heads * p;
+    let width = inner + 2 * groups * n;
+    let heads_per_group = heads / groups;
+    let mut y = vec![0.0f32; tokens * inner];
+    // Each head owns its slice of the state and its columns of y: scan heads in parallel.
+    let per_head: Vec<Vec<f32>> = state
+        .par_chunks_mut(p * n)
+        .enumerate()
+        .map(|(h, s)| {
+            let g = h / heads_per_group;
+            let a = -a_log[h].exp();
+            let mut yh = vec![0.0f32; tokens * p];
+            for t in 0..tokens {
+                let row = &xbc[t * width..(t + 1) * width];
+                let x = &row[h * p..(h + 1) * p];
+                let bv = &row[inner + g * n..inner + (g + 1) * n];
+                let cv = &row[inner + groups * n + g * n..inner + groups * n + (g + 1) * n];
+                let mut step = softplus(dt[t * heads + h] + dt_bias[h]);
+                if let Some(m) = dt_min {
+                    step = step.max(m);
+                }
+                let decay = (step * a).exp();
+                for (i, (si, &xi)) in s.chunks_exact_mut(n).zip(x).enumerate() {
+                    let dx = step * xi;
+                    let mut acc = 0.0f32;
+                    for j in 0..n {
+                        si[j] = si[j] * decay + dx * bv[j];
+                        acc += si[j] * cv[j];
+                    }
+                    yh[t * p + i] = acc + d[h] * xi;
+                }
+            }
+            yh
+        })
+        .collect();
+    for (h, yh) in per_head.iter().enumerate() {
+        for t in 0..tokens {
+            y[t * inner + h * p..t * inner + (h + 1) * p].copy_from_slice(&yh[t * p..(t + 1) * p]);
+        }
+    }
+    y
+}
+
+/// `w * rmsnorm_per_group(y * silu(z))` (gate before norm, `norm_before_gate=False`).
+pub(crate) fn gated_group_rms_norm(
+    y: &[f32],
+    z: &[f32],
+    w: &[f32],
+    tokens: usize,
+    width: usize,
+    groups: usize,
+    eps: f32,
+) -> Vec<f32> {
+    let gw = width / groups;
+    let mut out = vec![0.0f32; tokens * width];
+    out.par_chunks_mut(width).enumerate().for_each(|(t, o)| {
+        let yr = &y[t * width..(t + 1) * width];
+        let zr = &z[t * width..(t + 1) * width];
+        for (i, v) in o.iter_mut().enumerate() {
+            *v = yr[i] * silu(zr[i]);
+        }
+        for g in 0..groups {
+            let seg = &mut o[g * gw..(g + 1) * gw];
+            let ms = seg.iter().map(|v| v * v).sum::<f32>() / gw as f32;
+            let r = 1.0 / (ms + eps).sqrt();
+            for (i, v) in seg.iter_mut().enumerate() {
+                *v = w[g * gw + i] * (*v * r);
+            }
+        }
+    });
+    out
+}

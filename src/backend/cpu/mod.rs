@@ -1,0 +1,534 @@
+//! The CPU backend: the reference every other backend is tested against. Executes each op at
+//! once on a private rayon pool; weights stay memory-mapped in their stored format.
+
+mod attention;
+mod linear;
+mod mamba;
+mod moe;
+
+use rayon::prelude::*;
+
+use self::attention::KvCache;
+use self::linear::CpuLinear;
+use self::moe::CpuExperts;
+use crate::backend::{
+    AttnDims, Backend, BackendInfo, ElemType, ExpertWeights, RouterParams, Routing, SsmDims,
+    Tensor, Weight,
+};
+use crate::error::{Error, Result};
+use crate::weights::StoredLinear;
+
+pub struct CpuBackend {
+    pool: rayon::ThreadPool,
+    threads: usize,
+}
+
+enum CpuWeight {
+    Linear(CpuLinear),
+    Vector(Vec<f32>),
+}
+
+/// Conv state: the last `kernel - 1` inputs `[kernel-1, channels]`.
+struct ConvState {
+    data: Vec<f32>,
+    channels: usize,
+    kernel: usize,
+}
+
+struct SsmState {
+    data: Vec<f32>,
+    dims: SsmDims,
+}
+
+impl CpuBackend {
+    pub fn new(threads: usize) -> Result<CpuBackend> {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("nemotron-cpu-{i}"))
+            .build()
+            .map_err(|e| err(format!("cannot start {threads} worker threads: {e}")))?;
+        Ok(CpuBackend { pool, threads })
+    }
+
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        self.pool.install(f)
+    }
+}
+
+fn err(msg: impl Into<String>) -> Error {
+    Error::Backend {
+        backend: "cpu".into(),
+        msg: msg.into(),
+    }
+}
+
+fn f32s(t: &Tensor) -> Result<&Vec<f32>> {
+    t.inner::<Vec<f32>>()
+        .ok_or_else(|| err("expected an f32 tensor made by the CPU backend"))
+}
+
+fn f32s_mut(t: &mut Tensor) -> Result<&mut Vec<f32>> {
+    t.inner_mut::<Vec<f32>>()
+        .ok_or_else(|| err("expected an f32 tensor made by the CPU backend"))
+}
+
+fn tensor(data: Vec<f32>, shape: Vec<usize>) -> Tensor {
+    Tensor::new(shape, ElemType::F32, Box::new(data))
+}
+
+fn matrix(data: Vec<f32>, rows: usize, cols: usize) -> Tensor {
+    tensor(data, vec![rows, cols])
+}
+
+fn linear_of(w: &Weight) -> Result<&CpuLinear> {
+    match w.inner::<CpuWeight>() {
+        Some(CpuWeight::Linear(l)) => Ok(l),
+        _ => Err(err(format!("`{}` is not a CPU matrix weight", w.name))),
+    }
+}
+
+fn vector_of(w: &Weight) -> Result<&[f32]> {
+    match w.inner::<CpuWeight>() {
+        Some(CpuWeight::Vector(v)) => Ok(v),
+        _ => Err(err(format!("`{}` is not a CPU vector weight", w.name))),
+    }
+}
+
+fn check_cols(x: &Tensor, cols: usize, what: &str) -> Result<()> {
+    if x.cols() != cols {
+        return Err(err(format!(
+            "{what}: input has {} columns, expected {cols}",
+            x.cols()
+        )));
+    }
+    Ok(())
+}
+
+impl Backend for CpuBackend {
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            name: "cpu".into(),
+            device: format!("{} ({} threads)", std::env::consts::ARCH, self.threads),
+            threads: self.threads,
+        }
+    }
+
+    fn upload(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        if n != data.len() {
+            return Err(err(format!(
+                "upload: {} values for shape {shape:?}",
+                data.len()
+            )));
+        }
+        Ok(tensor(data.to_vec(), shape.to_vec()))
+    }
+
+    fn download(&self, t: &Tensor) -> Result<Vec<f32>> {
+        Ok(f32s(t)?.clone())
+    }
+
+    fn download_u32(&self, t: &Tensor) -> Result<Vec<u32>> {
+        t.inner::<Vec<u32>>()
+            .cloned()
+            .ok_or_else(|| err("expected a u32 tensor made by the CPU backend"))
+    }
+
+    fn copy(&self, t: &Tensor) -> Result<Tensor> {
+        let shape = t.shape().to_vec();
+        if let Some(v) = t.inner::<Vec<f32>>() {
+            return Ok(tensor(v.clone(), shape));
+        }
+        if let Some(v) = t.inner::<Vec<u32>>() {
+            return Ok(Tensor::new(shape, ElemType::U32, Box::new(v.clone())));
+        }
+        if let Some(c) = t.inner::<KvCache>() {
+            return Ok(Tensor::new(shape, ElemType::F32, Box::new(c.clone())));
+        }
+        if let Some(c) = t.inner::<ConvState>() {
+            let c = ConvState {
+                data: c.data.clone(),
+                channels: c.channels,
+                kernel: c.kernel,
+            };
+            return Ok(Tensor::new(shape, ElemType::F32, Box::new(c)));
+        }
+        if let Some(s) = t.inner::<SsmState>() {
+            let s = SsmState {
+                data: s.data.clone(),
+                dims: s.dims,
+            };
+            return Ok(Tensor::new(shape, ElemType::F32, Box::new(s)));
+        }
+        Err(err("copy: not a CPU tensor"))
+    }
+
+    fn load_linear(&self, w: &StoredLinear) -> Result<Weight> {
+        let l = CpuLinear::new(w)?;
+        Ok(Weight::new(
+            &w.name,
+            w.rows,
+            w.cols,
+            w.format_name(),
+            Box::new(CpuWeight::Linear(l)),
+        ))
+    }
+
+    fn load_vector(&self, name: &str, v: &[f32]) -> Result<Weight> {
+        Ok(Weight::new(
+            name,
+            1,
+            v.len(),
+            "F32",
+            Box::new(CpuWeight::Vector(v.to_vec())),
+        ))
+    }
+
+    fn load_experts(
+        &self,
+        name: &str,
+        up: &[StoredLinear],
+        down: &[StoredLinear],
+    ) -> Result<ExpertWeights> {
+        if up.is_empty() || up.len() != down.len() {
+            return Err(err(format!(
+                "{name}: {} up and {} down projections",
+                up.len(),
+                down.len()
+            )));
+        }
+        let (hidden, latent) = (up[0].rows, up[0].cols);
+        for (u, d) in up.iter().zip(down) {
+            if (u.rows, u.cols) != (hidden, latent) || (d.rows, d.cols) != (latent, hidden) {
+                return Err(err(format!(
+                    "{name}: experts differ in shape ({} is [{}, {}], {} is [{}, {}])",
+                    u.name, u.rows, u.cols, d.name, d.rows, d.cols
+                )));
+            }
+        }
+        let ex = CpuExperts {
+            up: up.iter().map(CpuLinear::new).collect::<Result<_>>()?,
+            down: down.iter().map(CpuLinear::new).collect::<Result<_>>()?,
+        };
+        Ok(ExpertWeights::new(
+            name,
+            up.len(),
+            hidden,
+            latent,
+            Box::new(ex),
+        ))
+    }
+
+    fn new_conv_state(&self, channels: usize, kernel: usize) -> Result<Tensor> {
+        let hist = kernel.saturating_sub(1);
+        let s = ConvState {
+            data: vec![0.0; hist * channels],
+            channels,
+            kernel,
+        };
+        Ok(Tensor::new(
+            vec![hist, channels],
+            ElemType::F32,
+            Box::new(s),
+        ))
+    }
+
+    fn new_ssm_state(&self, dims: SsmDims) -> Result<Tensor> {
+        let s = SsmState {
+            data: vec![0.0; dims.heads * dims.head_dim * dims.state],
+            dims,
+        };
+        Ok(Tensor::new(
+            vec![dims.heads, dims.head_dim, dims.state],
+            ElemType::F32,
+            Box::new(s),
+        ))
+    }
+
+    fn new_kv_cache(&self, dims: AttnDims) -> Result<Tensor> {
+        Ok(Tensor::new(
+            vec![0, dims.kv_heads * dims.head_dim],
+            ElemType::F32,
+            Box::new(KvCache::new(dims)),
+        ))
+    }
+
+    fn kv_len(&self, cache: &Tensor) -> Result<usize> {
+        cache
+            .inner::<KvCache>()
+            .map(|c| c.len)
+            .ok_or_else(|| err("not a CPU KV cache"))
+    }
+
+    fn kv_truncate(&self, cache: &mut Tensor, len: usize) -> Result<()> {
+        let c = cache
+            .inner_mut::<KvCache>()
+            .ok_or_else(|| err("not a CPU KV cache"))?;
+        c.truncate(len);
+        let width = c.width;
+        let len = c.len;
+        cache.set_shape(vec![len, width]);
+        Ok(())
+    }
+
+    fn embed(&self, table: &Weight, ids: &[u32]) -> Result<Tensor> {
+        let t = linear_of(table)?;
+        let d = t.cols;
+        let mut out = vec![0.0f32; ids.len() * d];
+        for (row, &id) in out.chunks_exact_mut(d).zip(ids) {
+            if id as usize >= t.rows {
+                return Err(err(format!(
+                    "token id {id} is outside the vocabulary of `{}` ({} rows)",
+                    table.name, t.rows
+                )));
+            }
+            t.decode_row(id as usize, row);
+        }
+        Ok(matrix(out, ids.len(), d))
+    }
+
+    fn rms_norm(&self, x: &Tensor, w: &Weight, eps: f32) -> Result<Tensor> {
+        let w = vector_of(w)?;
+        check_cols(x, w.len(), "rms_norm")?;
+        let xs = f32s(x)?;
+        let mut out = vec![0.0f32; xs.len()];
+        for (o, r) in out.chunks_exact_mut(w.len()).zip(xs.chunks_exact(w.len())) {
+            rms_norm_row(r, w, eps, o);
+        }
+        Ok(matrix(out, x.rows(), w.len()))
+    }
+
+    fn add_rms_norm(
+        &self,
+        residual: &mut Tensor,
+        delta: &Tensor,
+        w: &Weight,
+        eps: f32,
+    ) -> Result<Tensor> {
+        self.add(residual, delta)?;
+        self.rms_norm(residual, w, eps)
+    }
+
+    fn linear(&self, x: &Tensor, w: &Weight) -> Result<Tensor> {
+        let l = linear_of(w)?;
+        check_cols(x, l.cols, &w.name)?;
+        let xs = f32s(x)?;
+        let y = self.run(|| l.forward(xs, x.rows()));
+        Ok(matrix(y, x.rows(), l.rows))
+    }
+
+    fn relu2(&self, x: &Tensor) -> Result<Tensor> {
+        let y: Vec<f32> = f32s(x)?
+            .iter()
+            .map(|&v| {
+                let r = v.max(0.0);
+                r * r
+            })
+            .collect();
+        Ok(tensor(y, x.shape().to_vec()))
+    }
+
+    fn add(&self, a: &mut Tensor, b: &Tensor) -> Result<()> {
+        if a.shape() != b.shape() {
+            return Err(err(format!(
+                "add: shapes {:?} and {:?} differ",
+                a.shape(),
+                b.shape()
+            )));
+        }
+        let bs = f32s(b)?;
+        for (x, y) in f32s_mut(a)?.iter_mut().zip(bs) {
+            *x += y;
+        }
+        Ok(())
+    }
+
+    fn split_columns(&self, x: &Tensor, widths: &[usize]) -> Result<Vec<Tensor>> {
+        let total: usize = widths.iter().sum();
+        check_cols(x, total, "split_columns")?;
+        let xs = f32s(x)?;
+        let rows = x.rows();
+        let mut offset = 0;
+        let mut out = Vec::with_capacity(widths.len());
+        for &w in widths {
+            let mut part = Vec::with_capacity(rows * w);
+            for r in 0..rows {
+                part.extend_from_slice(&xs[r * total + offset..r * total + offset + w]);
+            }
+            out.push(matrix(part, rows, w));
+            offset += w;
+        }
+        Ok(out)
+    }
+
+    fn last_row(&self, x: &Tensor) -> Result<Tensor> {
+        let (rows, cols) = (x.rows(), x.cols());
+        if rows == 0 {
+            return Err(err("last_row of an empty tensor"));
+        }
+        let xs = f32s(x)?;
+        Ok(matrix(xs[(rows - 1) * cols..].to_vec(), 1, cols))
+    }
+
+    fn conv1d_silu(
+        &self,
+        x: &Tensor,
+        w: &Weight,
+        b: Option<&Weight>,
+        state: &mut Tensor,
+    ) -> Result<Tensor> {
+        let wl = linear_of(w)?;
+        let mut wv = vec![0.0f32; wl.rows * wl.cols];
+        for (r, row) in wv.chunks_exact_mut(wl.cols).enumerate() {
+            wl.decode_row(r, row);
+        }
+        let bias = b.map(vector_of).transpose()?;
+        let s = state
+            .inner_mut::<ConvState>()
+            .ok_or_else(|| err("conv1d_silu: not a CPU conv state"))?;
+        check_cols(x, s.channels, "conv1d_silu")?;
+        if wl.rows != s.channels || wl.cols != s.kernel {
+            return Err(err(format!(
+                "conv1d_silu: weight `{}` is [{}, {}], state expects [{}, {}]",
+                w.name, wl.rows, wl.cols, s.channels, s.kernel
+            )));
+        }
+        let xs = f32s(x)?;
+        let (channels, kernel) = (s.channels, s.kernel);
+        let y =
+            self.run(|| mamba::conv1d_silu(xs, x.rows(), channels, kernel, &wv, bias, &mut s.data));
+        Ok(matrix(y, x.rows(), channels))
+    }
+
+    fn ssm_scan(
+        &self,
+        xbc: &Tensor,
+        dt: &Tensor,
+        a_log: &Weight,
+        d: &Weight,
+        dt_bias: &Weight,
+        state: &mut Tensor,
+        dims: SsmDims,
+        dt_min: Option<f32>,
+    ) -> Result<Tensor> {
+        let s = state
+            .inner_mut::<SsmState>()
+            .ok_or_else(|| err("ssm_scan: not a CPU SSM state"))?;
+        let inner = dims.heads * dims.head_dim;
+        check_cols(xbc, inner + 2 * dims.groups * dims.state, "ssm_scan (xBC)")?;
+        check_cols(dt, dims.heads, "ssm_scan (dt)")?;
+        let (a, dv, db) = (vector_of(a_log)?, vector_of(d)?, vector_of(dt_bias)?);
+        let xs = f32s(xbc)?;
+        let dts = f32s(dt)?;
+        let tokens = xbc.rows();
+        let y = self.run(|| mamba::ssm_scan(xs, dts, tokens, a, dv, db, &mut s.data, dims, dt_min));
+        Ok(matrix(y, tokens, inner))
+    }
+
+    fn gated_group_rms_norm(
+        &self,
+        y: &Tensor,
+        z: &Tensor,
+        w: &Weight,
+        groups: usize,
+        eps: f32,
+    ) -> Result<Tensor> {
+        let wv = vector_of(w)?;
+        check_cols(y, wv.len(), "gated_group_rms_norm (y)")?;
+        check_cols(z, wv.len(), "gated_group_rms_norm (z)")?;
+        let (ys, zs) = (f32s(y)?, f32s(z)?);
+        let out =
+            self.run(|| mamba::gated_group_rms_norm(ys, zs, wv, y.rows(), wv.len(), groups, eps));
+        Ok(matrix(out, y.rows(), wv.len()))
+    }
+
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        cache: &mut Tensor,
+        dims: AttnDims,
+    ) -> Result<Tensor> {
+        check_cols(q, dims.heads * dims.head_dim, "attention (q)")?;
+        check_cols(k, dims.kv_heads * dims.head_dim, "attention (k)")?;
+        check_cols(v, dims.kv_heads * dims.head_dim, "attention (v)")?;
+        let (qs, ks, vs) = (f32s(q)?, f32s(k)?, f32s(v)?);
+        let tokens = q.rows();
+        let c = cache
+            .inner_mut::<KvCache>()
+            .ok_or_else(|| err("attention: not a CPU KV cache"))?;
+        let out = self.run(|| attention::attention(qs, ks, vs, tokens, c, dims));
+        let (len, width) = (c.len, c.width);
+        cache.set_shape(vec![len, width]);
+        Ok(matrix(out, tokens, dims.heads * dims.head_dim))
+    }
+
+    fn router(&self, logits: &Tensor, bias: &Weight, p: &RouterParams) -> Result<Routing> {
+        let b = vector_of(bias)?;
+        let experts = b.len();
+        check_cols(logits, experts, "router")?;
+        if p.top_k == 0 || p.top_k > experts {
+            return Err(err(format!(
+                "router: top_k {} is outside 1..={experts}",
+                p.top_k
+            )));
+        }
+        let ls = f32s(logits)?;
+        let tokens = logits.rows();
+        let (ids, ws) = self.run(|| moe::route(ls, tokens, experts, b, p));
+        Ok(Routing {
+            ids: Tensor::new(vec![tokens, p.top_k], ElemType::U32, Box::new(ids)),
+            weights: matrix(ws, tokens, p.top_k),
+        })
+    }
+
+    fn moe_experts(
+        &self,
+        x: &Tensor,
+        experts: &ExpertWeights,
+        routing: &Routing,
+    ) -> Result<Tensor> {
+        let ex = experts
+            .inner::<CpuExperts>()
+            .ok_or_else(|| err(format!("`{}` is not a CPU expert set", experts.name)))?;
+        check_cols(x, experts.latent, &experts.name)?;
+        let ids = routing
+            .ids
+            .inner::<Vec<u32>>()
+            .ok_or_else(|| err("moe_experts: routing ids are not a CPU u32 tensor"))?;
+        let ws = f32s(&routing.weights)?;
+        let k = routing.ids.cols();
+        if let Some(&bad) = ids.iter().find(|&&e| e as usize >= experts.experts) {
+            return Err(err(format!(
+                "moe_experts: expert id {bad} but `{}` has {} experts",
+                experts.name, experts.experts
+            )));
+        }
+        let xs = f32s(x)?;
+        let tokens = x.rows();
+        let y = self.run(|| moe::experts(xs, tokens, ex, ids, ws, k));
+        Ok(matrix(y, tokens, experts.latent))
+    }
+
+    fn argmax(&self, logits: &Tensor) -> Result<Vec<u32>> {
+        let cols = logits.cols();
+        Ok(f32s(logits)?
+            .par_chunks(cols)
+            .map(crate::sampling::argmax)
+            .collect())
+    }
+}
+
+fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let r = 1.0 / (ms + eps).sqrt();
+    for ((o, &xi), &wi) in out.iter_mut().zip(x).zip(w) {
+        *o = wi * (xi * r);
+    }
+}

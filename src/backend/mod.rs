@@ -1,0 +1,290 @@
+//! The one `Backend` trait. The model is written once against it; a backend knows tensors and
+//! ops, never layers. Backends own their memory: the model holds opaque [`Tensor`], [`Weight`]
+//! and [`ExpertWeights`] handles and only ever asks for data back through `download*`, which is
+//! the single synchronisation point (a GPU backend queues everything else).
+//!
+//! Every op has the same name in `src/backend/cpu/`, `shaders/<op>.wgsl` and `cuda/<op>.cu`.
+
+pub mod cpu;
+
+use std::any::Any;
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::weights::StoredLinear;
+
+/// Element type of an activation tensor. Routing ids are the only integer activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ElemType {
+    F32,
+    U32,
+}
+
+/// An activation or state tensor living on some backend. Activations are row-major
+/// `[rows, cols]` (rows = tokens); state tensors may use any shape their op defines.
+pub struct Tensor {
+    shape: Vec<usize>,
+    elem: ElemType,
+    inner: Box<dyn Any + Send + Sync>,
+}
+
+impl Tensor {
+    pub fn new(shape: Vec<usize>, elem: ElemType, inner: Box<dyn Any + Send + Sync>) -> Tensor {
+        Tensor { shape, elem, inner }
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn elem(&self) -> ElemType {
+        self.elem
+    }
+
+    /// Leading dimension (tokens for activations).
+    pub fn rows(&self) -> usize {
+        self.shape.first().copied().unwrap_or(1)
+    }
+
+    /// Product of the trailing dimensions.
+    pub fn cols(&self) -> usize {
+        self.shape.iter().skip(1).product()
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn set_shape(&mut self, shape: Vec<usize>) {
+        self.shape = shape;
+    }
+
+    pub fn inner<T: 'static>(&self) -> Option<&T> {
+        self.inner.downcast_ref()
+    }
+
+    pub fn inner_mut<T: 'static>(&mut self) -> Option<&mut T> {
+        self.inner.downcast_mut()
+    }
+}
+
+/// A weight (matrix or vector) resident on a backend in its stored precision.
+pub struct Weight {
+    pub name: String,
+    pub rows: usize,
+    pub cols: usize,
+    pub format: String,
+    inner: Box<dyn Any + Send + Sync>,
+}
+
+impl Weight {
+    pub fn new(
+        name: impl Into<String>,
+        rows: usize,
+        cols: usize,
+        format: impl Into<String>,
+        inner: Box<dyn Any + Send + Sync>,
+    ) -> Weight {
+        Weight {
+            name: name.into(),
+            rows,
+            cols,
+            format: format.into(),
+            inner,
+        }
+    }
+
+    pub fn inner<T: 'static>(&self) -> Option<&T> {
+        self.inner.downcast_ref()
+    }
+}
+
+/// All routed experts of one MoE layer, addressable by expert index.
+pub struct ExpertWeights {
+    pub name: String,
+    pub experts: usize,
+    /// Expert width `F` (rows of `up`).
+    pub hidden: usize,
+    /// Latent width `L` (cols of `up`, rows of `down`).
+    pub latent: usize,
+    inner: Box<dyn Any + Send + Sync>,
+}
+
+impl ExpertWeights {
+    pub fn new(
+        name: impl Into<String>,
+        experts: usize,
+        hidden: usize,
+        latent: usize,
+        inner: Box<dyn Any + Send + Sync>,
+    ) -> ExpertWeights {
+        ExpertWeights {
+            name: name.into(),
+            experts,
+            hidden,
+            latent,
+            inner,
+        }
+    }
+
+    pub fn inner<T: 'static>(&self) -> Option<&T> {
+        self.inner.downcast_ref()
+    }
+}
+
+/// Mamba-2 SSM dimensions: `heads` of `head_dim` channels, `groups` of B/C, `state` = N.
+#[derive(Clone, Copy, Debug)]
+pub struct SsmDims {
+    pub heads: usize,
+    pub head_dim: usize,
+    pub groups: usize,
+    pub state: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct AttnDims {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Sigmoid router with DeepSeek-V3 style grouped top-k (ARCH_NOTES §6).
+#[derive(Clone, Copy, Debug)]
+pub struct RouterParams {
+    pub top_k: usize,
+    pub n_group: usize,
+    pub topk_group: usize,
+    pub norm_topk_prob: bool,
+    pub scaling: f32,
+}
+
+/// The experts chosen for each token: `ids` U32 `[T, k]` and final weights F32 `[T, k]`, in
+/// ascending expert-id order within each row.
+pub struct Routing {
+    pub ids: Tensor,
+    pub weights: Tensor,
+}
+
+/// What a backend can tell about itself for `devices` and the app.
+#[derive(Clone, Debug)]
+pub struct BackendInfo {
+    pub name: String,
+    pub device: String,
+    pub threads: usize,
+}
+
+pub trait Backend: Send + Sync {
+    fn info(&self) -> BackendInfo;
+
+    // ---- memory ----
+    fn upload(&self, data: &[f32], shape: &[usize]) -> Result<Tensor>;
+    fn download(&self, t: &Tensor) -> Result<Vec<f32>>;
+    fn download_u32(&self, t: &Tensor) -> Result<Vec<u32>>;
+    /// A deep copy, for snapshots of per-sequence state.
+    fn copy(&self, t: &Tensor) -> Result<Tensor>;
+    fn load_linear(&self, w: &StoredLinear) -> Result<Weight>;
+    fn load_vector(&self, name: &str, v: &[f32]) -> Result<Weight>;
+    /// `up[e]`: `[F, L]`, `down[e]`: `[L, F]`, one pair per expert.
+    fn load_experts(
+        &self,
+        name: &str,
+        up: &[StoredLinear],
+        down: &[StoredLinear],
+    ) -> Result<ExpertWeights>;
+
+    // ---- per-sequence state ----
+    /// The last `kernel - 1` pre-convolution inputs of `channels` channels, zeroed.
+    fn new_conv_state(&self, channels: usize, kernel: usize) -> Result<Tensor>;
+    /// SSM state `[heads, head_dim, state]`, zeroed, always f32.
+    fn new_ssm_state(&self, dims: SsmDims) -> Result<Tensor>;
+    fn new_kv_cache(&self, dims: AttnDims) -> Result<Tensor>;
+    /// Number of positions held by a KV cache.
+    fn kv_len(&self, cache: &Tensor) -> Result<usize>;
+    /// Drops cached positions from `len` on (rejecting drafts, restoring snapshots).
+    fn kv_truncate(&self, cache: &mut Tensor, len: usize) -> Result<()>;
+
+    // ---- ops ----
+    /// Rows of an embedding table (stored as a [`Weight`] in any dense format).
+    fn embed(&self, table: &Weight, ids: &[u32]) -> Result<Tensor>;
+    /// `w * x * rsqrt(mean(x²) + eps)` per row.
+    fn rms_norm(&self, x: &Tensor, w: &Weight, eps: f32) -> Result<Tensor>;
+    /// `residual += delta`, then returns `rms_norm(residual)`: the seam between two layers.
+    fn add_rms_norm(
+        &self,
+        residual: &mut Tensor,
+        delta: &Tensor,
+        w: &Weight,
+        eps: f32,
+    ) -> Result<Tensor>;
+    /// `x Wᵀ (+ b)` for a weight in any stored format, decoded inside the kernel.
+    fn linear(&self, x: &Tensor, w: &Weight) -> Result<Tensor>;
+    /// `relu(x)²`.
+    fn relu2(&self, x: &Tensor) -> Result<Tensor>;
+    /// `a += b`.
+    fn add(&self, a: &mut Tensor, b: &Tensor) -> Result<()>;
+    /// Splits `[T, Σw]` into `[T, w_i]` column blocks.
+    fn split_columns(&self, x: &Tensor, widths: &[usize]) -> Result<Vec<Tensor>>;
+    /// The last row of `[T, C]` as `[1, C]`.
+    fn last_row(&self, x: &Tensor) -> Result<Tensor>;
+    /// Causal depthwise conv1d over time (weight `[C, K]`), continuing from `state`, then SiLU.
+    fn conv1d_silu(
+        &self,
+        x: &Tensor,
+        w: &Weight,
+        b: Option<&Weight>,
+        state: &mut Tensor,
+    ) -> Result<Tensor>;
+    /// The Mamba-2 selective scan over `T` tokens from `state` (a single decode step when T=1).
+    /// `xbc` = post-conv `[T, I + 2GN]`, `dt` = raw `[T, H]`; returns `y` `[T, I]` including the
+    /// `D` skip. `dt_min` clamps `softplus(dt + dt_bias)` from below when set.
+    #[allow(clippy::too_many_arguments)]
+    fn ssm_scan(
+        &self,
+        xbc: &Tensor,
+        dt: &Tensor,
+        a_log: &Weight,
+        d: &Weight,
+        dt_bias: &Weight,
+        state: &mut Tensor,
+        dims: SsmDims,
+        dt_min: Option<f32>,
+    ) -> Result<Tensor>;
+    /// `w * groupnorm(y * silu(z))` with RMS over each of `groups` column groups.
+    fn gated_group_rms_norm(
+        &self,
+        y: &Tensor,
+        z: &Tensor,
+        w: &Weight,
+        groups: usize,
+        eps: f32,
+    ) -> Result<Tensor>;
+    /// Appends `k`, `v` to `cache` and returns causal softmax attention of `q` over it (no RoPE).
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        cache: &mut Tensor,
+        dims: AttnDims,
+    ) -> Result<Tensor>;
+    /// Router logits `[T, E]` + correction bias -> chosen experts and their weights.
+    fn router(&self, logits: &Tensor, bias: &Weight, p: &RouterParams) -> Result<Routing>;
+    /// `Σ_j w_j · down_{id_j}(relu(up_{id_j} x)²)` per token, touching only chosen experts.
+    fn moe_experts(&self, x: &Tensor, experts: &ExpertWeights, routing: &Routing)
+    -> Result<Tensor>;
+    /// Index of the first maximum of each row.
+    fn argmax(&self, logits: &Tensor) -> Result<Vec<u32>>;
+}
+
+/// Which backend to run on, as the CLI and the app name them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    Cpu,
+}
+
+/// Builds a backend by kind; `threads = 0` means one per core.
+pub fn create(kind: BackendKind, threads: usize) -> Result<Arc<dyn Backend>> {
+    match kind {
+        BackendKind::Cpu => Ok(Arc::new(cpu::CpuBackend::new(threads)?)),
+    }
+}

@@ -1,0 +1,292 @@
+//! Prefill + cached decode, producing one event stream that the CLI prints, `--json` collects,
+//! the app draws and the bench times. Every token carries its timing and, when asked for, the
+//! routing of the forward pass that produced it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::model::{ForwardOptions, LayerRouting, Model, Sequence};
+use crate::sampling::{Sampler, SamplingParams, StopStrings};
+use crate::tokenizer::{StreamDecoder, Tokenizer};
+
+#[derive(Clone, Debug)]
+pub struct GenerateParams {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop_strings: Vec<String>,
+    pub ignore_eos: bool,
+    /// Collect per-token routing (ids and weights per MoE layer).
+    pub routing: bool,
+    /// Longest sequence (prompt + generated) allowed; `None` = the config's
+    /// `max_position_embeddings`.
+    pub max_context: Option<usize>,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        GenerateParams {
+            max_tokens: 64,
+            sampling: SamplingParams::greedy(),
+            stop_strings: Vec::new(),
+            ignore_eos: false,
+            routing: false,
+            max_context: None,
+        }
+    }
+}
+
+/// Routing of one MoE layer for one token.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TokenRoute {
+    pub layer: usize,
+    pub ids: Vec<u32>,
+    pub weights: Vec<f32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// An end-of-sequence token was produced.
+    Eos,
+    /// A stop string appeared in the text.
+    Stop,
+    /// `max_tokens` were generated.
+    Length,
+    /// The context limit was reached.
+    Context,
+    /// The caller asked to stop.
+    Cancelled,
+}
+
+#[derive(Clone, Debug)]
+pub enum Event {
+    Prefilled {
+        tokens: usize,
+        ms: f64,
+    },
+    Token {
+        index: usize,
+        id: u32,
+        /// Newly completed text (never a partial UTF-8 character; held back near stop strings).
+        text: String,
+        ms: f64,
+        routing: Option<Vec<TokenRoute>>,
+    },
+    Finished {
+        reason: FinishReason,
+        /// Text held back until the end (an incomplete character, a partial stop string).
+        text: String,
+    },
+}
+
+/// Everything a generation produced.
+#[derive(Clone, Debug, Serialize)]
+pub struct Generation {
+    pub prompt_tokens: usize,
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub prefill_ms: f64,
+    /// Milliseconds of each decode step (token 0 comes from the prefill and is not in here).
+    pub decode_ms: Vec<f64>,
+    pub finish_reason: FinishReason,
+    /// For each generated token, the routing of the forward pass that produced it.
+    pub routing: Vec<Vec<TokenRoute>>,
+}
+
+impl Generation {
+    pub fn decode_tok_s(&self) -> f64 {
+        let total: f64 = self.decode_ms.iter().sum();
+        if total > 0.0 {
+            self.decode_ms.len() as f64 * 1000.0 / total
+        } else {
+            0.0
+        }
+    }
+
+    pub fn prefill_tok_s(&self) -> f64 {
+        if self.prefill_ms > 0.0 {
+            self.prompt_tokens as f64 * 1000.0 / self.prefill_ms
+        } else {
+            0.0
+        }
+    }
+}
+
+fn routes_of(routing: &[LayerRouting], t: usize) -> Vec<TokenRoute> {
+    routing
+        .iter()
+        .map(|r| {
+            let (ids, weights) = r.token(t);
+            TokenRoute {
+                layer: r.layer,
+                ids: ids.to_vec(),
+                weights: weights.to_vec(),
+            }
+        })
+        .collect()
+}
+
+/// Generates from `prompt` on a fresh sequence. `on_event` returns `false` to stop early.
+pub fn generate(
+    model: &Model,
+    tokenizer: Option<&Arc<Tokenizer>>,
+    prompt: &[u32],
+    params: &GenerateParams,
+    on_event: &mut dyn FnMut(&Event) -> bool,
+) -> Result<Generation> {
+    let mut seq = model.new_sequence()?;
+    generate_on(model, &mut seq, tokenizer, prompt, params, on_event)
+}
+
+/// Generates continuing `seq` (which may already hold a conversation).
+pub fn generate_on(
+    model: &Model,
+    seq: &mut Sequence,
+    tokenizer: Option<&Arc<Tokenizer>>,
+    prompt: &[u32],
+    params: &GenerateParams,
+    on_event: &mut dyn FnMut(&Event) -> bool,
+) -> Result<Generation> {
+    params.sampling.validate()?;
+    if prompt.is_empty() {
+        return Err(Error::Invalid(
+            "the prompt is empty: give at least one token".into(),
+        ));
+    }
+    if !params.stop_strings.is_empty() && tokenizer.is_none() {
+        return Err(Error::Invalid("stop strings need a tokenizer".into()));
+    }
+    let max_ctx = params
+        .max_context
+        .unwrap_or(model.config.max_position_embeddings);
+    if seq.pos + prompt.len() > max_ctx {
+        return Err(Error::PromptTooLong {
+            got: seq.pos + prompt.len(),
+            max: max_ctx,
+            why: "the context limit (max_position_embeddings, or --max-context)".into(),
+        });
+    }
+    let eos: Vec<u32> = if params.ignore_eos {
+        Vec::new()
+    } else {
+        model.generation.eos_token_ids.clone()
+    };
+    let stops = StopStrings::new(params.stop_strings.clone());
+    let mut sampler = Sampler::new(params.sampling.clone())?;
+    let mut stream = tokenizer.map(|t| StreamDecoder::new(t.clone()));
+    let be = model.backend.as_ref();
+    let fopts = ForwardOptions {
+        routing: params.routing,
+        ..Default::default()
+    };
+
+    let mut out = Generation {
+        prompt_tokens: prompt.len(),
+        tokens: Vec::new(),
+        text: String::new(),
+        prefill_ms: 0.0,
+        decode_ms: Vec::new(),
+        finish_reason: FinishReason::Length,
+        routing: Vec::new(),
+    };
+    // Text decoded so far and how much of it has been handed out in events.
+    let mut text = String::new();
+    let mut emitted = 0usize;
+
+    let mut step_start = Instant::now();
+    let mut fwd = model.forward(seq, prompt, fopts)?;
+    let mut last_row = prompt.len() - 1;
+    let mut first = true;
+    let mut reason = FinishReason::Length;
+    while out.tokens.len() < params.max_tokens {
+        let logits = be.download(&fwd.logits)?;
+        let v = model.config.vocab_size;
+        let row = &logits[logits.len() - v..];
+        let id = sampler.sample(row);
+        let ms = step_start.elapsed().as_secs_f64() * 1000.0;
+        if first {
+            out.prefill_ms = ms;
+        } else {
+            out.decode_ms.push(ms);
+        }
+        if first {
+            on_event(&Event::Prefilled {
+                tokens: prompt.len(),
+                ms,
+            });
+        }
+        let routing = params.routing.then(|| {
+            let t = if first { last_row } else { 0 };
+            routes_of(&fwd.routing, t)
+        });
+        first = false;
+        out.tokens.push(id);
+        if let Some(r) = &routing {
+            out.routing.push(r.clone());
+        }
+        let is_eos = eos.contains(&id);
+        if let Some(stream) = stream.as_mut() {
+            if !is_eos {
+                text.push_str(&stream.push(id)?);
+            }
+        }
+        let stop_at = stops.find(&text);
+        if let Some(cut) = stop_at {
+            text.truncate(cut);
+        }
+        let safe = if stop_at.is_some() || is_eos {
+            text.len()
+        } else {
+            text.len() - stops.holdback(&text)
+        };
+        let delta = text[emitted.min(safe)..safe].to_string();
+        emitted = emitted.max(safe);
+        let go_on = on_event(&Event::Token {
+            index: out.tokens.len() - 1,
+            id,
+            text: delta,
+            ms,
+            routing,
+        });
+        if is_eos {
+            reason = FinishReason::Eos;
+            break;
+        }
+        if stop_at.is_some() {
+            reason = FinishReason::Stop;
+            break;
+        }
+        if !go_on {
+            reason = FinishReason::Cancelled;
+            break;
+        }
+        if out.tokens.len() >= params.max_tokens {
+            break;
+        }
+        if seq.pos + 1 > max_ctx {
+            reason = FinishReason::Context;
+            break;
+        }
+        // A step's time runs from feeding the token to having sampled the next one.
+        step_start = Instant::now();
+        fwd = model.forward(seq, &[id], fopts)?;
+        last_row = 0;
+    }
+    if let Some(stream) = stream.as_mut() {
+        if reason != FinishReason::Stop && reason != FinishReason::Eos {
+            text.push_str(&stream.finish()?);
+            if let Some(cut) = stops.find(&text) {
+                text.truncate(cut);
+                reason = FinishReason::Stop;
+            }
+        }
+    }
+    let rest = text[emitted.min(text.len())..].to_string();
+    out.text = text;
+    out.finish_reason = reason;
+    on_event(&Event::Finished { reason, text: rest });
+    Ok(out)
+}

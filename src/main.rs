@@ -1,0 +1,468 @@
+//! The `nemotron-rt` command line: generate, forward, inspect.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use nemotron_rt::backend::{self, BackendKind};
+use nemotron_rt::generate::{self, Event, GenerateParams, TokenRoute};
+use nemotron_rt::model::{ForwardOptions, LoadOptions, Model};
+use nemotron_rt::sampling::SamplingParams;
+use nemotron_rt::tokenizer::Tokenizer;
+
+#[derive(Parser)]
+#[command(
+    name = "nemotron-rt",
+    version,
+    about = "Inference runtime for Nemotron-H / Nemotron 3 Super"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt.
+    Generate(GenerateArgs),
+    /// Run one forward pass over token ids and save logits and per-layer hidden states.
+    Forward(ForwardArgs),
+    /// Describe a checkpoint: layer pattern, parameters, formats, bytes read per token.
+    Inspect(InspectArgs),
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// Checkpoint folder (config.json, *.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: BackendKind,
+    /// Worker threads for the CPU backend (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt text (tokenized with the checkpoint's tokenizer.json).
+    #[arg(
+        long,
+        conflicts_with = "prompt_ids",
+        required_unless_present = "prompt_ids"
+    )]
+    prompt: Option<String>,
+    /// Prompt as comma-separated token ids.
+    #[arg(long, value_delimiter = ',')]
+    prompt_ids: Option<Vec<u32>>,
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// 0 = off.
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// 0 = off.
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop when this text appears (repeatable); it is not included in the output.
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Keep going past end-of-sequence tokens.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Longest prompt + output allowed (default: the config's max_position_embeddings).
+    #[arg(long)]
+    max_context: Option<usize>,
+    /// Print one JSON object with tokens, text, timings and routing instead of streaming text.
+    #[arg(long)]
+    json: bool,
+    /// Write each generated token's routing (per MoE layer: expert ids and weights) as JSON lines.
+    #[arg(long)]
+    trace_routing: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ForwardArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long, value_delimiter = ',', required = true)]
+    prompt_ids: Vec<u32>,
+    /// Output safetensors: `logits` [T, V] and `hidden.layerN` [T, D] after each layer.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("NEMOTRON_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(a) => run_generate(a),
+        Command::Forward(a) => run_forward(a),
+        Command::Inspect(a) => run_inspect(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn load(args: &ModelArgs) -> anyhow::Result<Model> {
+    let be = backend::create(args.backend, args.threads)?;
+    let model = Model::load(&args.model, be, LoadOptions { progress: true })
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    Ok(model)
+}
+
+fn load_tokenizer(dir: &Path) -> anyhow::Result<Arc<Tokenizer>> {
+    Ok(Arc::new(Tokenizer::from_dir(dir)?))
+}
+
+#[derive(Serialize)]
+struct GenerateJson<'a> {
+    tokens: &'a [u32],
+    text: &'a str,
+    prompt_tokens: usize,
+    prefill_ms: f64,
+    prefill_tok_s: f64,
+    decode_tok_s: f64,
+    decode_ms: &'a [f64],
+    finish_reason: generate::FinishReason,
+    routing: &'a [Vec<TokenRoute>],
+}
+
+#[derive(Serialize)]
+struct TraceLine<'a> {
+    index: usize,
+    token: u32,
+    text: &'a str,
+    ms: f64,
+    routing: &'a [TokenRoute],
+}
+
+fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
+    let model = load(&a.model)?;
+    let needs_tokenizer = a.prompt.is_some() || !a.stop.is_empty();
+    let tokenizer = match load_tokenizer(&a.model.model) {
+        Ok(t) => Some(t),
+        Err(e) if needs_tokenizer => return Err(e),
+        Err(_) => None,
+    };
+    let prompt: Vec<u32> = match (&a.prompt, &a.prompt_ids) {
+        (Some(text), _) => {
+            let tok = tokenizer.as_ref().expect("loaded above");
+            tok.encode(text, true)?
+        }
+        (None, Some(ids)) => ids.clone(),
+        (None, None) => bail!("give --prompt TEXT or --prompt-ids 1,2,3"),
+    };
+    let params = GenerateParams {
+        max_tokens: a.max_tokens,
+        sampling: SamplingParams {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            min_p: a.min_p,
+            seed: a.seed,
+        },
+        stop_strings: a.stop.clone(),
+        ignore_eos: a.ignore_eos,
+        routing: a.json || a.trace_routing.is_some(),
+        max_context: a.max_context,
+    };
+    let mut trace = match &a.trace_routing {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let mut trace_err: Option<std::io::Error> = None;
+    let stdout = std::io::stdout();
+    let stream_text = !a.json;
+    let mut on_event = |ev: &Event| -> bool {
+        match ev {
+            Event::Token {
+                index,
+                id,
+                text,
+                ms,
+                routing,
+            } => {
+                if stream_text {
+                    let mut out = stdout.lock();
+                    let _ = out.write_all(text.as_bytes());
+                    let _ = out.flush();
+                }
+                if let (Some(w), Some(r)) = (trace.as_mut(), routing) {
+                    let line = TraceLine {
+                        index: *index,
+                        token: *id,
+                        text,
+                        ms: *ms,
+                        routing: r,
+                    };
+                    let res = serde_json::to_writer(&mut *w, &line)
+                        .map_err(std::io::Error::other)
+                        .and_then(|_| w.write_all(b"\n"));
+                    if let Err(e) = res {
+                        trace_err.get_or_insert(e);
+                        return false;
+                    }
+                }
+            }
+            Event::Finished { text, .. } if stream_text => {
+                let mut out = stdout.lock();
+                let _ = out.write_all(text.as_bytes());
+                let _ = writeln!(out);
+            }
+            _ => {}
+        }
+        true
+    };
+    let g = generate::generate(&model, tokenizer.as_ref(), &prompt, &params, &mut on_event)?;
+    if let Some(e) = trace_err {
+        bail!("writing the routing trace: {e}");
+    }
+    if let (Some(mut w), Some(p)) = (trace, &a.trace_routing) {
+        w.flush()
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if a.json {
+        let j = GenerateJson {
+            tokens: &g.tokens,
+            text: &g.text,
+            prompt_tokens: g.prompt_tokens,
+            prefill_ms: g.prefill_ms,
+            prefill_tok_s: g.prefill_tok_s(),
+            decode_tok_s: g.decode_tok_s(),
+            decode_ms: &g.decode_ms,
+            finish_reason: g.finish_reason,
+            routing: &g.routing,
+        };
+        println!("{}", serde_json::to_string(&j)?);
+    } else {
+        eprintln!(
+            "[{} prompt tokens, prefill {:.1} ms ({:.1} tok/s); {} tokens, decode {:.1} tok/s; finished: {:?}]",
+            g.prompt_tokens,
+            g.prefill_ms,
+            g.prefill_tok_s(),
+            g.tokens.len(),
+            g.decode_tok_s(),
+            g.finish_reason
+        );
+    }
+    Ok(())
+}
+
+fn run_forward(a: ForwardArgs) -> anyhow::Result<()> {
+    let model = load(&a.model)?;
+    let mut seq = model.new_sequence()?;
+    let opts = ForwardOptions {
+        all_logits: true,
+        routing: false,
+        hidden: true,
+    };
+    let out = model.forward(&mut seq, &a.prompt_ids, opts)?;
+    let be = model.backend.as_ref();
+    let logits = be.download(&out.logits)?;
+    let t = a.prompt_ids.len();
+    let (v, d) = (model.config.vocab_size, model.config.hidden_size);
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = vec![(
+        "logits".into(),
+        vec![t, v],
+        bytemuck::cast_slice(&logits).to_vec(),
+    )];
+    for (name, h) in &out.hidden {
+        tensors.push((
+            format!("hidden.{name}"),
+            vec![t, d],
+            bytemuck::cast_slice(h).to_vec(),
+        ));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, shape, bytes)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                    .expect("shape and byte count agree");
+            (n.clone(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &a.out)
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    eprintln!(
+        "wrote logits [{t}, {v}] and {} hidden states to {}",
+        out.hidden.len(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct InspectJson<'a> {
+    model: String,
+    layer_pattern: &'a str,
+    layers: usize,
+    total_params: u64,
+    active_params: f64,
+    weight_bytes: u64,
+    bytes_per_token: f64,
+    quantization: Option<&'a str>,
+    kv_cache_fp8: bool,
+    groups: Vec<GroupJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct GroupJson<'a> {
+    name: &'a str,
+    formats: &'a [String],
+    tensors: usize,
+    params: u64,
+    bytes: u64,
+    bytes_per_token: f64,
+}
+
+fn run_inspect(a: InspectArgs) -> anyhow::Result<()> {
+    let be = backend::create(BackendKind::Cpu, 1)?;
+    let model = Model::load(&a.model, be, LoadOptions { progress: true })
+        .with_context(|| format!("loading {}", a.model.display()))?;
+    let info = &model.info;
+    if a.json {
+        let j = InspectJson {
+            model: a.model.display().to_string(),
+            layer_pattern: &info.pattern,
+            layers: model.config.layers.len(),
+            total_params: info.total_params(),
+            active_params: info.active_params(),
+            weight_bytes: info.weight_bytes(),
+            bytes_per_token: info.bytes_per_token(),
+            quantization: info.quant_source.as_deref(),
+            kv_cache_fp8: info.kv_cache_fp8,
+            groups: info
+                .groups
+                .iter()
+                .map(|g| GroupJson {
+                    name: &g.name,
+                    formats: &g.formats,
+                    tensors: g.tensors,
+                    params: g.params,
+                    bytes: g.bytes,
+                    bytes_per_token: g.bytes_per_token(),
+                })
+                .collect(),
+        };
+        println!("{}", serde_json::to_string_pretty(&j)?);
+        return Ok(());
+    }
+    let c = &model.config;
+    println!("model          {}", a.model.display());
+    println!(
+        "layers         {} ({})   M = Mamba-2, * = attention, E = MoE, - = MLP",
+        c.layers.len(),
+        info.pattern
+    );
+    println!(
+        "hidden         {}   vocab {}   attention {}q/{}kv x {}   mamba {}x{} heads, {} groups, state {}",
+        c.hidden_size,
+        c.vocab_size,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim,
+        c.mamba_num_heads,
+        c.mamba_head_dim,
+        c.n_groups,
+        c.ssm_state_size
+    );
+    if c.count(nemotron_rt::config::LayerKind::Moe) > 0 {
+        println!(
+            "moe            {} experts, top-{} ({} groups, top {}), latent {}, expert width {}, shared {}",
+            c.n_routed_experts,
+            c.num_experts_per_tok,
+            c.n_group,
+            c.topk_group,
+            c.moe_latent_size
+                .map_or("none".to_string(), |l| l.to_string()),
+            c.moe_intermediate_size,
+            c.moe_shared_expert_intermediate_size
+        );
+    }
+    println!(
+        "parameters     {} total, {} active per token",
+        human(info.total_params() as f64),
+        human(info.active_params())
+    );
+    println!(
+        "weights        {} stored, {} read per decoded token",
+        bytes(info.weight_bytes() as f64),
+        bytes(info.bytes_per_token())
+    );
+    println!(
+        "quantization   {}{}",
+        info.quant_source.as_deref().unwrap_or("none"),
+        if info.kv_cache_fp8 {
+            " (FP8 KV-cache scales present; the cache is kept in f32)"
+        } else {
+            ""
+        }
+    );
+    println!();
+    println!(
+        "{:<34} {:<14} {:>8} {:>14} {:>12} {:>14}",
+        "tensor group", "format", "tensors", "params", "bytes", "bytes/token"
+    );
+    for g in &info.groups {
+        println!(
+            "{:<34} {:<14} {:>8} {:>14} {:>12} {:>14}",
+            g.name,
+            g.formats.join("+"),
+            g.tensors,
+            g.params,
+            bytes(g.bytes as f64),
+            bytes(g.bytes_per_token())
+        );
+    }
+    Ok(())
+}
+
+fn human(n: f64) -> String {
+    match n {
+        n if n >= 1e9 => format!("{:.2}B", n / 1e9),
+        n if n >= 1e6 => format!("{:.2}M", n / 1e6),
+        n if n >= 1e3 => format!("{:.1}K", n / 1e3),
+        n => format!("{n:.0}"),
+    }
+}
+
+fn bytes(n: f64) -> String {
+    match n {
+        n if n >= (1u64 << 30) as f64 => format!("{:.2} GiB", n / (1u64 << 30) as f64),
+        n if n >= (1u64 << 20) as f64 => format!("{:.2} MiB", n / (1u64 << 20) as f64),
+        n if n >= 1024.0 => format!("{:.1} KiB", n / 1024.0),
+        n => format!("{n:.0} B"),
+    }
+}

@@ -1,0 +1,55 @@
+//! Attention mixer (`*` layers), ARCH_NOTES §4: grouped-query causal softmax attention with a
+//! KV cache and no positional encoding at all.
+
+use crate::backend::{AttnDims, Backend, Tensor, Weight};
+use crate::error::Result;
+use crate::model::loader::Loader;
+
+pub struct Attention {
+    pub q_proj: Weight,
+    pub k_proj: Weight,
+    pub v_proj: Weight,
+    pub o_proj: Weight,
+    pub dims: AttnDims,
+    /// FP8 KV-cache scales from the checkpoint. The exact path keeps the cache in f32, as the
+    /// reference does; the scales are kept for a quantized-cache mode.
+    pub k_scale: Option<f32>,
+    pub v_scale: Option<f32>,
+}
+
+impl Attention {
+    pub fn load(ld: &mut Loader, prefix: &str) -> Result<Attention> {
+        let c = ld.config;
+        let d = c.hidden_size;
+        let (q, kv) = (
+            c.num_attention_heads * c.head_dim,
+            c.num_key_value_heads * c.head_dim,
+        );
+        let dims = AttnDims {
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+        };
+        Ok(Attention {
+            q_proj: ld.linear(&format!("{prefix}.q_proj"), q, d, false)?,
+            k_proj: ld.linear(&format!("{prefix}.k_proj"), kv, d, false)?,
+            v_proj: ld.linear(&format!("{prefix}.v_proj"), kv, d, false)?,
+            o_proj: ld.linear(&format!("{prefix}.o_proj"), d, q, false)?,
+            dims,
+            k_scale: ld.optional_scalar(&format!("{prefix}.k_proj.k_scale"))?,
+            v_scale: ld.optional_scalar(&format!("{prefix}.v_proj.v_scale"))?,
+        })
+    }
+
+    pub fn new_cache(&self, be: &dyn Backend) -> Result<Tensor> {
+        be.new_kv_cache(self.dims)
+    }
+
+    pub fn forward(&self, be: &dyn Backend, x: &Tensor, cache: &mut Tensor) -> Result<Tensor> {
+        let q = be.linear(x, &self.q_proj)?;
+        let k = be.linear(x, &self.k_proj)?;
+        let v = be.linear(x, &self.v_proj)?;
+        let a = be.attention(&q, &k, &v, cache, self.dims)?;
+        be.linear(&a, &self.o_proj)
+    }
+}
