@@ -175,7 +175,7 @@ pub fn generate_on(
         model.generation.eos_token_ids.clone()
     };
     let stops = StopStrings::new(params.stop_strings.clone());
-    let mut sampler = Sampler::new(params.sampling.clone())?;
+    let mut sampler = Sampler::new(params.sampling)?;
     let mut stream = tokenizer.map(|t| StreamDecoder::new(t.clone()));
     let be = model.backend.as_ref();
     let fopts = ForwardOptions {
@@ -228,10 +228,8 @@ pub fn generate_on(
             out.routing.push(r.clone());
         }
         let is_eos = eos.contains(&id);
-        if let Some(stream) = stream.as_mut() {
-            if !is_eos {
-                text.push_str(&stream.push(id)?);
-            }
+        if let Some(stream) = stream.as_mut().filter(|_| !is_eos) {
+            text.push_str(&stream.push(id)?);
         }
         let stop_at = stops.find(&text);
         if let Some(cut) = stop_at {
@@ -275,13 +273,12 @@ pub fn generate_on(
         fwd = model.forward(seq, &[id], fopts)?;
         last_row = 0;
     }
-    if let Some(stream) = stream.as_mut() {
-        if reason != FinishReason::Stop && reason != FinishReason::Eos {
-            text.push_str(&stream.finish()?);
-            if let Some(cut) = stops.find(&text) {
-                text.truncate(cut);
-                reason = FinishReason::Stop;
-            }
+    let ended_by_text = matches!(reason, FinishReason::Stop | FinishReason::Eos);
+    if let Some(stream) = stream.as_mut().filter(|_| !ended_by_text) {
+        text.push_str(&stream.finish()?);
+        if let Some(cut) = stops.find(&text) {
+            text.truncate(cut);
+            reason = FinishReason::Stop;
         }
     }
     let rest = text[emitted.min(text.len())..].to_string();

@@ -238,16 +238,20 @@ impl Sampler {
             let target = p.top_p as f64 * total;
             // Sorting all ~10^5 candidates every token is the expensive part. Tokens below
             // `floor` sort after every token above it, so if those above alone reach the target
-            // mass, the kept prefix lies entirely among them and sorting them suffices.
-            let floor = p_max * 1e-4;
-            let head_mass: f64 = cand
-                .iter()
-                .map(|&i| probs[i as usize])
-                .filter(|&q| q >= floor)
-                .map(f64::from)
-                .sum();
-            if head_mass >= target {
-                cand.retain(|&i| probs[i as usize] >= floor);
+            // mass, the kept prefix lies entirely among them and sorting them suffices. The
+            // second, lower floor catches flatter distributions; a pass costs far less than
+            // the full sort it avoids.
+            for floor in [p_max * 1e-4, p_max * 1e-8] {
+                let head_mass: f64 = cand
+                    .iter()
+                    .map(|&i| probs[i as usize])
+                    .filter(|&q| q >= floor)
+                    .map(f64::from)
+                    .sum();
+                if head_mass >= target {
+                    cand.retain(|&i| probs[i as usize] >= floor);
+                    break;
+                }
             }
             cand.sort_unstable_by(by_prob_desc(probs));
             let mut mass = 0.0f64;
@@ -603,10 +607,10 @@ mod tests {
 
     #[test]
     fn pruned_top_p_on_large_vocab() {
-        // A peaked distribution over a big vocabulary takes the pruned sort; a flat one falls
-        // back to the full sort.
+        let n = 50_000;
+        // A peaked distribution: the first floor (1e-4) suffices.
         let p = params(1.0, 0, 0.9, 0.0, 8);
-        let mut peaked = random_logits(50_000, 77);
+        let mut peaked = random_logits(n, 77);
         peaked[123] = 20.0;
         peaked[456] = 19.5;
         let mut want = reference_kept(&peaked, p);
@@ -614,11 +618,24 @@ mod tests {
         assert_eq!(want, [123, 456]);
         assert_eq!(kept_sorted(p, &peaked), want);
 
-        let flat = random_logits(50_000, 78);
-        let mut want = reference_kept(&flat, p);
+        // A heavy tail just below the first floor (e^-10 < 1e-4) holds most of the mass, so
+        // only the second floor (1e-8) works.
+        let mut tail = vec![-10.0f32; n];
+        tail[7] = 0.0;
+        let mut want = reference_kept(&tail, p);
         want.sort();
-        assert!(want.len() > 10_000);
-        assert_eq!(kept_sorted(p, &flat), want);
+        assert!(want.len() > 1000);
+        assert_eq!(kept_sorted(p, &tail), want);
+
+        // A tail below both floors (e^-19 < 1e-8) and a top-p so close to 1 that it is needed:
+        // the full sort; all tail tokens tie, so this also checks tie-breaking by id.
+        let p = params(1.0, 0, 0.99999, 0.0, 8);
+        let mut tail = vec![-19.0f32; n];
+        tail[n - 1] = 0.0;
+        let mut want = reference_kept(&tail, p);
+        want.sort();
+        assert!(want.len() > 1000 && want.len() < n, "{}", want.len());
+        assert_eq!(kept_sorted(p, &tail), want);
     }
 
     #[test]

@@ -203,6 +203,13 @@ mod tests {
     const MULTI: &str = "héllo wörld — 日本語 🙂";
 
     #[test]
+    fn shareable_across_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Tokenizer>();
+        send_sync::<StreamDecoder>();
+    }
+
+    #[test]
     fn basic_properties() {
         let t = tok();
         assert_eq!(t.vocab_size(), 512);

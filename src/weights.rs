@@ -91,7 +91,7 @@ impl StoredLinear {
                 }
             }
             DType::U8 => {
-                if cols % 16 != 0 {
+                if !cols.is_multiple_of(16) {
                     return Err(w.error(format!(
                         "NVFP4 needs the input width to be a multiple of 16, config gives {cols}"
                     )));

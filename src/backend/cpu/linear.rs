@@ -145,16 +145,14 @@ impl CpuLinear {
         Cow::Borrowed(&scratch[..self.cols])
     }
 
-    /// `out[t, r] = x[t] · W[r] (+ b[r])` for rows `r0..r0 + n`, writing `out` as `[T, n]`
-    /// with row stride `stride`; single-threaded (callers parallelise around it).
-    pub(crate) fn apply_rows(
+    /// `out[t, i] = x[t] · W[r0 + i] (+ b)` for `n` rows, writing `out` as `[T, n]`;
+    /// single-threaded (callers parallelise around it).
+    fn apply_rows(
         &self,
         x: &[f32],
         tokens: usize,
-        r0: usize,
-        n: usize,
+        (r0, n): (usize, usize),
         out: &mut [f32],
-        stride: usize,
         scratch: &mut Vec<f32>,
     ) {
         if scratch.len() < self.cols {
@@ -165,7 +163,7 @@ impl CpuLinear {
             let row = self.row(r, scratch);
             let b = self.bias.as_ref().map_or(0.0, |b| b[r]);
             for t in 0..tokens {
-                out[t * stride + i] = dot(&x[t * self.cols..(t + 1) * self.cols], &row) + b;
+                out[t * n + i] = dot(&x[t * self.cols..(t + 1) * self.cols], &row) + b;
             }
         }
     }
@@ -180,7 +178,7 @@ impl CpuLinear {
                 let r0 = b * BLOCK;
                 let n = BLOCK.min(rows - r0);
                 let mut buf = vec![0.0f32; tokens * n];
-                self.apply_rows(x, tokens, r0, n, &mut buf, n, scratch);
+                self.apply_rows(x, tokens, (r0, n), &mut buf, scratch);
                 (r0, buf)
             })
             .collect();
@@ -196,7 +194,7 @@ impl CpuLinear {
 
     /// Single-threaded `y = W x + b` for one token (used inside already-parallel loops).
     pub(crate) fn matvec(&self, x: &[f32], y: &mut [f32], scratch: &mut Vec<f32>) {
-        self.apply_rows(x, 1, 0, self.rows, y, self.rows, scratch);
+        self.apply_rows(x, 1, (0, self.rows), y, scratch);
     }
 }
 

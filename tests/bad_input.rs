@@ -1,0 +1,302 @@
+//! Broken checkpoints and requests: each must give an error that names the file, tensor or field
+//! and what was expected, never a panic and never a model that loads anyway.
+
+use std::path::{Path, PathBuf};
+
+use nemotron_rt::backend::{self, BackendKind};
+use nemotron_rt::generate::{self, GenerateParams};
+use nemotron_rt::model::{LoadOptions, Model};
+use serde_json::{Map, Value};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name)
+}
+
+/// A writable copy of a fixture checkpoint folder.
+fn copy_of(name: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(fixture(name)).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+    }
+    tmp
+}
+
+fn load_err(dir: &Path) -> String {
+    let be = backend::create(BackendKind::Cpu, 1).unwrap();
+    match Model::load(dir, be, LoadOptions::default()) {
+        Ok(_) => panic!("{} loaded but should have failed", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn assert_mentions(msg: &str, needles: &[&str]) {
+    for n in needles {
+        assert!(msg.contains(n), "error `{msg}` should mention `{n}`");
+    }
+}
+
+fn read_st(path: &Path) -> (Map<String, Value>, Vec<u8>) {
+    let b = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&b[8..8 + n]).unwrap();
+    (header.as_object().unwrap().clone(), b[8 + n..].to_vec())
+}
+
+fn write_st(path: &Path, header: &Map<String, Value>, data: &[u8]) {
+    let h = serde_json::to_vec(header).unwrap();
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&h);
+    out.extend_from_slice(data);
+    std::fs::write(path, out).unwrap();
+}
+
+fn edit_config(dir: &Path, f: impl FnOnce(&mut Map<String, Value>)) {
+    let p = dir.join("config.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    f(v.as_object_mut().unwrap());
+    std::fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn wrong_path_names_the_path() {
+    let msg = load_err(Path::new("/no/such/checkpoint"));
+    assert_mentions(&msg, &["/no/such/checkpoint"]);
+}
+
+#[test]
+fn missing_config_is_named() {
+    let d = copy_of("nemotronh_tiny_grouped/hf");
+    std::fs::remove_file(d.path().join("config.json")).unwrap();
+    assert_mentions(&load_err(d.path()), &["config.json"]);
+}
+
+#[test]
+fn missing_weights_file_is_named() {
+    let d = copy_of("nemotronh_tiny_grouped/hf");
+    std::fs::remove_file(d.path().join("model.safetensors")).unwrap();
+    assert_mentions(&load_err(d.path()), &["model.safetensors"]);
+}
+
+#[test]
+fn truncated_file_is_reported() {
+    let d = copy_of("nemotronh_tiny_grouped/hf");
+    let p = d.path().join("model.safetensors");
+    let b = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &b[..b.len() / 2]).unwrap();
+    assert_mentions(&load_err(d.path()), &["model.safetensors", "truncated"]);
+    // Cut inside the header itself.
+    std::fs::write(&p, &b[..100]).unwrap();
+    assert_mentions(&load_err(d.path()), &["model.safetensors", "truncated"]);
+    std::fs::write(&p, &b[..5]).unwrap();
+    assert_mentions(&load_err(d.path()), &["model.safetensors", "too short"]);
+}
+
+#[test]
+fn header_that_lies_about_sizes_is_reported() {
+    let d = copy_of("nemotronh_tiny_grouped/hf");
+    let p = d.path().join("model.safetensors");
+    let (mut h, data) = read_st(&p);
+    let name = "backbone.layers.0.mixer.in_proj.weight";
+    let e = h.get_mut(name).unwrap().as_object_mut().unwrap();
+    // Claim a larger shape than the byte range holds.
+    let shape = e["shape"].as_array().unwrap().clone();
+    e["shape"] = serde_json::json!([shape[0].as_u64().unwrap() * 2, shape[1]]);
+    write_st(&p, &h, &data);
+    assert_mentions(&load_err(d.path()), &[name, "needs"]);
+}
+
+#[test]
+fn overlapping_tensors_are_reported() {
+    let d = copy_of("nemotronh_tiny_grouped/hf");
+    let p = d.path().join("model.safetensors");
+    let (mut h, data) = read_st(&p);
+    let a = h["backbone.layers.0.mixer.A_log"]["data_offsets"].clone();
+    h.get_mut("backbone.layers.0.mixer.D").unwrap()["data_offsets"] = a;
+    write_st(&p, &h, &data);
+    assert_mentions(&load_err(d.path()), &["overlap"]);
+}
+
+#[test]
+fn shape_not_matching_config_names_tensor_and_shapes() {
+    let d = copy_of("nemotronh_tiny_grouped/hf");
+    edit_config(d.path(), |c| {
+        c.insert("intermediate_size".into(), 128.into());
+    });
+    assert_mentions(
+        &load_err(d.path()),
+        &["backbone.layers.6.mixer.up_proj.weight", "[160, 64]", "[128, 64]"],
+    );
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let d = copy_of("nemotronh_tiny_grouped/hf");
+    let p = d.path().join("model.safetensors");
+    let (mut h, data) = read_st(&p);
+    h.remove("backbone.layers.4.mixer.experts.9.down_proj.weight");
+    write_st(&p, &h, &data);
+    assert_mentions(
+        &load_err(d.path()),
+        &["backbone.layers.4.mixer.experts.9.down_proj.weight", "missing"],
+    );
+}
+
+#[test]
+fn unknown_dtype_is_named() {
+    let d = copy_of("nemotronh_tiny_grouped/hf");
+    let p = d.path().join("model.safetensors");
+    let (mut h, data) = read_st(&p);
+    h.get_mut("backbone.norm_f.weight").unwrap()["dtype"] = "F4_WEIRD".into();
+    write_st(&p, &h, &data);
+    assert_mentions(&load_err(d.path()), &["backbone.norm_f.weight", "F4_WEIRD"]);
+}
+
+#[test]
+fn unsupported_known_dtype_is_named() {
+    let d = copy_of("nemotronh_tiny_grouped/hf");
+    let p = d.path().join("model.safetensors");
+    let (mut h, data) = read_st(&p);
+    // Same byte count, so only the dtype is wrong: I32 where a float weight belongs.
+    h.get_mut("backbone.layers.3.mixer.q_proj.weight").unwrap()["dtype"] = "I32".into();
+    write_st(&p, &h, &data);
+    assert_mentions(&load_err(d.path()), &["backbone.layers.3.mixer.q_proj.weight", "I32"]);
+}
+
+#[test]
+fn extra_tensor_is_reported() {
+    let d = copy_of("nemotronh_tiny_grouped/hf");
+    let p = d.path().join("model.safetensors");
+    let (mut h, data) = read_st(&p);
+    let v = h["backbone.norm_f.weight"].clone();
+    h.insert("backbone.layers.8.norm.weight".into(), v);
+    write_st(&p, &h, &data);
+    // Shares bytes with norm_f: rejected either as overlap or as an unknown tensor.
+    let msg = load_err(d.path());
+    assert!(msg.contains("backbone.layers.8.norm.weight") || msg.contains("overlap"), "{msg}");
+}
+
+#[test]
+fn mtp_tensors_are_kept_not_rejected() {
+    let d = copy_of("nemotronh_tiny_grouped/hf");
+    let p = d.path().join("model.safetensors");
+    let (mut h, mut data) = read_st(&p);
+    let start = data.len() as u64;
+    data.extend_from_slice(&[0u8; 64 * 4]);
+    h.insert(
+        "mtp.layers.0.enorm.weight".into(),
+        serde_json::json!({"dtype": "F32", "shape": [64], "data_offsets": [start, start + 256]}),
+    );
+    write_st(&p, &h, &data);
+    let be = backend::create(BackendKind::Cpu, 1).unwrap();
+    Model::load(d.path(), be, LoadOptions::default()).expect("mtp.* tensors are not an error");
+}
+
+#[test]
+fn unknown_layer_type_is_named() {
+    let d = copy_of("nemotronh_tiny_grouped/hf");
+    edit_config(d.path(), |c| {
+        let layers = c.get_mut("layers_block_type").unwrap().as_array_mut().unwrap();
+        layers[2] = "retention".into();
+    });
+    assert_mentions(&load_err(d.path()), &["retention", "config.json"]);
+}
+
+#[test]
+fn unknown_quant_algo_is_named() {
+    let d = copy_of("nemotronh_tiny_grouped_nvfp4/hf");
+    let p = d.path().join("hf_quant_config.json");
+    let text = std::fs::read_to_string(&p).unwrap().replace("\"NVFP4\"", "\"W4A16_AWQ\"");
+    std::fs::write(&p, text).unwrap();
+    assert_mentions(&load_err(d.path()), &["W4A16_AWQ"]);
+}
+
+#[test]
+fn mislabelled_quantization_names_the_module() {
+    let d = copy_of("nemotronh_tiny_grouped_nvfp4_super/hf");
+    // Claim layer 1's experts are FP8 while they are stored as NVFP4, in both descriptions.
+    for f in ["hf_quant_config.json", "config.json"] {
+        let p = d.path().join(f);
+        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        let q = if f == "config.json" {
+            v.get_mut("quantization_config").unwrap()
+        } else {
+            v.get_mut("quantization").unwrap()
+        };
+        q["quantized_layers"]["backbone.layers.1.mixer.experts"] =
+            serde_json::json!({"quant_algo": "FP8"});
+        if let Some(groups) = q.get_mut("config_groups") {
+            // Keep config_groups consistent with quantized_layers as a real export would.
+            for g in groups.as_object_mut().unwrap().values_mut() {
+                if let Some(t) = g.get_mut("targets").and_then(Value::as_array_mut) {
+                    t.retain(|x| x != "backbone.layers.1.mixer.experts");
+                }
+            }
+        }
+        std::fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    }
+    assert_mentions(&load_err(d.path()), &["backbone.layers.1.mixer.experts.", "NVFP4", "FP8"]);
+}
+
+#[test]
+fn quantized_weights_without_quant_config_are_rejected() {
+    let d = copy_of("nemotronh_tiny_grouped_nvfp4/hf");
+    std::fs::remove_file(d.path().join("hf_quant_config.json")).unwrap();
+    edit_config(d.path(), |c| {
+        c.remove("quantization_config");
+    });
+    assert_mentions(&load_err(d.path()), &["NVFP4", "no quantization config"]);
+}
+
+#[test]
+fn sharded_index_naming_a_missing_shard_is_reported() {
+    let d = copy_of("nemotronh_tiny_grouped/hf");
+    std::fs::write(
+        d.path().join("model.safetensors.index.json"),
+        r#"{"metadata": {}, "weight_map": {"backbone.norm_f.weight": "model-00002-of-00002.safetensors"}}"#,
+    )
+    .unwrap();
+    assert_mentions(&load_err(d.path()), &["model-00002-of-00002.safetensors", "does not exist"]);
+}
+
+fn tiny_model() -> Model {
+    let be = backend::create(BackendKind::Cpu, 1).unwrap();
+    Model::load(&fixture("nemotronh_tiny_grouped/hf"), be, LoadOptions::default()).unwrap()
+}
+
+#[test]
+fn prompt_over_the_context_is_refused() {
+    let model = tiny_model();
+    let params = GenerateParams {
+        max_context: Some(4),
+        ..Default::default()
+    };
+    let err = generate::generate(&model, None, &[5, 6, 7, 8, 9], &params, &mut |_| true)
+        .unwrap_err()
+        .to_string();
+    assert_mentions(&err, &["5 tokens", "at most 4"]);
+}
+
+#[test]
+fn token_outside_vocabulary_is_refused() {
+    let model = tiny_model();
+    let err = generate::generate(&model, None, &[3, 512], &GenerateParams::default(), &mut |_| true)
+        .unwrap_err()
+        .to_string();
+    assert_mentions(&err, &["512", "vocab"]);
+}
+
+#[test]
+fn empty_prompt_and_bad_sampling_are_refused() {
+    let model = tiny_model();
+    let p = GenerateParams::default();
+    assert!(generate::generate(&model, None, &[], &p, &mut |_| true).is_err());
+    let mut p = GenerateParams::default();
+    p.sampling.top_p = 1.5;
+    let err = generate::generate(&model, None, &[3], &p, &mut |_| true)
+        .unwrap_err()
+        .to_string();
+    assert_mentions(&err, &["top_p", "1.5"]);
+}
