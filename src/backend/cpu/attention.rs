@@ -1,9 +1,8 @@
 //! Causal GQA softmax attention over a growing KV cache. No RoPE: Nemotron-H attention has no
 //! positional encoding (ARCH_NOTES surprise 1).
 
-use rayon::prelude::*;
-
 use super::linear::dot;
+use super::par;
 use crate::backend::AttnDims;
 
 #[derive(Clone)]
@@ -43,6 +42,7 @@ pub(crate) fn attention(
     tokens: usize,
     cache: &mut KvCache,
     dims: AttnDims,
+    par: bool,
 ) -> Vec<f32> {
     let AttnDims {
         heads,
@@ -58,34 +58,34 @@ pub(crate) fn attention(
     let scale = (hd as f32).powf(-0.5);
     let qw = heads * hd;
     let mut out = vec![0.0f32; tokens * qw];
-    out.par_chunks_mut(hd)
-        .enumerate()
-        .for_each_init(Vec::new, |scores, (idx, o)| {
-            let (t, h) = (idx / heads, idx % heads);
-            let kvh = h / group;
-            let qv = &q[t * qw + h * hd..t * qw + (h + 1) * hd];
-            let visible = start + t + 1;
-            scores.clear();
-            let mut max = f32::NEG_INFINITY;
-            for j in 0..visible {
-                let s = dot(qv, &ck[j * kw + kvh * hd..j * kw + (kvh + 1) * hd]) * scale;
-                max = max.max(s);
-                scores.push(s);
+    par::chunks_mut(&mut out, hd, par, |idx, o| {
+        let mut scores = Vec::with_capacity(start + tokens);
+        let scores = &mut scores;
+        let (t, h) = (idx / heads, idx % heads);
+        let kvh = h / group;
+        let qv = &q[t * qw + h * hd..t * qw + (h + 1) * hd];
+        let visible = start + t + 1;
+        scores.clear();
+        let mut max = f32::NEG_INFINITY;
+        for j in 0..visible {
+            let s = dot(qv, &ck[j * kw + kvh * hd..j * kw + (kvh + 1) * hd]) * scale;
+            max = max.max(s);
+            scores.push(s);
+        }
+        let mut sum = 0.0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        o.fill(0.0);
+        for (j, &s) in scores.iter().enumerate() {
+            let p = s * inv;
+            let vr = &cv[j * kw + kvh * hd..j * kw + (kvh + 1) * hd];
+            for (oi, &vi) in o.iter_mut().zip(vr) {
+                *oi += p * vi;
             }
-            let mut sum = 0.0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            let inv = 1.0 / sum;
-            o.fill(0.0);
-            for (j, &s) in scores.iter().enumerate() {
-                let p = s * inv;
-                let vr = &cv[j * kw + kvh * hd..j * kw + (kvh + 1) * hd];
-                for (oi, &vi) in o.iter_mut().zip(vr) {
-                    *oi += p * vi;
-                }
-            }
-        });
+        }
+    });
     out
 }

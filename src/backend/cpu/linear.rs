@@ -4,8 +4,7 @@
 
 use std::borrow::Cow;
 
-use rayon::prelude::*;
-
+use super::par;
 use crate::checkpoint::{ByteView, DType};
 use crate::codec::fp8::E4M3_TO_F32;
 use crate::codec::nvfp4::E2M1_VALUES;
@@ -169,19 +168,21 @@ impl CpuLinear {
     }
 
     /// `y = x Wᵀ + b` for `x` `[T, cols]`, parallel over blocks of output rows.
-    pub(crate) fn forward(&self, x: &[f32], tokens: usize) -> Vec<f32> {
+    pub(crate) fn forward(&self, x: &[f32], tokens: usize, par: bool) -> Vec<f32> {
         const BLOCK: usize = 16;
         let rows = self.rows;
-        let blocks: Vec<(usize, Vec<f32>)> = (0..rows.div_ceil(BLOCK))
-            .into_par_iter()
-            .map_init(Vec::new, |scratch, b| {
-                let r0 = b * BLOCK;
-                let n = BLOCK.min(rows - r0);
-                let mut buf = vec![0.0f32; tokens * n];
-                self.apply_rows(x, tokens, (r0, n), &mut buf, scratch);
-                (r0, buf)
-            })
-            .collect();
+        if !par {
+            let mut y = vec![0.0f32; tokens * rows];
+            self.apply_rows(x, tokens, (0, rows), &mut y, &mut Vec::new());
+            return y;
+        }
+        let blocks: Vec<(usize, Vec<f32>)> = par::map(rows.div_ceil(BLOCK), true, |b| {
+            let r0 = b * BLOCK;
+            let n = BLOCK.min(rows - r0);
+            let mut buf = vec![0.0f32; tokens * n];
+            self.apply_rows(x, tokens, (r0, n), &mut buf, &mut Vec::new());
+            (r0, buf)
+        });
         let mut y = vec![0.0f32; tokens * rows];
         for (r0, buf) in blocks {
             let n = buf.len() / tokens;

@@ -2,12 +2,12 @@
 //! gated grouped RMSNorm (ARCH_NOTES §3). The scan is the plain recurrence, parallel over heads;
 //! it is the same math as the reference's chunked SSD prefill and its decode step.
 
-use rayon::prelude::*;
-
+use super::par;
 use crate::backend::SsmDims;
 
 /// `x`: `[T, C]` pre-conv inputs; `w`: `[C, K]`; `state`: `[K-1, C]` previous inputs (oldest
 /// first). Returns `silu(conv)` `[T, C]` and leaves the last `K-1` inputs in `state`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn conv1d_silu(
     x: &[f32],
     tokens: usize,
@@ -16,6 +16,7 @@ pub(crate) fn conv1d_silu(
     w: &[f32],
     b: Option<&[f32]>,
     state: &mut [f32],
+    par: bool,
 ) -> Vec<f32> {
     let hist = kernel - 1;
     // Timeline = carried history followed by the new inputs.
@@ -23,17 +24,15 @@ pub(crate) fn conv1d_silu(
     timeline.extend_from_slice(state);
     timeline.extend_from_slice(&x[..tokens * channels]);
     let mut out = vec![0.0f32; tokens * channels];
-    out.par_chunks_mut(channels)
-        .enumerate()
-        .for_each(|(t, row)| {
-            for (c, o) in row.iter_mut().enumerate() {
-                let mut acc = b.map_or(0.0, |b| b[c]);
-                for j in 0..kernel {
-                    acc += w[c * kernel + j] * timeline[(t + j) * channels + c];
-                }
-                *o = silu(acc);
+    par::chunks_mut(&mut out, channels, par, |t, row| {
+        for (c, o) in row.iter_mut().enumerate() {
+            let mut acc = b.map_or(0.0, |b| b[c]);
+            for j in 0..kernel {
+                acc += w[c * kernel + j] * timeline[(t + j) * channels + c];
             }
-        });
+            *o = silu(acc);
+        }
+    });
     let total = hist + tokens;
     state.copy_from_slice(&timeline[(total - hist) * channels..total * channels]);
     out
@@ -62,6 +61,7 @@ pub(crate) fn ssm_scan(
     state: &mut [f32],
     dims: SsmDims,
     dt_min: Option<f32>,
+    par: bool,
 ) -> Vec<f32> {
     let SsmDims {
         heads,
@@ -74,10 +74,12 @@ pub(crate) fn ssm_scan(
     let heads_per_group = heads / groups;
     let mut y = vec![0.0f32; tokens * inner];
     // Each head owns its slice of the state and its columns of y: scan heads in parallel.
-    let per_head: Vec<Vec<f32>> = state
-        .par_chunks_mut(p * n)
-        .enumerate()
-        .map(|(h, s)| {
+    let mut per_head: Vec<Vec<f32>> = vec![Vec::new(); heads];
+    let mut work: Vec<(&mut [f32], &mut Vec<f32>)> =
+        state.chunks_mut(p * n).zip(per_head.iter_mut()).collect();
+    par::chunks_mut(&mut work, 1, par, |h, item| {
+        let (s, out) = &mut item[0];
+        **out = {
             let g = h / heads_per_group;
             let a = -a_log[h].exp();
             let mut yh = vec![0.0f32; tokens * p];
@@ -102,8 +104,9 @@ pub(crate) fn ssm_scan(
                 }
             }
             yh
-        })
-        .collect();
+        };
+    });
+    drop(work);
     for (h, yh) in per_head.iter().enumerate() {
         for t in 0..tokens {
             y[t * inner + h * p..t * inner + (h + 1) * p].copy_from_slice(&yh[t * p..(t + 1) * p]);
@@ -113,6 +116,7 @@ pub(crate) fn ssm_scan(
 }
 
 /// `w * rmsnorm_per_group(y * silu(z))` (gate before norm, `norm_before_gate=False`).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn gated_group_rms_norm(
     y: &[f32],
     z: &[f32],
@@ -121,10 +125,11 @@ pub(crate) fn gated_group_rms_norm(
     width: usize,
     groups: usize,
     eps: f32,
+    par: bool,
 ) -> Vec<f32> {
     let gw = width / groups;
     let mut out = vec![0.0f32; tokens * width];
-    out.par_chunks_mut(width).enumerate().for_each(|(t, o)| {
+    par::chunks_mut(&mut out, width, par, |t, o| {
         let yr = &y[t * width..(t + 1) * width];
         let zr = &z[t * width..(t + 1) * width];
         for (i, v) in o.iter_mut().enumerate() {

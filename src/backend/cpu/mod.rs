@@ -5,8 +5,7 @@ mod attention;
 mod linear;
 mod mamba;
 mod moe;
-
-use rayon::prelude::*;
+mod par;
 
 use self::attention::KvCache;
 use self::linear::CpuLinear;
@@ -55,8 +54,13 @@ impl CpuBackend {
         Ok(CpuBackend { pool, threads })
     }
 
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        self.pool.install(f)
+    /// Runs `f(parallel)`: on the pool when `work` is worth splitting, else right here.
+    fn run<T: Send>(&self, work: usize, f: impl FnOnce(bool) -> T + Send) -> T {
+        if self.threads > 1 && work >= par::PAR_MIN_WORK {
+            self.pool.install(|| f(true))
+        } else {
+            f(false)
+        }
     }
 }
 
@@ -318,7 +322,8 @@ impl Backend for CpuBackend {
         let l = linear_of(w)?;
         check_cols(x, l.cols, &w.name)?;
         let xs = f32s(x)?;
-        let y = self.run(|| l.forward(xs, x.rows()));
+        let work = x.rows() * l.rows * l.cols;
+        let y = self.run(work, |par| l.forward(xs, x.rows(), par));
         Ok(matrix(y, x.rows(), l.rows))
     }
 
@@ -400,8 +405,9 @@ impl Backend for CpuBackend {
         }
         let xs = f32s(x)?;
         let (channels, kernel) = (s.channels, s.kernel);
-        let y =
-            self.run(|| mamba::conv1d_silu(xs, x.rows(), channels, kernel, &wv, bias, &mut s.data));
+        let y = self.run(x.rows() * channels * kernel, |par| {
+            mamba::conv1d_silu(xs, x.rows(), channels, kernel, &wv, bias, &mut s.data, par)
+        });
         Ok(matrix(y, x.rows(), channels))
     }
 
@@ -426,7 +432,10 @@ impl Backend for CpuBackend {
         let xs = f32s(xbc)?;
         let dts = f32s(dt)?;
         let tokens = xbc.rows();
-        let y = self.run(|| mamba::ssm_scan(xs, dts, tokens, a, dv, db, &mut s.data, dims, dt_min));
+        let work = tokens * inner * dims.state * 4;
+        let y = self.run(work, |par| {
+            mamba::ssm_scan(xs, dts, tokens, a, dv, db, &mut s.data, dims, dt_min, par)
+        });
         Ok(matrix(y, tokens, inner))
     }
 
@@ -442,8 +451,9 @@ impl Backend for CpuBackend {
         check_cols(y, wv.len(), "gated_group_rms_norm (y)")?;
         check_cols(z, wv.len(), "gated_group_rms_norm (z)")?;
         let (ys, zs) = (f32s(y)?, f32s(z)?);
-        let out =
-            self.run(|| mamba::gated_group_rms_norm(ys, zs, wv, y.rows(), wv.len(), groups, eps));
+        let out = self.run(y.rows() * wv.len() * 8, |par| {
+            mamba::gated_group_rms_norm(ys, zs, wv, y.rows(), wv.len(), groups, eps, par)
+        });
         Ok(matrix(out, y.rows(), wv.len()))
     }
 
@@ -463,7 +473,10 @@ impl Backend for CpuBackend {
         let c = cache
             .inner_mut::<KvCache>()
             .ok_or_else(|| err("attention: not a CPU KV cache"))?;
-        let out = self.run(|| attention::attention(qs, ks, vs, tokens, c, dims));
+        let work = tokens * (c.len + tokens) * dims.heads * dims.head_dim * 2;
+        let out = self.run(work, |par| {
+            attention::attention(qs, ks, vs, tokens, c, dims, par)
+        });
         let (len, width) = (c.len, c.width);
         cache.set_shape(vec![len, width]);
         Ok(matrix(out, tokens, dims.heads * dims.head_dim))
@@ -481,7 +494,8 @@ impl Backend for CpuBackend {
         }
         let ls = f32s(logits)?;
         let tokens = logits.rows();
-        let (ids, ws) = self.run(|| moe::route(ls, tokens, experts, b, p));
+        let work = tokens * experts * 16;
+        let (ids, ws) = self.run(work, |par| moe::route(ls, tokens, experts, b, p, par));
         Ok(Routing {
             ids: Tensor::new(vec![tokens, p.top_k], ElemType::U32, Box::new(ids)),
             weights: matrix(ws, tokens, p.top_k),
@@ -512,14 +526,15 @@ impl Backend for CpuBackend {
         }
         let xs = f32s(x)?;
         let tokens = x.rows();
-        let y = self.run(|| moe::experts(xs, tokens, ex, ids, ws, k));
+        let work = tokens * k * experts.hidden * experts.latent * 2;
+        let y = self.run(work, |par| moe::experts(xs, tokens, ex, ids, ws, k, par));
         Ok(matrix(y, tokens, experts.latent))
     }
 
     fn argmax(&self, logits: &Tensor) -> Result<Vec<u32>> {
         let cols = logits.cols();
         Ok(f32s(logits)?
-            .par_chunks(cols)
+            .chunks(cols)
             .map(crate::sampling::argmax)
             .collect())
     }

@@ -1,9 +1,8 @@
 //! The MoE router (sigmoid scores, correction bias for choosing only, grouped top-k) and the
 //! routed experts, which read only the experts each token chose (ARCH_NOTES §6).
 
-use rayon::prelude::*;
-
 use super::linear::CpuLinear;
+use super::par;
 use crate::backend::RouterParams;
 
 pub(crate) struct CpuExperts {
@@ -18,49 +17,50 @@ pub(crate) fn route(
     experts: usize,
     bias: &[f32],
     p: &RouterParams,
+    par: bool,
 ) -> (Vec<u32>, Vec<f32>) {
     let k = p.top_k;
-    let mut ids = vec![0u32; tokens * k];
-    let mut weights = vec![0.0f32; tokens * k];
-    ids.par_chunks_mut(k)
-        .zip(weights.par_chunks_mut(k))
-        .enumerate()
-        .for_each(|(t, (ids, ws))| {
-            let row = &logits[t * experts..(t + 1) * experts];
-            let scores: Vec<f32> = row.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect();
-            let mut choice: Vec<f32> = scores.iter().zip(bias).map(|(s, b)| s + b).collect();
-            if p.n_group > 1 {
-                let per = experts / p.n_group;
-                // A group's score is the sum of its two best biased scores.
-                let group_scores: Vec<f32> = choice
-                    .chunks_exact(per)
-                    .map(|g| {
-                        let top = top_indices(g, 2.min(per));
-                        top.iter().map(|&i| g[i]).sum()
-                    })
-                    .collect();
-                let keep = top_indices(&group_scores, p.topk_group);
-                for (g, chunk) in choice.chunks_exact_mut(per).enumerate() {
-                    if !keep.contains(&g) {
-                        chunk.fill(f32::NEG_INFINITY);
-                    }
+    let rows: Vec<(Vec<u32>, Vec<f32>)> = par::map(tokens, par, |t| {
+        let mut ids = vec![0u32; k];
+        let mut ws = vec![0.0f32; k];
+        let row = &logits[t * experts..(t + 1) * experts];
+        let scores: Vec<f32> = row.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect();
+        let mut choice: Vec<f32> = scores.iter().zip(bias).map(|(s, b)| s + b).collect();
+        if p.n_group > 1 {
+            let per = experts / p.n_group;
+            // A group's score is the sum of its two best biased scores.
+            let group_scores: Vec<f32> = choice
+                .chunks_exact(per)
+                .map(|g| {
+                    let top = top_indices(g, 2.min(per));
+                    top.iter().map(|&i| g[i]).sum()
+                })
+                .collect();
+            let keep = top_indices(&group_scores, p.topk_group);
+            for (g, chunk) in choice.chunks_exact_mut(per).enumerate() {
+                if !keep.contains(&g) {
+                    chunk.fill(f32::NEG_INFINITY);
                 }
             }
-            let mut chosen = top_indices(&choice, k);
-            chosen.sort_unstable();
-            let mut sum = 0.0f32;
-            for (slot, &e) in chosen.iter().enumerate() {
-                ids[slot] = e as u32;
-                ws[slot] = scores[e];
-                sum += scores[e];
+        }
+        let mut chosen = top_indices(&choice, k);
+        chosen.sort_unstable();
+        let mut sum = 0.0f32;
+        for (slot, &e) in chosen.iter().enumerate() {
+            ids[slot] = e as u32;
+            ws[slot] = scores[e];
+            sum += scores[e];
+        }
+        for w in ws.iter_mut() {
+            if p.norm_topk_prob {
+                *w /= sum + 1e-20;
             }
-            for w in ws.iter_mut() {
-                if p.norm_topk_prob {
-                    *w /= sum + 1e-20;
-                }
-                *w *= p.scaling;
-            }
-        });
+            *w *= p.scaling;
+        }
+        (ids, ws)
+    });
+    let ids = rows.iter().flat_map(|r| r.0.iter().copied()).collect();
+    let weights = rows.iter().flat_map(|r| r.1.iter().copied()).collect();
     (ids, weights)
 }
 
@@ -88,31 +88,27 @@ pub(crate) fn experts(
     ids: &[u32],
     weights: &[f32],
     k: usize,
+    par: bool,
 ) -> Vec<f32> {
     let latent = ex.up[0].cols;
     let hidden = ex.up[0].rows;
-    let contributions: Vec<Vec<f32>> = (0..tokens * k)
-        .into_par_iter()
-        .map_init(
-            || (Vec::new(), vec![0.0f32; hidden]),
-            |(scratch, h), slot| {
-                let t = slot / k;
-                let e = ids[slot] as usize;
-                ex.up[e].matvec(&x[t * latent..(t + 1) * latent], h, scratch);
-                for v in h.iter_mut() {
-                    let r = v.max(0.0);
-                    *v = r * r;
-                }
-                let mut o = vec![0.0f32; latent];
-                ex.down[e].matvec(h, &mut o, scratch);
-                let w = weights[slot];
-                for v in o.iter_mut() {
-                    *v *= w;
-                }
-                o
-            },
-        )
-        .collect();
+    let contributions: Vec<Vec<f32>> = par::map(tokens * k, par, |slot| {
+        let (scratch, h) = (&mut Vec::new(), &mut vec![0.0f32; hidden]);
+        let t = slot / k;
+        let e = ids[slot] as usize;
+        ex.up[e].matvec(&x[t * latent..(t + 1) * latent], h, scratch);
+        for v in h.iter_mut() {
+            let r = v.max(0.0);
+            *v = r * r;
+        }
+        let mut o = vec![0.0f32; latent];
+        ex.down[e].matvec(h, &mut o, scratch);
+        let w = weights[slot];
+        for v in o.iter_mut() {
+            *v *= w;
+        }
+        o
+    });
     let mut out = vec![0.0f32; tokens * latent];
     for (slot, c) in contributions.iter().enumerate() {
         let t = slot / k;
