@@ -127,7 +127,11 @@ fn shape_not_matching_config_names_tensor_and_shapes() {
     });
     assert_mentions(
         &load_err(d.path()),
-        &["backbone.layers.6.mixer.up_proj.weight", "[160, 64]", "[128, 64]"],
+        &[
+            "backbone.layers.6.mixer.up_proj.weight",
+            "[160, 64]",
+            "[128, 64]",
+        ],
     );
 }
 
@@ -140,7 +144,10 @@ fn missing_tensor_is_named() {
     write_st(&p, &h, &data);
     assert_mentions(
         &load_err(d.path()),
-        &["backbone.layers.4.mixer.experts.9.down_proj.weight", "missing"],
+        &[
+            "backbone.layers.4.mixer.experts.9.down_proj.weight",
+            "missing",
+        ],
     );
 }
 
@@ -162,7 +169,10 @@ fn unsupported_known_dtype_is_named() {
     // Same byte count, so only the dtype is wrong: I32 where a float weight belongs.
     h.get_mut("backbone.layers.3.mixer.q_proj.weight").unwrap()["dtype"] = "I32".into();
     write_st(&p, &h, &data);
-    assert_mentions(&load_err(d.path()), &["backbone.layers.3.mixer.q_proj.weight", "I32"]);
+    assert_mentions(
+        &load_err(d.path()),
+        &["backbone.layers.3.mixer.q_proj.weight", "I32"],
+    );
 }
 
 #[test]
@@ -175,7 +185,10 @@ fn extra_tensor_is_reported() {
     write_st(&p, &h, &data);
     // Shares bytes with norm_f: rejected either as overlap or as an unknown tensor.
     let msg = load_err(d.path());
-    assert!(msg.contains("backbone.layers.8.norm.weight") || msg.contains("overlap"), "{msg}");
+    assert!(
+        msg.contains("backbone.layers.8.norm.weight") || msg.contains("overlap"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -198,7 +211,11 @@ fn mtp_tensors_are_kept_not_rejected() {
 fn unknown_layer_type_is_named() {
     let d = copy_of("nemotronh_tiny_grouped/hf");
     edit_config(d.path(), |c| {
-        let layers = c.get_mut("layers_block_type").unwrap().as_array_mut().unwrap();
+        let layers = c
+            .get_mut("layers_block_type")
+            .unwrap()
+            .as_array_mut()
+            .unwrap();
         layers[2] = "retention".into();
     });
     assert_mentions(&load_err(d.path()), &["retention", "config.json"]);
@@ -208,7 +225,9 @@ fn unknown_layer_type_is_named() {
 fn unknown_quant_algo_is_named() {
     let d = copy_of("nemotronh_tiny_grouped_nvfp4/hf");
     let p = d.path().join("hf_quant_config.json");
-    let text = std::fs::read_to_string(&p).unwrap().replace("\"NVFP4\"", "\"W4A16_AWQ\"");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("\"NVFP4\"", "\"W4A16_AWQ\"");
     std::fs::write(&p, text).unwrap();
     assert_mentions(&load_err(d.path()), &["W4A16_AWQ"]);
 }
@@ -237,7 +256,10 @@ fn mislabelled_quantization_names_the_module() {
         }
         std::fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
     }
-    assert_mentions(&load_err(d.path()), &["backbone.layers.1.mixer.experts.", "NVFP4", "FP8"]);
+    assert_mentions(
+        &load_err(d.path()),
+        &["backbone.layers.1.mixer.experts.", "NVFP4", "FP8"],
+    );
 }
 
 #[test]
@@ -258,12 +280,20 @@ fn sharded_index_naming_a_missing_shard_is_reported() {
         r#"{"metadata": {}, "weight_map": {"backbone.norm_f.weight": "model-00002-of-00002.safetensors"}}"#,
     )
     .unwrap();
-    assert_mentions(&load_err(d.path()), &["model-00002-of-00002.safetensors", "does not exist"]);
+    assert_mentions(
+        &load_err(d.path()),
+        &["model-00002-of-00002.safetensors", "does not exist"],
+    );
 }
 
 fn tiny_model() -> Model {
     let be = backend::create(BackendKind::Cpu, 1).unwrap();
-    Model::load(&fixture("nemotronh_tiny_grouped/hf"), be, LoadOptions::default()).unwrap()
+    Model::load(
+        &fixture("nemotronh_tiny_grouped/hf"),
+        be,
+        LoadOptions::default(),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -282,9 +312,15 @@ fn prompt_over_the_context_is_refused() {
 #[test]
 fn token_outside_vocabulary_is_refused() {
     let model = tiny_model();
-    let err = generate::generate(&model, None, &[3, 512], &GenerateParams::default(), &mut |_| true)
-        .unwrap_err()
-        .to_string();
+    let err = generate::generate(
+        &model,
+        None,
+        &[3, 512],
+        &GenerateParams::default(),
+        &mut |_| true,
+    )
+    .unwrap_err()
+    .to_string();
     assert_mentions(&err, &["512", "vocab"]);
 }
 
