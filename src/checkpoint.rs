@@ -78,15 +78,23 @@ impl fmt::Display for DType {
     }
 }
 
-/// One memory-mapped safetensors file.
+/// One memory-mapped safetensors file, or bytes built in memory (tests, synthesized weights).
 pub struct MappedFile {
     pub path: PathBuf,
-    map: Mmap,
+    map: Backing,
+}
+
+enum Backing {
+    Map(Mmap),
+    Owned(Vec<u8>),
 }
 
 impl MappedFile {
     pub fn bytes(&self) -> &[u8] {
-        &self.map
+        match &self.map {
+            Backing::Map(m) => m,
+            Backing::Owned(v) => v,
+        }
     }
 }
 
@@ -104,6 +112,19 @@ pub struct ByteView {
 }
 
 impl ByteView {
+    /// A view of bytes that live in memory rather than in a file; `name` stands in for the
+    /// path in error messages.
+    pub fn owned(bytes: Vec<u8>, name: &str) -> ByteView {
+        let len = bytes.len();
+        ByteView {
+            file: Arc::new(MappedFile {
+                path: PathBuf::from(name),
+                map: Backing::Owned(bytes),
+            }),
+            range: 0..len,
+        }
+    }
+
     pub fn bytes(&self) -> &[u8] {
         &self.file.bytes()[self.range.clone()]
     }
@@ -408,7 +429,7 @@ fn map_file(path: &Path) -> Result<Arc<MappedFile>> {
     let map = unsafe { Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
     Ok(Arc::new(MappedFile {
         path: path.to_path_buf(),
-        map,
+        map: Backing::Map(map),
     }))
 }
 

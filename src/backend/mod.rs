@@ -6,6 +6,7 @@
 //! Every op has the same name in `src/backend/cpu/`, `shaders/<op>.wgsl` and `cuda/<op>.cu`.
 
 pub mod cpu;
+pub mod wgpu;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -280,11 +281,32 @@ pub trait Backend: Send + Sync {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendKind {
     Cpu,
+    Wgpu,
+}
+
+/// How to build a backend.
+#[derive(Clone, Debug, Default)]
+pub struct BackendOptions {
+    /// CPU worker threads; 0 = one per core.
+    pub threads: usize,
+    /// wgpu: the first adapter whose name contains this (case-insensitive).
+    pub adapter: Option<String>,
 }
 
 /// Builds a backend by kind; `threads = 0` means one per core.
 pub fn create(kind: BackendKind, threads: usize) -> Result<Arc<dyn Backend>> {
+    create_with(
+        kind,
+        &BackendOptions {
+            threads,
+            ..Default::default()
+        },
+    )
+}
+
+pub fn create_with(kind: BackendKind, opts: &BackendOptions) -> Result<Arc<dyn Backend>> {
     match kind {
-        BackendKind::Cpu => Ok(Arc::new(cpu::CpuBackend::new(threads)?)),
+        BackendKind::Cpu => Ok(Arc::new(cpu::CpuBackend::new(opts.threads)?)),
+        BackendKind::Wgpu => Ok(Arc::new(wgpu::WgpuBackend::new(opts.adapter.as_deref())?)),
     }
 }

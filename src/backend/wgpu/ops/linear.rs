@@ -1,0 +1,46 @@
+//! `linear`: `x Wᵀ + b` over a weight in any stored format (`shaders/linear.wgsl`), one
+//! dispatch per row chunk of the weight.
+
+use crate::backend::wgpu::{Shader, WgpuBackend, groups_2d};
+use crate::backend::{Tensor, Weight};
+use crate::error::Result;
+
+pub(crate) const SHADER: Shader = Shader {
+    name: "linear",
+    source: include_str!("../../../../shaders/linear.wgsl"),
+};
+
+pub(crate) fn linear(be: &WgpuBackend, x: &Tensor, w: &Weight) -> Result<Tensor> {
+    let l = be.linear_of(w)?;
+    be.check_cols(x, l.cols, &w.name)?;
+    let tokens = x.rows();
+    let y = be.output(vec![tokens, l.rows], "linear output")?;
+    let (xb, yb) = (be.buf(x)?, be.buf(&y)?);
+    for c in &l.chunks {
+        let params = [
+            l.cols as u32,
+            tokens as u32,
+            c.rows as u32,
+            c.row0 as u32,
+            l.rows as u32,
+            l.has_bias as u32,
+            l.tensor_scale.to_bits(),
+            0,
+        ];
+        be.gpu.dispatch(
+            &SHADER,
+            "main",
+            &[("FORMAT", l.format as f64)],
+            &params,
+            &[
+                (&c.data, false),
+                (&c.scales, false),
+                (&l.bias, false),
+                (xb, false),
+                (yb, true),
+            ],
+            groups_2d(c.rows, tokens),
+        )?;
+    }
+    Ok(y)
+}
