@@ -202,10 +202,15 @@ pub fn generate_on(
     let mut first = true;
     let mut reason = FinishReason::Length;
     while out.tokens.len() < params.max_tokens {
-        let logits = be.download(&fwd.logits)?;
-        let v = model.config.vocab_size;
-        let row = &logits[logits.len() - v..];
-        let id = sampler.sample(row);
+        // Greedy decoding reads back one id (the argmax runs on the backend); sampling needs
+        // the distribution.
+        let id = if params.sampling.is_greedy() {
+            *be.argmax(&fwd.logits)?.last().expect("logits have a row")
+        } else {
+            let logits = be.download(&fwd.logits)?;
+            let v = model.config.vocab_size;
+            sampler.sample(&logits[logits.len() - v..])
+        };
         let ms = step_start.elapsed().as_secs_f64() * 1000.0;
         if first {
             out.prefill_ms = ms;

@@ -33,6 +33,8 @@ enum Command {
     Forward(ForwardArgs),
     /// Describe a checkpoint: layer pattern, parameters, formats, bytes read per token.
     Inspect(InspectArgs),
+    /// List the compute devices every backend can use.
+    Devices,
 }
 
 #[derive(Args)]
@@ -45,6 +47,9 @@ struct ModelArgs {
     /// Worker threads for the CPU backend (0 = one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// wgpu: use the first adapter whose name contains this (see `nemotron-rt devices`).
+    #[arg(long)]
+    adapter: Option<String>,
 }
 
 #[derive(Args)]
@@ -116,7 +121,7 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("NEMOTRON_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| "warn,wgpu_hal=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -125,6 +130,7 @@ fn main() {
         Command::Generate(a) => run_generate(a),
         Command::Forward(a) => run_forward(a),
         Command::Inspect(a) => run_inspect(a),
+        Command::Devices => run_devices(),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -133,7 +139,11 @@ fn main() {
 }
 
 fn load(args: &ModelArgs) -> anyhow::Result<Model> {
-    let be = backend::create(args.backend, args.threads)?;
+    let opts = backend::BackendOptions {
+        threads: args.threads,
+        adapter: args.adapter.clone(),
+    };
+    let be = backend::create_with(args.backend, &opts)?;
     let model = Model::load(&args.model, be, LoadOptions { progress: true })
         .with_context(|| format!("loading {}", args.model.display()))?;
     Ok(model)
@@ -465,4 +475,28 @@ fn bytes(n: f64) -> String {
         n if n >= 1024.0 => format!("{:.1} KiB", n / 1024.0),
         n => format!("{n:.0} B"),
     }
+}
+
+fn run_devices() -> anyhow::Result<()> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("cpu    {} ({threads} threads)", std::env::consts::ARCH);
+    let adapters = nemotron_rt::backend::wgpu::adapters();
+    if adapters.is_empty() {
+        println!("wgpu   no adapter (no Vulkan/Metal/DX12/GL driver found)");
+    }
+    for a in adapters {
+        println!(
+            "wgpu   {} [{} {}] driver {}; max buffer {}, max storage binding {}; shader-f16 {}, subgroups {}",
+            a.name,
+            a.backend,
+            a.device_type,
+            a.driver,
+            bytes(a.max_buffer_size as f64),
+            bytes(a.max_storage_binding as f64),
+            a.shader_f16,
+            a.subgroups
+        );
+    }
+    println!("cuda   not built into this version (the CUDA backend is planned)");
+    Ok(())
 }
