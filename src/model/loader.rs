@@ -33,6 +33,9 @@ pub struct GroupStats {
     pub access: Access,
     /// Bytes of one row, for `Access::OneRow`.
     pub row_bytes: u64,
+    /// Reads a tensor stored under another group (a tied `lm_head`): counted in the bytes read
+    /// per token, not in the parameters or bytes stored.
+    pub tied: bool,
 }
 
 impl GroupStats {
@@ -119,6 +122,7 @@ impl<'a> Loader<'a> {
             bytes: 0,
             access,
             row_bytes: 0,
+            tied: false,
         });
         if !g.formats.iter().any(|f| f == format) {
             g.formats.push(format.to_string());
@@ -219,6 +223,26 @@ impl<'a> Loader<'a> {
         };
         self.record(name, t.dtype.name(), w.params(), w.stored_bytes(), access);
         self.backend.load_linear(&w)
+    }
+
+    /// Books a second, full read of an already loaded tensor per token (tied `lm_head`).
+    pub fn record_tied(&mut self, group: &str, of: &str) {
+        let Some(src) = self.groups.get(of).cloned() else {
+            return;
+        };
+        self.groups.insert(
+            group.to_string(),
+            GroupStats {
+                name: group.to_string(),
+                formats: src.formats,
+                tensors: 0,
+                params: src.params,
+                bytes: src.bytes,
+                access: Access::Full,
+                row_bytes: 0,
+                tied: true,
+            },
+        );
     }
 
     /// A 1-D float tensor of exactly `len` elements (norm weights, A_log, D, dt_bias, biases).

@@ -46,17 +46,22 @@ pub struct ModelInfo {
 }
 
 impl ModelInfo {
+    /// Groups whose tensors are stored (a tied `lm_head` reuses the embedding table).
+    fn stored(&self) -> impl Iterator<Item = &GroupStats> {
+        self.groups.iter().filter(|g| !g.tied)
+    }
+
     pub fn total_params(&self) -> u64 {
-        self.groups.iter().map(|g| g.params).sum()
+        self.stored().map(|g| g.params).sum()
     }
 
     /// Parameters touched per token: everything but the unchosen routed experts.
     pub fn active_params(&self) -> f64 {
-        self.groups.iter().map(GroupStats::active_params).sum()
+        self.stored().map(GroupStats::active_params).sum()
     }
 
     pub fn weight_bytes(&self) -> u64 {
-        self.groups.iter().map(|g| g.bytes).sum()
+        self.stored().map(|g| g.bytes).sum()
     }
 
     /// Expected weight bytes read to decode one token (experts averaged over `k / E`).
@@ -74,7 +79,8 @@ pub struct Model {
     embeddings: Weight,
     layers: Vec<Layer>,
     norm_f: Weight,
-    lm_head: Weight,
+    /// `None` when tied to the embedding table.
+    lm_head: Option<Weight>,
 }
 
 /// Routing of one MoE layer for the tokens of one forward call.
@@ -174,9 +180,10 @@ impl Model {
         }
         let norm_f = ld.vector("backbone.norm_f.weight", d)?;
         let lm_head = if ck.contains("lm_head.weight") {
-            ld.linear("lm_head", v, d, false)?
+            Some(ld.linear("lm_head", v, d, false)?)
         } else if config.tie_word_embeddings {
-            ld.table("backbone.embeddings.weight", v, d, Access::Full)?
+            ld.record_tied("lm_head (tied to embeddings)", "embeddings");
+            None
         } else {
             return Err(Error::MissingTensor {
                 name: "lm_head.weight".into(),
@@ -323,7 +330,7 @@ impl Model {
         } else {
             be.last_row(&x)?
         };
-        let logits = be.linear(&x, &self.lm_head)?;
+        let logits = be.linear(&x, self.lm_head.as_ref().unwrap_or(&self.embeddings))?;
         seq.pos += t;
         Ok(ForwardOutput {
             logits,
