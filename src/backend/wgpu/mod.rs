@@ -135,10 +135,12 @@ impl WgpuBackend {
         };
         let info = chosen.get_info();
         let limits = chosen.limits();
+        // Subgroups speed up reductions; kernels fall back to shared memory without them.
+        let features = chosen.features() & wgpu::Features::SUBGROUP;
         // Take every limit the adapter offers: the binding size decides how tensors are split.
         let (device, queue) = pollster::block_on(chosen.request_device(&wgpu::DeviceDescriptor {
             label: Some("nemotron-rt"),
-            required_features: wgpu::Features::empty(),
+            required_features: features,
             required_limits: limits,
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,

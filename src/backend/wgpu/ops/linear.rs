@@ -7,7 +7,20 @@ use crate::error::Result;
 
 pub(crate) const SHADER: Shader = Shader {
     name: "linear",
-    source: include_str!("../../../../shaders/linear.wgsl"),
+    source: concat!(
+        include_str!("../../../../shaders/decode.wgsl"),
+        include_str!("../../../../shaders/linear.wgsl")
+    ),
+};
+
+/// The same kernel reducing through subgroups; only built where the adapter has them.
+pub(crate) const SHADER_SUBGROUP: Shader = Shader {
+    name: "linear_subgroup",
+    source: concat!(
+        include_str!("../../../../shaders/decode.wgsl"),
+        include_str!("../../../../shaders/linear.wgsl"),
+        include_str!("../../../../shaders/linear_subgroup.wgsl")
+    ),
 };
 
 pub(crate) fn linear(be: &WgpuBackend, x: &Tensor, w: &Weight) -> Result<Tensor> {
@@ -16,6 +29,11 @@ pub(crate) fn linear(be: &WgpuBackend, x: &Tensor, w: &Weight) -> Result<Tensor>
     let tokens = x.rows();
     let y = be.output(vec![tokens, l.rows], "linear output")?;
     let (xb, yb) = (be.buf(x)?, be.buf(&y)?);
+    let (shader, entry) = if be.gpu.features.contains(wgpu::Features::SUBGROUP) {
+        (&SHADER_SUBGROUP, "main_subgroup")
+    } else {
+        (&SHADER, "main")
+    };
     for c in &l.chunks {
         let params = [
             l.cols as u32,
@@ -28,8 +46,8 @@ pub(crate) fn linear(be: &WgpuBackend, x: &Tensor, w: &Weight) -> Result<Tensor>
             0,
         ];
         be.gpu.dispatch(
-            &SHADER,
-            "main",
+            shader,
+            entry,
             &[("FORMAT", l.format as f64)],
             &params,
             &[
