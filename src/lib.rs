@@ -7,6 +7,7 @@
 //! [`tokenizer`].
 
 pub mod backend;
+pub mod bench;
 pub mod checkpoint;
 pub mod codec;
 pub mod config;

@@ -35,6 +35,23 @@ enum Command {
     Inspect(InspectArgs),
     /// List the compute devices every backend can use.
     Devices,
+    /// Measure prefill and decode speed and the fraction of memory bandwidth decode reaches.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long, default_value_t = 512)]
+    prompt_len: usize,
+    #[arg(long = "gen", default_value_t = 128)]
+    gen_tokens: usize,
+    #[arg(long, default_value_t = 5)]
+    repeat: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -131,6 +148,7 @@ fn main() {
         Command::Forward(a) => run_forward(a),
         Command::Inspect(a) => run_inspect(a),
         Command::Devices => run_devices(),
+        Command::Bench(a) => run_bench(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -498,5 +516,85 @@ fn run_devices() -> anyhow::Result<()> {
         );
     }
     println!("cuda   not built into this version (the CUDA backend is planned)");
+    Ok(())
+}
+
+fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    let model = load(&a.model)?;
+    let load_s = start.elapsed().as_secs_f64();
+    let threads = model.backend.info().threads;
+    let opts = nemotron_rt::bench::BenchOptions {
+        prompt_len: a.prompt_len,
+        gen_tokens: a.gen_tokens,
+        repeat: a.repeat,
+        // The roofline is the CPU's memory bandwidth on the CPU backend's own threads.
+        bandwidth_threads: if a.model.backend == BackendKind::Cpu {
+            threads
+        } else {
+            0
+        },
+    };
+    let r = nemotron_rt::bench::run(&model, &opts)?;
+    if a.json {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            model: String,
+            load_s: f64,
+            #[serde(flatten)]
+            report: &'a nemotron_rt::bench::BenchReport,
+        }
+        let out = Out {
+            model: a.model.model.display().to_string(),
+            load_s,
+            report: &r,
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "| {:<28} | {:<8} | {:>7} | {:>7} | {:>10} | {:>10} | {:>10} |",
+        "model", "backend", "threads", "test", "t/s", "min", "max"
+    );
+    println!("|{:-<30}|{:-<10}|{:->9}|{:->9}|{:->12}|{:->12}|{:->12}|", "", "", "", "", "", "", "");
+    // Checkpoints often live in `<model>/hf`: name them by the folder that says what they are.
+    let dir = &a.model.model;
+    let name = dir
+        .file_name()
+        .filter(|n| *n != "hf" && *n != "hf_bf16")
+        .or_else(|| dir.parent().and_then(|p| p.file_name()))
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    for (test, s) in [
+        (format!("pp{}", r.prompt_len), r.prefill_tok_s),
+        (format!("tg{}", r.gen_tokens), r.decode_tok_s),
+    ] {
+        println!(
+            "| {:<28} | {:<8} | {:>7} | {:>7} | {:>10.2} | {:>10.2} | {:>10.2} |",
+            name, r.backend, r.threads, test, s.median, s.min, s.max
+        );
+    }
+    println!();
+    println!("device              {}", r.device);
+    println!("load                {load_s:.2} s");
+    println!(
+        "time to first token {:.1} ms (median of {})",
+        r.ttft_ms.median, r.repeat
+    );
+    println!(
+        "weights per token   {} (stored formats, experts actually chosen)",
+        bytes(r.bytes_per_token)
+    );
+    println!("decode bandwidth    {:.2} GB/s", r.achieved_gb_s);
+    if let (Some(m), Some(f)) = (r.machine_gb_s, r.roofline_fraction) {
+        println!(
+            "machine bandwidth   {m:.2} GB/s (streaming read, {} threads) -> {:.0}% of the roofline",
+            r.threads,
+            f * 100.0
+        );
+    }
+    if let Some(rss) = r.peak_rss_bytes {
+        println!("peak resident       {}", bytes(rss as f64));
+    }
     Ok(())
 }

@@ -1,0 +1,212 @@
+//! `nemotron-rt bench`: prefill and decode speed, and how close decode comes to the memory
+//! bandwidth roofline — bytes of weights actually read per token (from the stored formats and
+//! the experts really chosen) against a streaming-read bandwidth measured in the same run.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::generate::{self, GenerateParams, TokenRoute};
+use crate::model::Model;
+use crate::model::loader::Access;
+
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub prompt_len: usize,
+    pub gen_tokens: usize,
+    pub repeat: usize,
+    /// Threads for the bandwidth probe (the CPU backend's thread count); 0 = skip the probe.
+    pub bandwidth_threads: usize,
+}
+
+/// Median, minimum and maximum of a measurement over repeats.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Stats {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Stats {
+    pub fn of(values: &[f64]) -> Stats {
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n == 0 {
+            0.0
+        } else if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Stats {
+            median,
+            min: v.first().copied().unwrap_or(0.0),
+            max: v.last().copied().unwrap_or(0.0),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub backend: String,
+    pub device: String,
+    pub threads: usize,
+    pub prompt_len: usize,
+    pub gen_tokens: usize,
+    pub repeat: usize,
+    pub prefill_tok_s: Stats,
+    pub decode_tok_s: Stats,
+    pub ttft_ms: Stats,
+    /// Weight bytes read per decoded token, from the stored formats and the chosen experts.
+    pub bytes_per_token: f64,
+    /// `bytes_per_token × median decode tok/s`.
+    pub achieved_gb_s: f64,
+    /// Streaming-read bandwidth measured on the same threads, in the same run.
+    pub machine_gb_s: Option<f64>,
+    pub roofline_fraction: Option<f64>,
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// Bytes of weights read for one decoded token whose routing was `routes`: every non-routed
+/// tensor whole, one embedding row, and the chosen experts of each MoE layer.
+pub fn bytes_for_token(model: &Model, routes: &[TokenRoute]) -> f64 {
+    let info = &model.info;
+    let mut bytes: f64 = info
+        .groups
+        .iter()
+        .filter(|g| !matches!(g.access, Access::Routed { .. }))
+        .map(|g| g.bytes_per_token())
+        .sum();
+    let moe_layers = model.moe_layers().len().max(1) as f64;
+    for g in info.groups.iter() {
+        if let Access::Routed { experts, .. } = g.access {
+            // The group sums one projection of every expert over all MoE layers.
+            let per_expert = g.bytes as f64 / (experts as f64 * moe_layers);
+            let chosen: usize = routes
+                .iter()
+                .map(|r| r.ids.iter().collect::<BTreeSet<_>>().len())
+                .sum();
+            bytes += per_expert * chosen as f64;
+        }
+    }
+    bytes
+}
+
+/// A deterministic prompt of `n` ordinary token ids (avoiding the first few special ids).
+pub fn synthetic_prompt(n: usize, vocab: usize) -> Vec<u32> {
+    let span = vocab.saturating_sub(3).max(1);
+    (0..n).map(|i| (3 + (i * 7919 + 11) % span) as u32).collect()
+}
+
+pub fn run(model: &Model, opts: &BenchOptions) -> Result<BenchReport> {
+    if opts.prompt_len == 0 || opts.gen_tokens < 2 || opts.repeat == 0 {
+        return Err(Error::Invalid(format!(
+            "bench needs --prompt-len >= 1, --gen >= 2 and --repeat >= 1 (got {}, {}, {})",
+            opts.prompt_len, opts.gen_tokens, opts.repeat
+        )));
+    }
+    let prompt = synthetic_prompt(opts.prompt_len, model.config.vocab_size);
+    let base = GenerateParams {
+        max_tokens: opts.gen_tokens,
+        ignore_eos: true,
+        max_context: Some(opts.prompt_len + opts.gen_tokens + 1),
+        ..Default::default()
+    };
+    // Warm-up (pipelines, page cache) that also records routing for the byte count.
+    let warm = generate::generate(
+        model,
+        None,
+        &prompt,
+        &GenerateParams {
+            max_tokens: opts.gen_tokens.min(16),
+            routing: true,
+            ..base.clone()
+        },
+        &mut |_| true,
+    )?;
+    let decoded = &warm.routing[1..];
+    let bytes_per_token = if decoded.is_empty() {
+        model.info.bytes_per_token()
+    } else {
+        decoded.iter().map(|r| bytes_for_token(model, r)).sum::<f64>() / decoded.len() as f64
+    };
+    let (mut prefill, mut decode, mut ttft) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..opts.repeat {
+        let start = Instant::now();
+        let mut first: Option<f64> = None;
+        let g = generate::generate(model, None, &prompt, &base, &mut |ev| {
+            if first.is_none() && matches!(ev, generate::Event::Token { .. }) {
+                first = Some(start.elapsed().as_secs_f64() * 1000.0);
+            }
+            true
+        })?;
+        prefill.push(g.prefill_tok_s());
+        decode.push(g.decode_tok_s());
+        ttft.push(first.unwrap_or(g.prefill_ms));
+    }
+    let decode_tok_s = Stats::of(&decode);
+    let achieved_gb_s = bytes_per_token * decode_tok_s.median / 1e9;
+    let machine_gb_s =
+        (opts.bandwidth_threads > 0).then(|| measure_bandwidth(opts.bandwidth_threads, 1 << 30));
+    let info = model.backend.info();
+    Ok(BenchReport {
+        backend: info.name,
+        device: info.device,
+        threads: info.threads,
+        prompt_len: opts.prompt_len,
+        gen_tokens: opts.gen_tokens,
+        repeat: opts.repeat,
+        prefill_tok_s: Stats::of(&prefill),
+        decode_tok_s,
+        ttft_ms: Stats::of(&ttft),
+        bytes_per_token,
+        achieved_gb_s,
+        machine_gb_s,
+        roofline_fraction: machine_gb_s.map(|m| achieved_gb_s / m),
+        peak_rss_bytes: peak_rss(),
+    })
+}
+
+/// Streaming-read bandwidth in GB/s: `threads` threads summing disjoint parts of a `bytes`
+/// buffer (far larger than any cache), best of five passes.
+pub fn measure_bandwidth(threads: usize, bytes: usize) -> f64 {
+    let n = bytes / 8;
+    let pool = match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
+        Ok(p) => p,
+        Err(_) => return 0.0,
+    };
+    let data: Vec<u64> = pool.install(|| (0..n as u64).into_par_iter().collect());
+    let mut best = 0.0f64;
+    for _ in 0..5 {
+        let start = Instant::now();
+        let sum: u64 = pool.install(|| {
+            data.par_chunks(n.div_ceil(threads))
+                .map(|c| {
+                    // Four independent lanes so the add chain is not the limit.
+                    let mut acc = [0u64; 4];
+                    for q in c.chunks_exact(4) {
+                        for l in 0..4 {
+                            acc[l] = acc[l].wrapping_add(q[l]);
+                        }
+                    }
+                    acc.iter().fold(0u64, |a, &b| a.wrapping_add(b))
+                })
+                .reduce(|| 0, u64::wrapping_add)
+        });
+        std::hint::black_box(sum);
+        best = best.max(bytes as f64 / start.elapsed().as_secs_f64() / 1e9);
+    }
+    best
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`).
+pub fn peak_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
