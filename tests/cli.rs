@@ -478,14 +478,22 @@ fn tied_embeddings_are_stored_once_and_read_per_token() {
     out.extend_from_slice(&b[8 + n..]);
     std::fs::write(&st, out).unwrap();
     let cfg_path = tmp.path().join("config.json");
-    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
     cfg["tie_word_embeddings"] = Value::Bool(true);
     std::fs::write(&cfg_path, serde_json::to_string(&cfg).unwrap()).unwrap();
 
     let dir = tmp.path().to_str().unwrap();
-    let untied: Value = serde_json::from_slice(&ok(&["inspect", "--model", src.to_str().unwrap(), "--json"]).stdout).unwrap();
-    let tied: Value = serde_json::from_slice(&ok(&["inspect", "--model", dir, "--json"]).stdout).unwrap();
-    let (v, d) = (cfg["vocab_size"].as_u64().unwrap(), cfg["hidden_size"].as_u64().unwrap());
+    let untied: Value = serde_json::from_slice(
+        &ok(&["inspect", "--model", src.to_str().unwrap(), "--json"]).stdout,
+    )
+    .unwrap();
+    let tied: Value =
+        serde_json::from_slice(&ok(&["inspect", "--model", dir, "--json"]).stdout).unwrap();
+    let (v, d) = (
+        cfg["vocab_size"].as_u64().unwrap(),
+        cfg["hidden_size"].as_u64().unwrap(),
+    );
     assert_eq!(
         tied["total_params"].as_u64().unwrap(),
         untied["total_params"].as_u64().unwrap() - v * d,
@@ -494,7 +502,17 @@ fn tied_embeddings_are_stored_once_and_read_per_token() {
     // Untied: one embedding row + the whole lm_head (same dtype) per token; tied: one row +
     // the whole table. Same bytes.
     assert_eq!(tied["bytes_per_token"], untied["bytes_per_token"]);
-    let g = ok(&["generate", "--model", dir, "--prompt-ids", "1,2,3", "--max-tokens", "4", "--ignore-eos", "--json"]);
+    let g = ok(&[
+        "generate",
+        "--model",
+        dir,
+        "--prompt-ids",
+        "1,2,3",
+        "--max-tokens",
+        "4",
+        "--ignore-eos",
+        "--json",
+    ]);
     let g: Value = serde_json::from_slice(&g.stdout).unwrap();
     assert_eq!(g["tokens"].as_array().unwrap().len(), 4);
 }

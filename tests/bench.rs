@@ -1,0 +1,90 @@
+//! The bench's bytes-per-token count against a hand count from the safetensors header.
+
+use std::path::Path;
+
+use nemotron_rt::backend::{self, BackendKind};
+use nemotron_rt::bench::{Stats, bytes_for_token};
+use nemotron_rt::generate::TokenRoute;
+use nemotron_rt::model::{LoadOptions, Model};
+use serde_json::Value;
+
+#[test]
+fn bytes_per_token_matches_a_hand_count() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models/nemotronh_tiny_grouped_nvfp4_super/hf");
+    let model = Model::load(
+        &dir,
+        backend::create(BackendKind::Cpu, 1).unwrap(),
+        LoadOptions::default(),
+    )
+    .unwrap();
+    // A routing for one decoded token: k = 4 distinct experts in each MoE layer (1, 4, 7).
+    let routes = vec![
+        TokenRoute {
+            layer: 1,
+            ids: vec![0, 3, 5, 15],
+            weights: vec![0.25; 4],
+        },
+        TokenRoute {
+            layer: 4,
+            ids: vec![1, 2, 8, 9],
+            weights: vec![0.25; 4],
+        },
+        TokenRoute {
+            layer: 7,
+            ids: vec![4, 6, 10, 11],
+            weights: vec![0.25; 4],
+        },
+    ];
+
+    let b = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&b[8..8 + n]).unwrap();
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let vocab = cfg["vocab_size"].as_u64().unwrap();
+    let mut hand = 0u64;
+    for (name, t) in header.as_object().unwrap() {
+        if name == "__metadata__" {
+            continue;
+        }
+        let off = t["data_offsets"].as_array().unwrap();
+        let bytes = off[1].as_u64().unwrap() - off[0].as_u64().unwrap();
+        // Activation and KV-cache scales are not read by the exact (weight-only) path.
+        if name.ends_with("input_scale") || name.ends_with("k_scale") || name.ends_with("v_scale") {
+            continue;
+        }
+        if name == "backbone.embeddings.weight" {
+            hand += bytes / vocab; // one row per token
+            continue;
+        }
+        if let Some(rest) = name.strip_prefix("backbone.layers.") {
+            let parts: Vec<&str> = rest.split('.').collect();
+            if parts.len() > 3 && parts[2] == "experts" {
+                let layer: usize = parts[0].parse().unwrap();
+                let e: u32 = parts[3].parse().unwrap();
+                let chosen = routes.iter().find(|r| r.layer == layer).unwrap();
+                if chosen.ids.contains(&e) {
+                    hand += bytes;
+                }
+                continue;
+            }
+        }
+        hand += bytes;
+    }
+    let counted = bytes_for_token(&model, &routes);
+    assert_eq!(
+        counted, hand as f64,
+        "bench counts {counted} bytes, the header says {hand}"
+    );
+    // And the k/E average inspect reports equals it for any k distinct experts per layer.
+    assert_eq!(model.info.bytes_per_token(), hand as f64);
+}
+
+#[test]
+fn stats_are_median_min_max() {
+    let s = Stats::of(&[3.0, 1.0, 2.0, 10.0]);
+    assert_eq!((s.median, s.min, s.max), (2.5, 1.0, 10.0));
+    let s = Stats::of(&[5.0, 1.0, 4.0]);
+    assert_eq!((s.median, s.min, s.max), (4.0, 1.0, 5.0));
+}
