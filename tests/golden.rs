@@ -57,8 +57,14 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// The CPU engine and every other backend present; an absent one is skipped with the reason.
 fn backends() -> Vec<Arc<dyn Backend>> {
-    vec![backend::create(BackendKind::Cpu, 2).unwrap()]
+    let mut v = vec![backend::create(BackendKind::Cpu, 2).unwrap()];
+    match backend::create(BackendKind::Wgpu, 0) {
+        Ok(b) => v.push(b),
+        Err(e) => eprintln!("golden: wgpu skipped: {e}"),
+    }
+    v
 }
 
 /// Runs every check of one checkpoint against one golden file.
