@@ -16,6 +16,7 @@ pub mod generate;
 pub mod model;
 pub mod quant_config;
 pub mod sampling;
+pub mod synth;
 pub mod tokenizer;
 pub mod weights;
 

@@ -37,6 +37,29 @@ enum Command {
     Devices,
     /// Measure prefill and decode speed and the fraction of memory bandwidth decode reaches.
     Bench(BenchArgs),
+    /// Write a random-weight checkpoint with Nemotron 3 Super's exact layer shapes and layout.
+    Synth(SynthArgs),
+}
+
+#[derive(Args)]
+struct SynthArgs {
+    #[arg(long, value_enum, default_value = "super")]
+    shape: nemotron_rt::synth::Shape,
+    /// Layer pattern: M = Mamba-2, E = MoE, * = attention, - = MLP.
+    #[arg(long, default_value = "MEMEM*EME")]
+    pattern: String,
+    #[arg(long, default_value_t = 16384)]
+    vocab: usize,
+    #[arg(long, value_enum, default_value = "nvfp4")]
+    recipe: nemotron_rt::synth::Recipe,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output folder (created; must be empty if it exists).
+    #[arg(long)]
+    out: PathBuf,
+    /// Largest shard in bytes.
+    #[arg(long, default_value_t = nemotron_rt::synth::DEFAULT_MAX_SHARD_BYTES)]
+    max_shard_bytes: u64,
 }
 
 #[derive(Args)]
@@ -149,6 +172,7 @@ fn main() {
         Command::Inspect(a) => run_inspect(a),
         Command::Devices => run_devices(),
         Command::Bench(a) => run_bench(a),
+        Command::Synth(a) => run_synth(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -596,5 +620,30 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
     if let Some(rss) = r.peak_rss_bytes {
         println!("peak resident       {}", bytes(rss as f64));
     }
+    Ok(())
+}
+
+fn run_synth(a: SynthArgs) -> anyhow::Result<()> {
+    let opts = nemotron_rt::synth::SynthOptions {
+        shape: a.shape,
+        pattern: a.pattern,
+        vocab: a.vocab,
+        recipe: a.recipe,
+        seed: a.seed,
+        out: a.out.clone(),
+        max_shard_bytes: a.max_shard_bytes,
+        progress: true,
+    };
+    let start = std::time::Instant::now();
+    let s = nemotron_rt::synth::synth(&opts)?;
+    eprintln!(
+        "wrote {} ({} tensors, {} parameters) in {} shard(s) to {} in {:.1} s",
+        bytes(s.total_bytes as f64),
+        s.tensors,
+        human(s.params as f64),
+        s.shards,
+        a.out.display(),
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -46,6 +46,7 @@ pub(crate) struct Gpu {
     recorded: Mutex<usize>,
     errors: Arc<Mutex<Vec<String>>>,
     lost: Arc<Mutex<Option<String>>>,
+    pub weight_cap: Option<u64>,
 }
 
 /// Dispatches recorded before the encoder is submitted even without a read-back, to bound the
@@ -78,6 +79,7 @@ impl Gpu {
             recorded: Mutex::new(0),
             errors,
             lost,
+            weight_cap: None,
         }
     }
 
@@ -105,6 +107,13 @@ impl Gpu {
     /// Largest buffer that one shader binding may cover.
     pub(crate) fn max_binding(&self) -> u64 {
         (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+    }
+
+    /// Largest chunk a weight is split into: the binding limit, or a smaller cap (tests use it
+    /// to exercise chunking on tiny models).
+    pub(crate) fn weight_binding(&self) -> u64 {
+        self.weight_cap
+            .map_or(self.max_binding(), |c| c.min(self.max_binding()))
     }
 
     fn checked_create(

@@ -96,6 +96,13 @@ impl WgpuBackend {
     /// Opens the first adapter whose name contains `adapter` (case-insensitive), or the
     /// default adapter (preferring discrete GPUs) when `adapter` is `None`.
     pub fn new(adapter: Option<&str>) -> Result<WgpuBackend> {
+        Self::with_weight_chunk_cap(adapter, None)
+    }
+
+    /// Like [`new`](Self::new), splitting weights into chunks of at most `cap` bytes (when
+    /// smaller than the adapter's binding limit): how tests exercise the chunked paths that
+    /// only real checkpoints reach.
+    pub fn with_weight_chunk_cap(adapter: Option<&str>, cap: Option<u64>) -> Result<WgpuBackend> {
         let inst = instance();
         let all = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()));
         if all.is_empty() {
@@ -147,9 +154,9 @@ impl WgpuBackend {
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| werr(format!("cannot open adapter {}: {e}", info.name)))?;
-        Ok(WgpuBackend {
-            gpu: Gpu::new(device, queue, info),
-        })
+        let mut gpu = Gpu::new(device, queue, info);
+        gpu.weight_cap = cap;
+        Ok(WgpuBackend { gpu })
     }
 
     pub(crate) fn buf<'a>(&self, t: &'a Tensor) -> Result<&'a wgpu::Buffer> {

@@ -75,7 +75,7 @@ fn parts(w: &StoredLinear) -> (u32, f32, &[u8], &[u8]) {
 
 /// Rows per chunk so that data and scales each fit one binding; at least one row.
 fn rows_per_chunk(gpu: &Gpu, name: &str, rows: usize, (rb, sb): (usize, usize)) -> Result<usize> {
-    let max = gpu.max_binding() as usize;
+    let max = gpu.weight_binding() as usize;
     if rb > max {
         return Err(gpu.err(format!(
             "tensor `{name}`: one row needs {rb} bytes but a storage binding holds at most {max}"
@@ -161,7 +161,7 @@ impl ExpertStack {
         }
         let (rb, sb) = row_bytes(format, cols);
         let (eb, esb) = (rb * rows, sb * rows);
-        let max = gpu.max_binding() as usize;
+        let max = gpu.weight_binding() as usize;
         if eb > max || esb > max {
             return Err(gpu.err(format!(
                 "{name}: one expert needs {eb} bytes but a storage binding holds at most {max}"
