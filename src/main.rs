@@ -158,6 +158,12 @@ struct InspectArgs {
 }
 
 fn main() {
+    // Like every Unix filter, end quietly when the reader of our output goes away
+    // (`nemotron-rt inspect | head`) instead of panicking on a broken pipe.
+    // SAFETY: called first thing, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("NEMOTRON_LOG")
@@ -580,7 +586,10 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
         "| {:<28} | {:<8} | {:>7} | {:>7} | {:>10} | {:>10} | {:>10} |",
         "model", "backend", "threads", "test", "t/s", "min", "max"
     );
-    println!("|{:-<30}|{:-<10}|{:->9}|{:->9}|{:->12}|{:->12}|{:->12}|", "", "", "", "", "", "", "");
+    println!(
+        "|{:-<30}|{:-<10}|{:->9}|{:->9}|{:->12}|{:->12}|{:->12}|",
+        "", "", "", "", "", "", ""
+    );
     // Checkpoints often live in `<model>/hf`: name them by the folder that says what they are.
     let dir = &a.model.model;
     let name = dir

@@ -91,24 +91,11 @@ pub(crate) fn experts(
     par: bool,
 ) -> Vec<f32> {
     let latent = ex.up[0].cols;
-    let hidden = ex.up[0].rows;
-    let contributions: Vec<Vec<f32>> = par::map(tokens * k, par, |slot| {
-        let (scratch, h) = (&mut Vec::new(), &mut vec![0.0f32; hidden]);
-        let t = slot / k;
-        let e = ids[slot] as usize;
-        ex.up[e].matvec(&x[t * latent..(t + 1) * latent], h, scratch);
-        for v in h.iter_mut() {
-            let r = v.max(0.0);
-            *v = r * r;
-        }
-        let mut o = vec![0.0f32; latent];
-        ex.down[e].matvec(h, &mut o, scratch);
-        let w = weights[slot];
-        for v in o.iter_mut() {
-            *v *= w;
-        }
-        o
-    });
+    let contributions = if tokens == 1 {
+        one_token(x, ex, ids, weights, par)
+    } else {
+        by_expert(x, tokens, ex, ids, weights, k, par)
+    };
     let mut out = vec![0.0f32; tokens * latent];
     for (slot, c) in contributions.iter().enumerate() {
         let t = slot / k;
@@ -117,4 +104,72 @@ pub(crate) fn experts(
         }
     }
     out
+}
+
+/// Decode: the `k` chosen experts of one token, in parallel.
+fn one_token(x: &[f32], ex: &CpuExperts, ids: &[u32], weights: &[f32], par: bool) -> Vec<Vec<f32>> {
+    let (latent, hidden) = (ex.up[0].cols, ex.up[0].rows);
+    par::map(ids.len(), par, |slot| {
+        let (scratch, h) = (&mut Vec::new(), &mut vec![0.0f32; hidden]);
+        let e = ids[slot] as usize;
+        ex.up[e].matvec(&x[..latent], h, scratch);
+        relu2(h);
+        let mut o = vec![0.0f32; latent];
+        ex.down[e].matvec(h, &mut o, scratch);
+        let w = weights[slot];
+        o.iter_mut().for_each(|v| *v *= w);
+        o
+    })
+}
+
+/// Prefill: each chosen expert runs once over all the tokens routed to it, so its weights are
+/// read once per call instead of once per token.
+fn by_expert(
+    x: &[f32],
+    tokens: usize,
+    ex: &CpuExperts,
+    ids: &[u32],
+    weights: &[f32],
+    k: usize,
+    par: bool,
+) -> Vec<Vec<f32>> {
+    let latent = ex.up[0].cols;
+    let mut slots_of: Vec<Vec<usize>> = vec![Vec::new(); ex.up.len()];
+    for (slot, &e) in ids[..tokens * k].iter().enumerate() {
+        slots_of[e as usize].push(slot);
+    }
+    let active: Vec<usize> = (0..ex.up.len())
+        .filter(|&e| !slots_of[e].is_empty())
+        .collect();
+    let per_expert: Vec<Vec<f32>> = par::map(active.len(), par, |i| {
+        let e = active[i];
+        let slots = &slots_of[e];
+        let mut xs = Vec::with_capacity(slots.len() * latent);
+        for &slot in slots {
+            let t = slot / k;
+            xs.extend_from_slice(&x[t * latent..(t + 1) * latent]);
+        }
+        let mut h = ex.up[e].forward(&xs, slots.len(), false);
+        relu2(&mut h);
+        let mut o = ex.down[e].forward(&h, slots.len(), false);
+        for (row, &slot) in o.chunks_exact_mut(latent).zip(slots) {
+            let w = weights[slot];
+            row.iter_mut().for_each(|v| *v *= w);
+        }
+        o
+    });
+    let mut contributions = vec![Vec::new(); tokens * k];
+    for (i, &e) in active.iter().enumerate() {
+        for (row, &slot) in per_expert[i].chunks_exact(latent).zip(&slots_of[e]) {
+            contributions[slot] = row.to_vec();
+        }
+    }
+    contributions
+}
+
+fn relu2(h: &mut [f32]) {
+    for v in h.iter_mut() {
+        let r = v.max(0.0);
+        *v = r * r;
+    }
 }
