@@ -106,7 +106,9 @@ impl Gpu {
 
     /// Largest buffer that one shader binding may cover.
     pub(crate) fn max_binding(&self) -> u64 {
-        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
     }
 
     /// Largest chunk a weight is split into: the binding limit, or a smaller cap (tests use it
@@ -297,7 +299,7 @@ impl Gpu {
         let (pipeline, layout) = self.pipeline(shader, entry, constants, &writable)?;
         let mut words = params.to_vec();
         // Uniform structs are padded to 16 bytes.
-        while words.is_empty() || words.len() % 4 != 0 {
+        while words.is_empty() || !words.len().is_multiple_of(4) {
             words.push(0);
         }
         let ubuf = self

@@ -66,7 +66,7 @@ fn summary(a: &wgpu::Adapter) -> AdapterSummary {
             .trim()
             .to_string(),
         max_buffer_size: limits.max_buffer_size,
-        max_storage_binding: limits.max_storage_buffer_binding_size as u64,
+        max_storage_binding: limits.max_storage_buffer_binding_size,
         shader_f16: f.contains(wgpu::Features::SHADER_F16),
         subgroups: f.contains(wgpu::Features::SUBGROUP),
     }

@@ -82,7 +82,7 @@ fn rows_per_chunk(gpu: &Gpu, name: &str, rows: usize, (rb, sb): (usize, usize)) 
         )));
     }
     let by_data = max / rb.max(1);
-    let by_scales = if sb > 0 { max / sb } else { usize::MAX };
+    let by_scales = max.checked_div(sb).unwrap_or(usize::MAX);
     // Chunks start on a 16-row boundary only for tidiness; any row count works.
     Ok(by_data.min(by_scales).min(rows).max(1))
 }
@@ -168,7 +168,7 @@ impl ExpertStack {
             )));
         }
         let per = (max / eb.max(1))
-            .min(if esb > 0 { max / esb } else { usize::MAX })
+            .min(max.checked_div(esb).unwrap_or(usize::MAX))
             .max(1);
         let mut chunks = Vec::new();
         let mut e0 = 0;
