@@ -6,6 +6,7 @@ mod linear;
 mod mamba;
 mod moe;
 mod par;
+mod simd;
 
 use self::attention::KvCache;
 use self::linear::CpuLinear;
