@@ -99,7 +99,9 @@ pub fn bytes_for_token(model: &Model, routes: &[TokenRoute]) -> f64 {
 /// A deterministic prompt of `n` ordinary token ids (avoiding the first few special ids).
 pub fn synthetic_prompt(n: usize, vocab: usize) -> Vec<u32> {
     let span = vocab.saturating_sub(3).max(1);
-    (0..n).map(|i| (3 + (i * 7919 + 11) % span) as u32).collect()
+    (0..n)
+        .map(|i| (3 + (i * 7919 + 11) % span) as u32)
+        .collect()
 }
 
 pub fn run(model: &Model, opts: &BenchOptions) -> Result<BenchReport> {
@@ -132,7 +134,11 @@ pub fn run(model: &Model, opts: &BenchOptions) -> Result<BenchReport> {
     let bytes_per_token = if decoded.is_empty() {
         model.info.bytes_per_token()
     } else {
-        decoded.iter().map(|r| bytes_for_token(model, r)).sum::<f64>() / decoded.len() as f64
+        decoded
+            .iter()
+            .map(|r| bytes_for_token(model, r))
+            .sum::<f64>()
+            / decoded.len() as f64
     };
     let (mut prefill, mut decode, mut ttft) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..opts.repeat {

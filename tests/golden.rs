@@ -297,9 +297,16 @@ fn chunked_weights_on_wgpu_match_transformers() {
     assert_eq!(g.tokens, want, "chunked wgpu tokens");
     for s in 0..want.len() - 1 {
         for r in &g.routing[s + 1] {
-            let gi = golden.ids(&format!("prompt1.gen.router.layer{}.topk_ids_sorted", r.layer));
+            let gi = golden.ids(&format!(
+                "prompt1.gen.router.layer{}.topk_ids_sorted",
+                r.layer
+            ));
             let k = r.ids.len();
-            assert_eq!(r.ids, gi[s * k..(s + 1) * k], "chunked wgpu routing, step {s}");
+            assert_eq!(
+                r.ids,
+                gi[s * k..(s + 1) * k],
+                "chunked wgpu routing, step {s}"
+            );
         }
     }
 }
