@@ -3,7 +3,7 @@
 // by the T new inputs x `[T, C]`; y[t, c] = silu(b[c] + Σ_j w[c, j] · timeline[t + j, c]).
 // `conv`: one invocation per (t, c). `shift`: one invocation per channel, run as a second
 // dispatch after `conv`, leaves the last K-1 inputs of the timeline in the state.
-// The weight `[C, K]` is decoded from its stored format (same decode as shaders/linear.wgsl).
+// The weight `[C, K]` is decoded from its stored format (`weight_at` from shaders/decode.wgsl, prepended).
 
 override FORMAT: u32 = 0u; // 0 F32, 1 BF16, 2 F16, 3 FP8 E4M3, 4 NVFP4
 const WG: u32 = 64u;
@@ -26,50 +26,6 @@ struct Params {
 @group(0) @binding(4) var<storage, read> x: array<f32>;
 @group(0) @binding(5) var<storage, read_write> state: array<f32>;
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;
-
-// ModelOpt's E2M1 table: code 8 ("-0") decodes to +0.
-const E2M1 = array<f32, 16>(0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
-                            0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0);
-
-fn e4m3(b: u32) -> f32 {
-    let sign = select(1.0, -1.0, (b & 0x80u) != 0u);
-    let e = (b >> 3u) & 0xfu;
-    let m = b & 7u;
-    if (e == 15u && m == 7u) {
-        return bitcast<f32>(0x7fc00000u);
-    }
-    if (e == 0u) {
-        return sign * f32(m) * 0.001953125; // m * 2^-9, subnormal
-    }
-    return sign * ldexp(1.0 + f32(m) * 0.125, i32(e) - 7);
-}
-
-fn weight(i: u32) -> f32 {
-    switch FORMAT {
-        case 1u: {
-            let word = w[i >> 1u];
-            let h = select(word & 0xffffu, word >> 16u, (i & 1u) == 1u);
-            return bitcast<f32>(h << 16u);
-        }
-        case 2u: {
-            let v = unpack2x16float(w[i >> 1u]);
-            return select(v.x, v.y, (i & 1u) == 1u);
-        }
-        case 3u: {
-            let b = (w[i >> 2u] >> ((i & 3u) * 8u)) & 0xffu;
-            return e4m3(b) * p.tensor_scale;
-        }
-        case 4u: {
-            let code = (w[i >> 3u] >> ((i & 7u) * 4u)) & 0xfu;
-            let s = i >> 4u;
-            let sb = (scales[s >> 2u] >> ((s & 3u) * 8u)) & 0xffu;
-            return E2M1[code] * (e4m3(sb) * p.tensor_scale);
-        }
-        default: {
-            return bitcast<f32>(w[i]);
-        }
-    }
-}
 
 // Element `i` of channel `c` on the timeline (carried history, then the new inputs).
 fn timeline(i: u32, c: u32) -> f32 {
@@ -96,7 +52,7 @@ fn conv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         acc = bias[c];
     }
     for (var j = 0u; j < p.kernel; j++) {
-        acc += weight(c * p.kernel + j) * timeline(t + j, c);
+        acc += weight_at(c * p.kernel + j, p.tensor_scale) * timeline(t + j, c);
     }
     y[e] = silu(acc);
 }

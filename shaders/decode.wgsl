@@ -1,7 +1,6 @@
 // Weight decoding shared by every shader that reads stored weights (prepended to their
 // source). The including shader declares `w: array<u32>` (weight bytes), `scales: array<u32>`
-// (NVFP4 block-scale bytes), `override FORMAT: u32` and a params struct `p` with a
-// `tensor_scale: f32` field. `i` is the element index inside the bound buffer.
+// (NVFP4 block-scale bytes) and `override FORMAT: u32`.
 
 // ModelOpt's E2M1 table: code 8 ("-0") decodes to +0.
 const E2M1 = array<f32, 16>(0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
@@ -20,7 +19,9 @@ fn e4m3(b: u32) -> f32 {
     return sign * ldexp(1.0 + f32(m) * 0.125, i32(e) - 7);
 }
 
-fn weight(i: u32) -> f32 {
+// Element `i` (counted from the start of the bound buffer); `ts` is the FP8 / NVFP4 tensor
+// scale (ignored by the dense formats).
+fn weight_at(i: u32, ts: f32) -> f32 {
     switch FORMAT {
         case 1u: {
             let word = w[i >> 1u];
@@ -33,14 +34,14 @@ fn weight(i: u32) -> f32 {
         }
         case 3u: {
             let b = (w[i >> 2u] >> ((i & 3u) * 8u)) & 0xffu;
-            return e4m3(b) * p.tensor_scale;
+            return e4m3(b) * ts;
         }
         case 4u: {
             let code = (w[i >> 3u] >> ((i & 7u) * 4u)) & 0xfu;
             let s = i >> 4u;
             let sb = (scales[s >> 2u] >> ((s & 3u) * 8u)) & 0xffu;
             // The two scales are multiplied first, exactly as ModelOpt dequantizes.
-            return E2M1[code] * (e4m3(sb) * p.tensor_scale);
+            return E2M1[code] * (e4m3(sb) * ts);
         }
         default: {
             return bitcast<f32>(w[i]);

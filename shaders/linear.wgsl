@@ -1,5 +1,5 @@
 // y[t, row0 + r] = W[r] · x[t] (+ bias) for the rows of one weight chunk, the weight decoded
-// from its stored format inside the loop (never expanded in memory); `weight()` comes from
+// from its stored format inside the loop (never expanded in memory); `weight_at()` comes from
 // decode.wgsl. One workgroup per (row, token); 64 threads stride over the input width and
 // reduce, through subgroups where the adapter has them (`main_subgroup`).
 
@@ -30,7 +30,7 @@ fn dot_row(r: u32, t: u32, lid: u32) -> f32 {
     var acc = 0.0;
     let base = r * p.cols;
     for (var c = lid; c < p.cols; c += WG) {
-        acc += weight(base + c) * x[t * p.cols + c];
+        acc += weight_at(base + c, p.tensor_scale) * x[t * p.cols + c];
     }
     return acc;
 }

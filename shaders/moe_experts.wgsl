@@ -33,53 +33,6 @@ struct Params {
 
 var<workgroup> partial: array<f32, WG>;
 
-// ModelOpt's E2M1 table: code 8 ("-0") decodes to +0.
-const E2M1 = array<f32, 16>(0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
-                            0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0);
-
-fn e4m3(b: u32) -> f32 {
-    let sign = select(1.0, -1.0, (b & 0x80u) != 0u);
-    let e = (b >> 3u) & 0xfu;
-    let m = b & 7u;
-    if (e == 15u && m == 7u) {
-        return bitcast<f32>(0x7fc00000u);
-    }
-    if (e == 0u) {
-        return sign * f32(m) * 0.001953125; // m * 2^-9, subnormal
-    }
-    return sign * ldexp(1.0 + f32(m) * 0.125, i32(e) - 7);
-}
-
-// Element i (counted from the start of the chunk) of the packed expert weights; `ts` is the
-// expert's tensor scale (FP8 / NVFP4).
-fn weight(i: u32, ts: f32) -> f32 {
-    switch FORMAT {
-        case 1u: {
-            let word = w[i >> 1u];
-            let h = select(word & 0xffffu, word >> 16u, (i & 1u) == 1u);
-            return bitcast<f32>(h << 16u);
-        }
-        case 2u: {
-            let v = unpack2x16float(w[i >> 1u]);
-            return select(v.x, v.y, (i & 1u) == 1u);
-        }
-        case 3u: {
-            let b = (w[i >> 2u] >> ((i & 3u) * 8u)) & 0xffu;
-            return e4m3(b) * ts;
-        }
-        case 4u: {
-            let code = (w[i >> 3u] >> ((i & 7u) * 4u)) & 0xfu;
-            let s = i >> 4u;
-            let sb = (scales[s >> 2u] >> ((s & 3u) * 8u)) & 0xffu;
-            // The two scales are multiplied first, exactly as ModelOpt dequantizes.
-            return E2M1[code] * (e4m3(sb) * ts);
-        }
-        default: {
-            return bitcast<f32>(w[i]);
-        }
-    }
-}
-
 // Row r of slot s's expert dotted with inp[in_row], reduced over the workgroup; the result is
 // valid in every thread.
 fn row_dot(s: u32, r: u32, in_row: u32, lid: u32) -> f32 {
@@ -88,7 +41,7 @@ fn row_dot(s: u32, r: u32, in_row: u32, lid: u32) -> f32 {
     let base = (e - p.e0) * p.rows * p.cols + r * p.cols;
     var acc = 0.0;
     for (var c = lid; c < p.cols; c += WG) {
-        acc += weight(base + c, ts) * inp[in_row * p.cols + c];
+        acc += weight_at(base + c, ts) * inp[in_row * p.cols + c];
     }
     partial[lid] = acc;
     workgroupBarrier();

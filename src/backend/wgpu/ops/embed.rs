@@ -8,7 +8,10 @@ use crate::error::Result;
 
 pub(crate) const SHADER: Shader = Shader {
     name: "embed",
-    source: include_str!("../../../../shaders/embed.wgsl"),
+    source: concat!(
+        include_str!("../../../../shaders/decode.wgsl"),
+        include_str!("../../../../shaders/embed.wgsl")
+    ),
 };
 
 pub(crate) fn embed(be: &WgpuBackend, table: &Weight, ids: &[u32]) -> Result<Tensor> {

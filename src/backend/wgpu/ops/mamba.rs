@@ -9,7 +9,10 @@ use crate::error::Result;
 
 pub(crate) const CONV_SHADER: Shader = Shader {
     name: "conv1d_silu",
-    source: include_str!("../../../../shaders/conv1d_silu.wgsl"),
+    source: concat!(
+        include_str!("../../../../shaders/decode.wgsl"),
+        include_str!("../../../../shaders/conv1d_silu.wgsl")
+    ),
 };
 
 pub(crate) const SCAN_SHADER: Shader = Shader {

@@ -14,7 +14,10 @@ pub(crate) const ROUTER: Shader = Shader {
 
 pub(crate) const EXPERTS: Shader = Shader {
     name: "moe_experts",
-    source: include_str!("../../../../shaders/moe_experts.wgsl"),
+    source: concat!(
+        include_str!("../../../../shaders/decode.wgsl"),
+        include_str!("../../../../shaders/moe_experts.wgsl")
+    ),
 };
 
 pub(crate) const EXPERTS_SUM: Shader = Shader {
