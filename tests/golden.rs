@@ -1,8 +1,8 @@
 //! Golden tests: the CPU engine against outputs computed by Hugging Face transformers 5.23 (and,
 //! for the quantized checkpoints, ModelOpt 0.47's dequantization), copied unchanged from
 //! ../shared/fixtures into tests/fixtures/models. Tolerances are those of
-//! tests/fixtures/models/*/README (fixtures README): logits 1e-4 absolute, router weights 1e-5,
-//! every greedy token and every routing decision exact.
+//! tests/fixtures/models/README.md: logits 1e-4 absolute, router weights 1e-5, every greedy
+//! token and every routing decision exact.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
