@@ -277,6 +277,31 @@ pub trait Backend: Send + Sync {
     fn argmax(&self, logits: &Tensor) -> Result<Vec<u32>>;
 }
 
+/// `(F, L)` of a layer's experts, checking every `up` is `[F, L]` and every `down` `[L, F]`.
+pub(crate) fn expert_shapes(
+    name: &str,
+    up: &[StoredLinear],
+    down: &[StoredLinear],
+) -> std::result::Result<(usize, usize), String> {
+    if up.is_empty() || up.len() != down.len() {
+        return Err(format!(
+            "{name}: {} up and {} down projections",
+            up.len(),
+            down.len()
+        ));
+    }
+    let (hidden, latent) = (up[0].rows, up[0].cols);
+    for (u, d) in up.iter().zip(down) {
+        if (u.rows, u.cols) != (hidden, latent) || (d.rows, d.cols) != (latent, hidden) {
+            return Err(format!(
+                "{name}: experts differ in shape ({} is [{}, {}], {} is [{}, {}])",
+                u.name, u.rows, u.cols, d.name, d.rows, d.cols
+            ));
+        }
+    }
+    Ok((hidden, latent))
+}
+
 /// Which backend to run on, as the CLI and the app name them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendKind {

@@ -200,22 +200,7 @@ impl Backend for CpuBackend {
         up: &[StoredLinear],
         down: &[StoredLinear],
     ) -> Result<ExpertWeights> {
-        if up.is_empty() || up.len() != down.len() {
-            return Err(err(format!(
-                "{name}: {} up and {} down projections",
-                up.len(),
-                down.len()
-            )));
-        }
-        let (hidden, latent) = (up[0].rows, up[0].cols);
-        for (u, d) in up.iter().zip(down) {
-            if (u.rows, u.cols) != (hidden, latent) || (d.rows, d.cols) != (latent, hidden) {
-                return Err(err(format!(
-                    "{name}: experts differ in shape ({} is [{}, {}], {} is [{}, {}])",
-                    u.name, u.rows, u.cols, d.name, d.rows, d.cols
-                )));
-            }
-        }
+        let (hidden, latent) = super::expert_shapes(name, up, down).map_err(err)?;
         let ex = CpuExperts {
             up: up.iter().map(CpuLinear::new).collect::<Result<_>>()?,
             down: down.iter().map(CpuLinear::new).collect::<Result<_>>()?,

@@ -310,22 +310,7 @@ impl Backend for WgpuBackend {
         up: &[StoredLinear],
         down: &[StoredLinear],
     ) -> Result<ExpertWeights> {
-        if up.is_empty() || up.len() != down.len() {
-            return Err(self.gpu.err(format!(
-                "{name}: {} up and {} down projections",
-                up.len(),
-                down.len()
-            )));
-        }
-        let (hidden, latent) = (up[0].rows, up[0].cols);
-        for (u, d) in up.iter().zip(down) {
-            if (u.rows, u.cols) != (hidden, latent) || (d.rows, d.cols) != (latent, hidden) {
-                return Err(self.gpu.err(format!(
-                    "{name}: experts differ in shape ({} is [{}, {}], {} is [{}, {}])",
-                    u.name, u.rows, u.cols, d.name, d.rows, d.cols
-                )));
-            }
-        }
+        let (hidden, latent) = super::expert_shapes(name, up, down).map_err(|m| self.gpu.err(m))?;
         let ex = GpuExperts {
             up: weights::ExpertStack::upload(&self.gpu, &format!("{name}.up_proj"), up)?,
             down: weights::ExpertStack::upload(&self.gpu, &format!("{name}.down_proj"), down)?,
