@@ -516,3 +516,49 @@ fn tied_embeddings_are_stored_once_and_read_per_token() {
     let g: Value = serde_json::from_slice(&g.stdout).unwrap();
     assert_eq!(g["tokens"].as_array().unwrap().len(), 4);
 }
+
+/// wgpu with no usable adapter, or a named adapter that does not exist: a clear error, no panic.
+#[test]
+fn missing_wgpu_adapter_is_a_clear_error() {
+    let model = hf(GROUPED);
+    let model = model.to_str().unwrap();
+    // DX12 does not exist on Linux: wgpu finds no adapter at all.
+    let out = Command::new(env!("CARGO_BIN_EXE_nemotron-rt"))
+        .args([
+            "generate",
+            "--model",
+            model,
+            "--prompt-ids",
+            "1",
+            "--backend",
+            "wgpu",
+        ])
+        .env("WGPU_BACKEND", "dx12")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "should fail: {err}");
+    assert!(err.contains("no adapter"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let out = run(&[
+        "generate",
+        "--model",
+        model,
+        "--prompt-ids",
+        "1",
+        "--backend",
+        "wgpu",
+        "--adapter",
+        "no-such-gpu",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(!err.contains("panicked"), "{err}");
+    // Either no adapter exists at all here, or the known ones are listed.
+    assert!(
+        err.contains("no adapter named like \"no-such-gpu\"; available:")
+            || err.contains("no adapter found"),
+        "{err}"
+    );
+}
