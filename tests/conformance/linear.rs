@@ -1,7 +1,16 @@
 //! `linear` in every stored format, with and without bias, one token and many, widths that are
 //! not multiples of the workgroup size.
 
+use nemotron_rt::backend::Backend;
+use nemotron_rt::weights::StoredLinear;
+
 use crate::common::*;
+
+/// `x W^T` on one backend, from upload to read-back.
+fn apply(be: &dyn Backend, w: &StoredLinear, x: &[f32], [rows, cols]: [usize; 2]) -> Vec<f32> {
+    let y = be.linear(&tensor(be, x, &[rows, cols]), &be.load_linear(w).unwrap());
+    be.download(&y.unwrap()).unwrap()
+}
 
 /// Summation order differs between backends; the error bound scales with Σ|w·x|, which for
 /// these inputs (|w|, |x| ≲ 2, width ≤ 300) stays below 1e-3 · 300.
@@ -22,24 +31,8 @@ fn linear_matches_cpu_in_every_format() {
                 let w = linear(&mut rng, "w", rows, cols, fmt, bias);
                 let x = rng.vec(tokens * cols, 1.0);
                 let cpu = cpu();
-                let want = cpu
-                    .download(
-                        &cpu.linear(
-                            &tensor(&*cpu, &x, &[tokens, cols]),
-                            &cpu.load_linear(&w).unwrap(),
-                        )
-                        .unwrap(),
-                    )
-                    .unwrap();
-                let got = be
-                    .download(
-                        &be.linear(
-                            &tensor(&*be, &x, &[tokens, cols]),
-                            &be.load_linear(&w).unwrap(),
-                        )
-                        .unwrap(),
-                    )
-                    .unwrap();
+                let want = apply(&*cpu, &w, &x, [tokens, cols]);
+                let got = apply(&*be, &w, &x, [tokens, cols]);
                 assert_close(
                     &format!(
                         "{} linear {fmt:?} [{rows}x{cols}] x{tokens} bias={bias}",
@@ -69,24 +62,8 @@ fn linear_decodes_weights_exactly() {
                 eye[c * cols + c] = 1.0;
             }
             let cpu = cpu();
-            let want = cpu
-                .download(
-                    &cpu.linear(
-                        &tensor(&*cpu, &eye, &[cols, cols]),
-                        &cpu.load_linear(&w).unwrap(),
-                    )
-                    .unwrap(),
-                )
-                .unwrap();
-            let got = be
-                .download(
-                    &be.linear(
-                        &tensor(&*be, &eye, &[cols, cols]),
-                        &be.load_linear(&w).unwrap(),
-                    )
-                    .unwrap(),
-                )
-                .unwrap();
+            let want = apply(&*cpu, &w, &eye, [cols, cols]);
+            let got = apply(&*be, &w, &eye, [cols, cols]);
             for (i, (g, c)) in got.iter().zip(&want).enumerate() {
                 assert!(
                     g.to_bits() == c.to_bits() || (*g == 0.0 && *c == 0.0),
