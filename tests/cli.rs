@@ -9,6 +9,10 @@ use std::process::{Command, Output};
 use nemotron_rt::checkpoint::Checkpoint;
 use serde_json::Value;
 
+#[path = "support/golden.rs"]
+mod golden_file;
+use golden_file::Golden;
+
 const LOGIT_TOL: f32 = 1e-4;
 const ROUTER_WEIGHT_TOL: f64 = 1e-5;
 /// Hidden states: relative to the largest magnitude in the golden tensor.
@@ -25,32 +29,6 @@ fn fixtures() -> PathBuf {
 
 fn hf(model: &str) -> PathBuf {
     fixtures().join(model).join("hf")
-}
-
-struct Golden(Checkpoint);
-
-impl Golden {
-    fn open(model: &str) -> Golden {
-        let p = fixtures().join(model).join("golden.safetensors");
-        Golden(Checkpoint::open_file(&p).expect("golden file opens"))
-    }
-    fn f32(&self, name: &str) -> Vec<f32> {
-        self.0
-            .get(name)
-            .unwrap_or_else(|| panic!("golden key {name}"))
-            .to_f32_vec()
-            .unwrap()
-    }
-    fn ids(&self, name: &str) -> Vec<u32> {
-        self.0
-            .get(name)
-            .unwrap_or_else(|| panic!("golden key {name}"))
-            .to_i64_vec()
-            .unwrap()
-            .into_iter()
-            .map(|v| u32::try_from(v).unwrap())
-            .collect()
-    }
 }
 
 fn ids_arg(ids: &[u32]) -> String {
@@ -136,7 +114,7 @@ fn check_route(route: &Value, golden: &Golden, ids_key: &dyn Fn(usize) -> String
 
 #[test]
 fn generate_json_matches_golden_tokens_and_routing() {
-    let golden = Golden::open(GROUPED);
+    let golden = Golden::open(&fixtures().join(GROUPED).join("golden.safetensors"));
     let prompt = golden.ids("prompt1.input_ids");
     let want = golden.ids("prompt1.gen.tokens");
     let t = prompt.len();
@@ -240,7 +218,7 @@ fn generate_text_prompt_streams_text_and_stats() {
 
 #[test]
 fn forward_writes_golden_logits_and_hidden_states() {
-    let golden = Golden::open(GROUPED);
+    let golden = Golden::open(&fixtures().join(GROUPED).join("golden.safetensors"));
     let prompt = golden.ids("prompt2.input_ids");
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("out.safetensors");

@@ -8,9 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nemotron_rt::backend::{self, Backend, BackendKind};
-use nemotron_rt::checkpoint::Checkpoint;
 use nemotron_rt::generate::{self, GenerateParams};
 use nemotron_rt::model::{ForwardOptions, LoadOptions, Model};
+
+#[path = "support/golden.rs"]
+mod golden_file;
+use golden_file::Golden;
 
 const LOGIT_TOL: f32 = 1e-4;
 const ROUTER_WEIGHT_TOL: f32 = 1e-5;
@@ -19,34 +22,6 @@ const HIDDEN_REL_TOL: f32 = 2e-5;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models")
-}
-
-struct Golden(Checkpoint);
-
-impl Golden {
-    fn open(path: &Path) -> Golden {
-        Golden(Checkpoint::open_file(path).expect("golden file opens"))
-    }
-    fn has(&self, name: &str) -> bool {
-        self.0.contains(name)
-    }
-    fn f32(&self, name: &str) -> Vec<f32> {
-        self.0
-            .get(name)
-            .unwrap_or_else(|| panic!("golden key {name}"))
-            .to_f32_vec()
-            .unwrap()
-    }
-    fn ids(&self, name: &str) -> Vec<u32> {
-        self.0
-            .get(name)
-            .unwrap_or_else(|| panic!("golden key {name}"))
-            .to_i64_vec()
-            .unwrap()
-            .into_iter()
-            .map(|v| v as u32)
-            .collect()
-    }
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
