@@ -4,11 +4,14 @@
 // their stored format); a workgroup whose slot's expert lies outside the chunk does nothing:
 //   up:   act[s, r] = relu(up_e[r] · x[t])²          (act `[slots, F]`, weight rows = F)
 //   down: act[s, r] = route_w[s] · (down_e[r] · h[s])  (act `[slots, L]`, weight rows = L)
-// One workgroup per (slot, row); 64 threads stride over the row and reduce, as in linear.wgsl.
-// The sum over slots is `moe_experts_sum.wgsl`. Expert ids are trusted to be < the expert
-// count: they come from `router`.
+// A workgroup computes WG / LANES rows of one slot's expert, LANES threads per row striding
+// over its 16-element blocks (decode.wgsl's block decoder) and reducing through shared
+// memory, as in linear.wgsl. The sum over slots is `moe_experts_sum.wgsl`. Expert ids are
+// trusted to be < the expert count: they come from `router`.
 
 override FORMAT: u32 = 0u; // 0 F32, 1 BF16, 2 F16, 3 FP8 E4M3, 4 NVFP4
+override LANES: u32 = 16u; // threads per row: a power of two dividing WG
+override BLOCKED: bool = true; // cols % 16 == 0: every row starts on a block boundary
 const WG: u32 = 64u;
 
 struct Params {
@@ -32,71 +35,95 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> act: array<f32>;
 
 var<workgroup> partial: array<f32, WG>;
-
-// Row r of slot s's expert dotted with inp[in_row], reduced over the workgroup; the result is
-// valid in every thread.
-fn row_dot(s: u32, r: u32, in_row: u32, lid: u32) -> f32 {
-    let e = ids[s];
-    let ts = tensor_scales[e];
-    let base = (e - p.e0) * p.rows * p.cols + r * p.cols;
-    var acc = 0.0;
-    for (var c = lid; c < p.cols; c += WG) {
-        acc += weight_at(base + c, ts) * inp[in_row * p.cols + c];
-    }
-    partial[lid] = acc;
-    workgroupBarrier();
-    for (var st = WG / 2u; st > 0u; st >>= 1u) {
-        if (lid < st) {
-            partial[lid] += partial[lid + st];
-        }
-        workgroupBarrier();
-    }
-    return partial[0];
-}
-
 var<workgroup> here: u32;
 
-// Whether slot s's expert is in this chunk, as a workgroup-uniform value (ids are read from
-// storage, which the uniformity analysis cannot see is the same for every thread).
-fn in_chunk_uniform(s: u32, lid: u32) -> bool {
+fn in4(o: u32) -> vec4<f32> {
+    return vec4<f32>(inp[o], inp[o + 1u], inp[o + 2u], inp[o + 3u]);
+}
+
+// This lane's share of row r of expert e (relative to the chunk) dotted with inp[in_row].
+fn lane_dot(e: u32, r: u32, in_row: u32, lane: u32) -> f32 {
+    let ts = tensor_scales[e];
+    let row = (e - p.e0) * p.rows + r;
+    let xo = in_row * p.cols;
+    var acc = 0.0;
+    if (BLOCKED) {
+        let blocks = p.cols / 16u;
+        for (var k = lane; k < blocks; k += LANES) {
+            let blk = row * blocks + k;
+            let b = load_block(blk);
+            let c = xo + k * 16u;
+            let d = block_dot(b, in4(c), in4(c + 4u), in4(c + 8u), in4(c + 12u));
+            acc += d * block_scale(blk, ts);
+        }
+    } else {
+        let base = row * p.cols;
+        for (var c = lane; c < p.cols; c += LANES) {
+            acc += weight_at(base + c, ts) * inp[xo + c];
+        }
+    }
+    return acc;
+}
+
+// Row sums of this workgroup's rows for slot s (valid in each row's lane 0), or `false` when
+// slot s's expert is not in this chunk: the whole workgroup then skips it.
+struct Rows {
+    here: bool,
+    row: u32,
+    lane: u32,
+    sum: f32,
+}
+
+fn row_sums(wid: vec3<u32>, lid: u32, s: u32, in_row: u32) -> Rows {
+    // Workgroup-uniform, read once (the uniformity analysis cannot see that every thread would
+    // read the same id from storage).
     if (lid == 0u) {
         let e = ids[s];
         here = select(0u, 1u, e >= p.e0 && e < p.e0 + p.count);
     }
-    return workgroupUniformLoad(&here) != 0u;
+    if (workgroupUniformLoad(&here) == 0u) {
+        return Rows(false, 0u, 0u, 0.0);
+    }
+    let lane = lid % LANES;
+    let r = wid.z * (WG / LANES) + lid / LANES;
+    var v = 0.0;
+    if (r < p.rows) {
+        v = lane_dot(ids[s], r, in_row, lane);
+    }
+    partial[lid] = v;
+    workgroupBarrier();
+    for (var h = LANES / 2u; h > 0u; h >>= 1u) {
+        if (lane < h) {
+            partial[lid] += partial[lid + h];
+        }
+        workgroupBarrier();
+    }
+    return Rows(r < p.rows, r, lane, partial[lid]);
 }
 
 @compute @workgroup_size(64)
 fn up(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let sl = wid.x + wid.y * 65535u;
-    let r = wid.z;
-    if (sl >= p.slots || r >= p.rows) {
+    if (sl >= p.slots) {
         return;
     }
     let s = p.s0 + sl;
-    if (!in_chunk_uniform(s, lid)) {
-        return;
-    }
-    let v = row_dot(s, r, s / p.top_k, lid);
-    if (lid == 0u) {
-        let a = max(v, 0.0);
-        act[sl * p.rows + r] = a * a;
+    let rs = row_sums(wid, lid, s, s / p.top_k);
+    if (rs.here && rs.lane == 0u) {
+        let a = max(rs.sum, 0.0);
+        act[sl * p.rows + rs.row] = a * a;
     }
 }
 
 @compute @workgroup_size(64)
 fn down(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let sl = wid.x + wid.y * 65535u;
-    let r = wid.z;
-    if (sl >= p.slots || r >= p.rows) {
+    if (sl >= p.slots) {
         return;
     }
     let s = p.s0 + sl;
-    if (!in_chunk_uniform(s, lid)) {
-        return;
-    }
-    let v = row_dot(s, r, sl, lid);
-    if (lid == 0u) {
-        act[sl * p.rows + r] = route_w[s] * v;
+    let rs = row_sums(wid, lid, s, sl);
+    if (rs.here && rs.lane == 0u) {
+        act[sl * p.rows + rs.row] = route_w[s] * rs.sum;
     }
 }

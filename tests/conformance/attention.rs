@@ -87,7 +87,7 @@ fn attention_matches_cpu_with_a_carried_cache() {
                 for (i, op) in ops.iter().enumerate() {
                     let what = format!(
                         "{} attention heads={heads} kv={kv_heads} hd={head_dim} prefill={prefill} op {i} {op:?}",
-                        be.info().name
+                        label(&*be)
                     );
                     match *op {
                         Op::Truncate(n) => {
@@ -153,7 +153,7 @@ fn attention_handles_peaked_scores() {
             max_err(&got, &want)
         );
         assert_close(
-            &format!("{} attention peaked", be.info().name),
+            &format!("{} attention peaked", label(&*be)),
             &got,
             &want,
             ABS * 10.0,

@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, OnceLock};
 
+use nemotron_rt::backend::wgpu::{WgpuBackend, WgpuOptions};
 use nemotron_rt::backend::{self, Backend, BackendKind, Tensor};
 use nemotron_rt::checkpoint::{ByteView, DType};
 use nemotron_rt::codec::{fp8, nvfp4};
@@ -24,6 +25,16 @@ pub fn others() -> Vec<Arc<dyn Backend>> {
             match backend::create(BackendKind::Wgpu, 0) {
                 Ok(b) => v.push(b),
                 Err(e) => eprintln!("conformance: wgpu skipped: {e}"),
+            }
+            // Where the adapter has subgroups, the shared-memory kernels that other adapters
+            // use are tested too.
+            let plain = WgpuOptions {
+                no_subgroups: true,
+                ..WgpuOptions::default()
+            };
+            let has_subgroups = v.iter().any(|b| !b.info().device.contains("no subgroups"));
+            if has_subgroups && let Ok(b) = WgpuBackend::with_options(&plain) {
+                v.push(Arc::new(b));
             }
             v
         })
@@ -154,4 +165,10 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], abs: f32, rel: f32) {
             got[i], want[i]
         );
     }
+}
+
+/// Names a backend under test in failure messages (two wgpu variants may run).
+pub fn label(be: &dyn Backend) -> String {
+    let i = be.info();
+    format!("{} on {}", i.name, i.device)
 }

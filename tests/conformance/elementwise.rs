@@ -75,10 +75,8 @@ fn embed_matches_cpu_bit_for_bit() {
                     let want = download(&*cpu, &cpu.embed(&tc, &ids).unwrap());
                     let got_t = be.embed(&tb, &ids).unwrap();
                     assert_eq!(got_t.shape(), &[ids.len(), cols]);
-                    let what = format!(
-                        "{} embed {fmt:?} [{vocab}x{cols}] ids {ids:?}",
-                        be.info().name
-                    );
+                    let what =
+                        format!("{} embed {fmt:?} [{vocab}x{cols}] ids {ids:?}", label(&*be));
                     assert_exact(&what, &download(&*be, &got_t), &want);
                 }
                 let e = be
@@ -136,7 +134,7 @@ fn rms_norm_matches_cpu() {
                         )
                         .unwrap(),
                     );
-                    let what = format!("{} rms_norm [{rows}x{cols}] eps {eps}", be.info().name);
+                    let what = format!("{} rms_norm [{rows}x{cols}] eps {eps}", label(&*be));
                     assert_close(&what, &got, &want, NORM_ABS, norm_rel(cols));
                 }
             }
@@ -188,7 +186,7 @@ fn add_rms_norm_matches_cpu_and_updates_the_residual() {
                     )
                     .unwrap(),
                 );
-                let what = format!("{} add_rms_norm [{rows}x{cols}]", be.info().name);
+                let what = format!("{} add_rms_norm [{rows}x{cols}]", label(&*be));
                 assert_close(&what, &got, &want, NORM_ABS, norm_rel(cols));
                 assert_exact(
                     &format!("{what} residual"),
@@ -231,7 +229,7 @@ fn relu2_is_exact() {
                 );
                 let y = be.relu2(&tensor(&*be, &x, &[rows, cols])).unwrap();
                 assert_eq!(y.shape(), &[rows, cols]);
-                let what = format!("{} relu2 [{rows}x{cols}]", be.info().name);
+                let what = format!("{} relu2 [{rows}x{cols}]", label(&*be));
                 assert_exact(&what, &download(&*be, &y), &want);
             }
         }
@@ -251,7 +249,7 @@ fn add_is_exact_and_in_place() {
                 let mut ab = tensor(&*be, &a, &[rows, cols]);
                 let bb = tensor(&*be, &b, &[rows, cols]);
                 be.add(&mut ab, &bb).unwrap();
-                let what = format!("{} add [{rows}x{cols}]", be.info().name);
+                let what = format!("{} add [{rows}x{cols}]", label(&*be));
                 assert_exact(&what, &download(&*be, &ab), &download(&*cpu, &ac));
                 assert_exact(&format!("{what} (b untouched)"), &download(&*be, &bb), &b);
             }
@@ -285,10 +283,7 @@ fn split_columns_is_exact() {
                 assert_eq!(got.len(), widths.len());
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                     assert_eq!(g.shape(), w.shape(), "split_columns part {i} shape");
-                    let what = format!(
-                        "{} split_columns {widths:?} x{rows} part {i}",
-                        be.info().name
-                    );
+                    let what = format!("{} split_columns {widths:?} x{rows} part {i}", label(&*be));
                     assert_exact(&what, &download(&*be, g), &download(&*cpu, w));
                 }
             }
@@ -312,7 +307,7 @@ fn last_row_is_exact() {
                 );
                 let y = be.last_row(&tensor(&*be, &x, &[rows, cols])).unwrap();
                 assert_eq!(y.shape(), &[1, cols]);
-                let what = format!("{} last_row [{rows}x{cols}]", be.info().name);
+                let what = format!("{} last_row [{rows}x{cols}]", label(&*be));
                 assert_exact(&what, &download(&*be, &y), &want);
             }
         }
@@ -387,7 +382,7 @@ fn argmax_matches_cpu() {
             let x = argmax_rows(&mut rng, rows, cols);
             let want = cpu.argmax(&tensor(&*cpu, &x, &[rows, cols])).unwrap();
             let got = be.argmax(&tensor(&*be, &x, &[rows, cols])).unwrap();
-            assert_eq!(got, want, "{} argmax [{rows}x{cols}]", be.info().name);
+            assert_eq!(got, want, "{} argmax [{rows}x{cols}]", label(&*be));
         }
         assert!(be.argmax(&tensor(&*be, &[], &[0, 5])).unwrap().is_empty());
     }

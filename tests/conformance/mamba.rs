@@ -59,7 +59,7 @@ fn conv1d_silu_matches_cpu_with_carried_state() {
                             let what = format!(
                                 "{} conv1d_silu K={kernel} C={channels} {fmt:?} bias={bias} \
                                  seq={seq:?}",
-                                be.info().name
+                                label(&*be)
                             );
                             let e = conv_case(
                                 &mut rng, &cpu, &be, kernel, channels, fmt, bias, seq, &what,
@@ -72,7 +72,7 @@ fn conv1d_silu_matches_cpu_with_carried_state() {
         }
         eprintln!(
             "{}: conv1d_silu max abs error {:.3e}, max rel error {:.3e}",
-            be.info().name,
+            label(&*be),
             worst.0,
             worst.1
         );
@@ -234,7 +234,7 @@ fn ssm_scan_matches_cpu_over_prefill_and_decode() {
                             &format!(
                                 "{} ssm_scan H={heads} P={head_dim} G={groups} N={n} \
                                  prefill={prefill} dt_min={dt_min:?} call {call} (T={t})",
-                                be.info().name
+                                label(&*be)
                             ),
                             &got,
                             &want,
@@ -250,7 +250,7 @@ fn ssm_scan_matches_cpu_over_prefill_and_decode() {
         }
         eprintln!(
             "{}: ssm_scan max abs error {:.3e}, max rel error {:.3e}, max abs error / max|y| {:.3e}",
-            be.info().name,
+            label(&*be),
             worst.0,
             worst.1,
             worst.2
@@ -335,7 +335,7 @@ fn gated_group_rms_norm_matches_cpu() {
                 assert_close(
                     &format!(
                         "{} gated_group_rms_norm groups={groups} width={width} rows={rows}",
-                        be.info().name
+                        label(&*be)
                     ),
                     &got,
                     &want,
@@ -348,7 +348,7 @@ fn gated_group_rms_norm_matches_cpu() {
         }
         eprintln!(
             "{}: gated_group_rms_norm max abs error {:.3e}, max rel error {:.3e}",
-            be.info().name,
+            label(&*be),
             worst.0,
             worst.1
         );
@@ -360,7 +360,7 @@ fn mamba_ops_reject_mismatched_shapes() {
     let mut rng = Rand::new(35);
     for be in others() {
         let be = &*be;
-        let name = be.info().name;
+        let name = label(be);
         // conv: weight [6, 4] against a state for K=3, and x with the wrong width.
         let w = be
             .load_linear(&linear(&mut rng, "conv", 6, 4, Fmt::F32, false))

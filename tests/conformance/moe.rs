@@ -114,7 +114,7 @@ fn router_matches_cpu_exactly() {
                 for norm in [false, true] {
                     for scaling in [1.0, 2.5] {
                         let p = params(k, n_group, topk_group, norm, scaling);
-                        let what = format!("{} router E={e} {p:?} T={tokens}", be.info().name);
+                        let what = format!("{} router E={e} {p:?} T={tokens}", label(&*be));
                         let (cid, cw) = route(&*cpu(), &logits, &bias, tokens, &p);
                         let (gid, gw) = route(&*be, &logits, &bias, tokens, &p);
                         assert_eq!(gid, cid, "{what}: ids");
@@ -165,16 +165,11 @@ fn router_breaks_ties_to_the_lower_index() {
         for (logits, p, want) in &cases {
             let bias = vec![0.0f32; logits.len()];
             let (ids, _) = route(&*be, logits, &bias, 1, p);
-            assert_eq!(
-                &ids,
-                want,
-                "{} router ties {logits:?} {p:?}",
-                be.info().name
-            );
+            assert_eq!(&ids, want, "{} router ties {logits:?} {p:?}", label(&*be));
             // Several tokens at once give the same answer in every row.
             let many: Vec<f32> = (0..5).flat_map(|_| logits.iter().copied()).collect();
             let (ids5, _) = route(&*be, &many, &bias, 5, p);
-            assert_eq!(ids5, want.repeat(5), "{} router ties x5", be.info().name);
+            assert_eq!(ids5, want.repeat(5), "{} router ties x5", label(&*be));
         }
     }
 }
@@ -191,7 +186,7 @@ fn router_rejects_bad_top_k() {
                 be.router(&logits, &bias, &params(k, 1, 1, true, 1.0))
                     .is_err(),
                 "{} router accepted top_k {k} of 8",
-                be.info().name
+                label(&*be)
             );
         }
     }
@@ -287,7 +282,7 @@ fn moe_experts_match_cpu_in_every_format() {
                 );
                 let what = format!(
                     "{} moe_experts {fmt:?} E={e} F={f} L={l} k={k} T={tokens}",
-                    be.info().name
+                    label(&*be)
                 );
                 assert_eq!(gid, cid, "{what}: routing ids");
                 for (g, c) in got.iter().zip(&want) {
@@ -355,14 +350,14 @@ fn moe_experts_skip_unchosen_experts() {
             tokens,
             &p,
         );
-        assert!(!ids.contains(&3), "{}: expert 3 chosen", be.info().name);
+        assert!(!ids.contains(&3), "{}: expert 3 chosen", label(&*be));
         assert!(
             got.iter().all(|v| v.is_finite()),
             "{}: an unchosen expert was read",
-            be.info().name
+            label(&*be)
         );
         assert_close(
-            &format!("{} moe_experts unchosen", be.info().name),
+            &format!("{} moe_experts unchosen", label(&*be)),
             &got,
             &want,
             EX_ABS,

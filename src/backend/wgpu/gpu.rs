@@ -47,6 +47,9 @@ pub(crate) struct Gpu {
     errors: Arc<Mutex<Vec<String>>>,
     lost: Arc<Mutex<Option<String>>>,
     pub weight_cap: Option<u64>,
+    /// Wall time per shader entry, when `NEMOTRON_WGPU_PROFILE` is set: every dispatch is then
+    /// submitted and waited for on its own, so the numbers are per kernel (and slower overall).
+    profile: Option<Mutex<HashMap<String, (usize, std::time::Duration)>>>,
 }
 
 /// Dispatches recorded before the encoder is submitted even without a read-back, to bound the
@@ -80,7 +83,23 @@ impl Gpu {
             errors,
             lost,
             weight_cap: None,
+            profile: std::env::var_os("NEMOTRON_WGPU_PROFILE").map(|_| Mutex::default()),
         }
+    }
+
+    /// The profile gathered so far, slowest first: (shader::entry, dispatches, total time).
+    pub(crate) fn profile(&self) -> Vec<(String, usize, std::time::Duration)> {
+        let Some(p) = &self.profile else {
+            return Vec::new();
+        };
+        let mut v: Vec<_> = p
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, (n, t))| (k.clone(), *n, *t))
+            .collect();
+        v.sort_by_key(|e| std::cmp::Reverse(e.2));
+        v
     }
 
     pub(crate) fn err(&self, msg: impl Into<String>) -> Error {
@@ -340,6 +359,20 @@ impl Gpu {
             pass.set_bind_group(0, &bind, &[]);
             pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         }
+        if let Some(prof) = &self.profile {
+            let cmd = enc.take().expect("encoder exists").finish();
+            drop(enc);
+            let start = std::time::Instant::now();
+            self.queue.submit([cmd]);
+            self.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| self.err(format!("waiting for the device: {e}")))?;
+            let mut p = prof.lock().unwrap();
+            let slot = p.entry(format!("{}::{entry}", shader.name)).or_default();
+            slot.0 += 1;
+            slot.1 += start.elapsed();
+            return Ok(());
+        }
         let mut n = self.recorded.lock().unwrap();
         *n += 1;
         if *n >= SUBMIT_EVERY {
@@ -410,5 +443,26 @@ impl Gpu {
             .to_vec();
         staging.unmap();
         Ok(data)
+    }
+}
+
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        let prof = self.profile();
+        if prof.is_empty() {
+            return;
+        }
+        let total: std::time::Duration = prof.iter().map(|p| p.2).sum();
+        eprintln!(
+            "wgpu profile ({:.1} ms in dispatches):",
+            total.as_secs_f64() * 1e3
+        );
+        for (name, n, t) in prof {
+            eprintln!(
+                "  {name:<40} {n:>7} dispatches {:>10.2} ms {:>5.1} %",
+                t.as_secs_f64() * 1e3,
+                100.0 * t.as_secs_f64() / total.as_secs_f64()
+            );
+        }
     }
 }

@@ -85,6 +85,19 @@ pub struct WgpuBackend {
     pub(crate) gpu: Gpu,
 }
 
+/// How to open a wgpu device.
+#[derive(Clone, Debug, Default)]
+pub struct WgpuOptions {
+    /// The first adapter whose name contains this (case-insensitive); `None` = the default
+    /// adapter, discrete GPUs first.
+    pub adapter: Option<String>,
+    /// Split weights into chunks of at most this many bytes (when smaller than the adapter's
+    /// binding limit): how tests exercise the chunked paths that only real checkpoints reach.
+    pub weight_chunk_cap: Option<u64>,
+    /// Use the shared-memory kernels even where the adapter has subgroups (tests run both).
+    pub no_subgroups: bool,
+}
+
 fn werr(msg: impl Into<String>) -> Error {
     Error::Backend {
         backend: "wgpu".into(),
@@ -96,13 +109,23 @@ impl WgpuBackend {
     /// Opens the first adapter whose name contains `adapter` (case-insensitive), or the
     /// default adapter (preferring discrete GPUs) when `adapter` is `None`.
     pub fn new(adapter: Option<&str>) -> Result<WgpuBackend> {
-        Self::with_weight_chunk_cap(adapter, None)
+        Self::with_options(&WgpuOptions {
+            adapter: adapter.map(str::to_string),
+            ..WgpuOptions::default()
+        })
     }
 
-    /// Like [`new`](Self::new), splitting weights into chunks of at most `cap` bytes (when
-    /// smaller than the adapter's binding limit): how tests exercise the chunked paths that
-    /// only real checkpoints reach.
+    /// Like [`new`](Self::new), splitting weights into chunks of at most `cap` bytes.
     pub fn with_weight_chunk_cap(adapter: Option<&str>, cap: Option<u64>) -> Result<WgpuBackend> {
+        Self::with_options(&WgpuOptions {
+            adapter: adapter.map(str::to_string),
+            weight_chunk_cap: cap,
+            ..WgpuOptions::default()
+        })
+    }
+
+    pub fn with_options(opts: &WgpuOptions) -> Result<WgpuBackend> {
+        let adapter = opts.adapter.as_deref();
         let inst = instance();
         let all = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()));
         if all.is_empty() {
@@ -143,7 +166,11 @@ impl WgpuBackend {
         let info = chosen.get_info();
         let limits = chosen.limits();
         // Subgroups speed up reductions; kernels fall back to shared memory without them.
-        let features = chosen.features() & wgpu::Features::SUBGROUP;
+        let features = if opts.no_subgroups {
+            wgpu::Features::empty()
+        } else {
+            chosen.features() & wgpu::Features::SUBGROUP
+        };
         // Take every limit the adapter offers: the binding size decides how tensors are split.
         let (device, queue) = pollster::block_on(chosen.request_device(&wgpu::DeviceDescriptor {
             label: Some("nemotron-rt"),
@@ -155,8 +182,24 @@ impl WgpuBackend {
         }))
         .map_err(|e| werr(format!("cannot open adapter {}: {e}", info.name)))?;
         let mut gpu = Gpu::new(device, queue, info);
-        gpu.weight_cap = cap;
+        gpu.weight_cap = opts.weight_chunk_cap;
         Ok(WgpuBackend { gpu })
+    }
+
+    /// Threads per row for a kernel that reduces a row's `want` lanes by subgroup shuffles:
+    /// `want`, or fewer so that a row's lanes fit in the adapter's smallest subgroup. `None`
+    /// where the device has no subgroups (use the shared-memory kernel).
+    pub(crate) fn subgroup_lanes(&self, want: u32) -> Option<u32> {
+        if !self.gpu.features.contains(wgpu::Features::SUBGROUP) {
+            return None;
+        }
+        let min = self.gpu.info.subgroup_min_size;
+        if min < 2 {
+            return None;
+        }
+        // The largest power of two not above the smallest subgroup.
+        let fit = 1u32 << (31 - min.leading_zeros());
+        Some(want.min(fit))
     }
 
     pub(crate) fn buf<'a>(&self, t: &'a Tensor) -> Result<&'a wgpu::Buffer> {
@@ -218,9 +261,17 @@ impl WgpuBackend {
 impl Backend for WgpuBackend {
     fn info(&self) -> BackendInfo {
         let i = &self.gpu.info;
+        let subgroups = if self.gpu.features.contains(wgpu::Features::SUBGROUP) {
+            ""
+        } else {
+            ", no subgroups"
+        };
         BackendInfo {
             name: "wgpu".into(),
-            device: format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type),
+            device: format!(
+                "{} ({:?}, {:?}{subgroups})",
+                i.name, i.backend, i.device_type
+            ),
             threads: 0,
         }
     }

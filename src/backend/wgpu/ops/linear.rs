@@ -23,17 +23,32 @@ pub(crate) const SHADER_SUBGROUP: Shader = Shader {
     ),
 };
 
+/// Threads sharing one weight row (must divide the shaders' workgroup size, 64).
+const LANES: u32 = 16;
+/// Tokens per workgroup in a prefill: each decoded weight block is reused this often.
+const TILE: usize = 4;
+
 pub(crate) fn linear(be: &WgpuBackend, x: &Tensor, w: &Weight) -> Result<Tensor> {
     let l = be.linear_of(w)?;
     be.check_cols(x, l.cols, &w.name)?;
     let tokens = x.rows();
     let y = be.output(vec![tokens, l.rows], "linear output")?;
+    if tokens == 0 {
+        return Ok(y);
+    }
     let (xb, yb) = (be.buf(x)?, be.buf(&y)?);
-    let (shader, entry) = if be.gpu.features.contains(wgpu::Features::SUBGROUP) {
-        (&SHADER_SUBGROUP, "main_subgroup")
-    } else {
-        (&SHADER, "main")
+    let tile = if tokens == 1 { 1 } else { TILE };
+    let (shader, entry, lanes) = match be.subgroup_lanes(LANES) {
+        Some(lanes) => (&SHADER_SUBGROUP, "main_subgroup", lanes),
+        None => (&SHADER, "main", LANES),
     };
+    let rows_per_group = 64 / lanes as usize;
+    let constants = [
+        ("FORMAT", l.format as f64),
+        ("TILE", tile as f64),
+        ("LANES", lanes as f64),
+        ("BLOCKED", (l.cols % 16 == 0) as u8 as f64),
+    ];
     for c in &l.chunks {
         let params = [
             l.cols as u32,
@@ -48,7 +63,7 @@ pub(crate) fn linear(be: &WgpuBackend, x: &Tensor, w: &Weight) -> Result<Tensor>
         be.gpu.dispatch(
             shader,
             entry,
-            &[("FORMAT", l.format as f64)],
+            &constants,
             &params,
             &[
                 (&c.data, false),
@@ -57,7 +72,7 @@ pub(crate) fn linear(be: &WgpuBackend, x: &Tensor, w: &Weight) -> Result<Tensor>
                 (xb, false),
                 (yb, true),
             ],
-            groups_2d(c.rows, tokens),
+            groups_2d(c.rows.div_ceil(rows_per_group), tokens.div_ceil(tile)),
         )?;
     }
     Ok(y)

@@ -28,6 +28,9 @@ pub(crate) const EXPERTS_SUM: Shader = Shader {
 /// Largest scratch buffer (bytes) one batch of tokens may use; bigger inputs run in batches.
 const MAX_SCRATCH: u64 = 256 << 20;
 
+/// Threads sharing one expert row in `shaders/moe_experts.wgsl` (divides its workgroup, 64).
+const EXPERT_LANES: u32 = 16;
+
 /// Workgroups per dispatch dimension that every adapter accepts.
 const MAX_DIM: usize = 65535;
 
@@ -199,7 +202,11 @@ pub(crate) fn moe_experts(
                 be.gpu.dispatch(
                     &EXPERTS,
                     entry,
-                    &[("FORMAT", stack.format as f64)],
+                    &[
+                        ("FORMAT", stack.format as f64),
+                        ("LANES", EXPERT_LANES as f64),
+                        ("BLOCKED", (stack.cols % 16 == 0) as u8 as f64),
+                    ],
                     &params,
                     &[
                         (&c.data, false),
@@ -210,7 +217,7 @@ pub(crate) fn moe_experts(
                         (input, false),
                         (out, true),
                     ],
-                    groups_2d(slots, stack.rows),
+                    groups_2d(slots, stack.rows.div_ceil(64 / EXPERT_LANES as usize)),
                 )?;
             }
         }
