@@ -202,14 +202,24 @@ pub fn generate_on(
     let mut first = true;
     let mut reason = FinishReason::Length;
     while out.tokens.len() < params.max_tokens {
-        // Greedy decoding reads back one id (the argmax runs on the backend); sampling needs
-        // the distribution.
-        let id = if params.sampling.is_greedy() {
-            *be.argmax(&fwd.logits)?.last().expect("logits have a row")
+        // Greedy decoding reads back one id (the argmax runs on the backend); top-k / min-p
+        // sampling reads back the few candidates that can win; anything else needs the whole
+        // distribution. All three pick the same token on every backend.
+        let v = model.config.vocab_size;
+        let picked = if params.sampling.is_greedy() {
+            Some(*be.argmax(&fwd.logits)?.last().expect("logits have a row"))
+        } else if let Some(k) = sampler.candidates_needed() {
+            let cands = be.top_candidates(&fwd.logits, k)?;
+            sampler.sample_top(&cands, v)
         } else {
-            let logits = be.download(&fwd.logits)?;
-            let v = model.config.vocab_size;
-            sampler.sample(&logits[logits.len() - v..])
+            None
+        };
+        let id = match picked {
+            Some(id) => id,
+            None => {
+                let logits = be.download(&fwd.logits)?;
+                sampler.sample(&logits[logits.len() - v..])
+            }
         };
         let ms = step_start.elapsed().as_secs_f64() * 1000.0;
         if first {

@@ -80,6 +80,37 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best_i as u32
 }
 
+/// Largest top-k whose candidates a backend selects on the device; larger ones read back the
+/// whole row.
+pub const MAX_CANDIDATES: usize = 256;
+
+/// Candidates read back for min-p without top-k: enough whenever the distribution is peaked
+/// enough for min-p to matter; otherwise [`Sampler::sample_top`] declines.
+const MIN_P_CANDIDATES: usize = 64;
+
+/// The `k` largest entries of `row` as (id, value), by value descending, ties to the lower id,
+/// NaN ranking as -inf (after every number): the reference for backends'
+/// `top_candidates`.
+pub fn top_by_logit(row: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let key = |v: f32| if v.is_nan() { f32::NEG_INFINITY } else { v };
+    let order = |a: &u32, b: &u32| {
+        key(row[*b as usize])
+            .total_cmp(&key(row[*a as usize]))
+            .then(a.cmp(b))
+    };
+    let mut ids: Vec<u32> = (0..row.len() as u32).collect();
+    let k = k.min(ids.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    if k < ids.len() {
+        ids.select_nth_unstable_by(k - 1, order);
+        ids.truncate(k);
+    }
+    ids.sort_unstable_by(order);
+    ids.into_iter().map(|i| (i, row[i as usize])).collect()
+}
+
 /// xoshiro256** seeded through SplitMix64: small, fast, and the same sequence everywhere.
 #[derive(Debug, Clone)]
 pub struct Rng {
@@ -195,6 +226,111 @@ impl Sampler {
         *cand.last().expect("the most probable token is always kept")
     }
 
+    /// How many of the most probable tokens (by logit) [`sample_top`](Self::sample_top) needs
+    /// to pick exactly the token [`sample`](Self::sample) would pick from the whole row, so a
+    /// backend can select them on the device and read back only those. `None` when every
+    /// logit matters (top-p without top-k, plain temperature) or the sampler is greedy.
+    pub fn candidates_needed(&self) -> Option<usize> {
+        let p = &self.params;
+        if p.is_greedy() {
+            return None;
+        }
+        if p.top_k > 0 {
+            // One more than kept, to see whether a tie at the cut reaches past the candidates.
+            return (p.top_k < MAX_CANDIDATES).then_some(p.top_k + 1);
+        }
+        if p.top_p >= 1.0 && p.min_p > 0.0 {
+            return Some(MIN_P_CANDIDATES);
+        }
+        None
+    }
+
+    /// [`sample`](Self::sample) from the top candidates of a row of `vocab` logits: `cands`
+    /// holds the [`candidates_needed`](Self::candidates_needed) largest logits as (id, logit),
+    /// by logit descending, ties by lower id (NaN counted as -inf), as
+    /// [`top_by_logit`] returns them. Picks exactly the token `sample` would pick from the
+    /// whole row and advances the generator the same way; `None` (generator untouched) when
+    /// these candidates cannot decide that (a tie at the cut, a min-p floor reaching past them,
+    /// or a degenerate row): the caller then samples from the whole row.
+    pub fn sample_top(&mut self, cands: &[(u32, f32)], vocab: usize) -> Option<u32> {
+        let p = self.params;
+        let need = self.candidates_needed()?;
+        if cands.is_empty() || (cands.len() < need && cands.len() < vocab) {
+            return None;
+        }
+        let complete = cands.len() >= vocab;
+        let inv_t = 1.0 / p.temperature;
+        let max = cands
+            .iter()
+            .filter(|c| !c.1.is_nan())
+            .fold(f32::NEG_INFINITY, |m, c| m.max(c.1 * inv_t));
+        if !max.is_finite() {
+            return None;
+        }
+        let prob = |l: f32| {
+            let e = (l * inv_t - max).exp();
+            if e > 0.0 { e } else { 0.0 }
+        };
+        // Every token outside `cands` has a logit <= the last one's, so a probability <= this.
+        let outside = if complete {
+            0.0
+        } else {
+            prob(cands[cands.len() - 1].1)
+        };
+        let mut kept: Vec<(u32, f32)> = cands
+            .iter()
+            .map(|&(i, l)| (i, prob(l)))
+            .filter(|c| c.1 > 0.0)
+            .collect();
+        let by_prob = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if p.top_k > 0 {
+            kept.sort_unstable_by(by_prob);
+            if kept.len() > p.top_k {
+                // An outside token as probable as the last kept one could outrank it by id.
+                if outside >= kept[p.top_k - 1].1 {
+                    return None;
+                }
+                kept.truncate(p.top_k);
+            } else if outside > 0.0 {
+                return None;
+            }
+            let total: f64 = kept.iter().map(|c| c.1 as f64).sum();
+            if p.top_p < 1.0 {
+                let target = p.top_p as f64 * total;
+                let mut mass = 0.0f64;
+                let mut keep = kept.len();
+                for (n, c) in kept.iter().enumerate() {
+                    mass += c.1 as f64;
+                    if mass >= target {
+                        keep = n + 1;
+                        break;
+                    }
+                }
+                kept.truncate(keep);
+            }
+            if p.min_p > 0.0 {
+                kept.retain(|c| c.1 >= p.min_p);
+            }
+        } else {
+            // min-p alone: `sample` keeps every token at or above the floor, in id order.
+            if outside >= p.min_p {
+                return None;
+            }
+            kept.retain(|c| c.1 >= p.min_p);
+            kept.sort_unstable_by_key(|c| c.0);
+        }
+        let mass: f64 = kept.iter().map(|c| c.1 as f64).sum();
+        let r = self.rng.next_f32() as f64 * mass;
+        let mut acc = 0.0f64;
+        for c in &kept {
+            acc += c.1 as f64;
+            if r < acc {
+                return Some(c.0);
+            }
+        }
+        kept.last().map(|c| c.0)
+    }
+
     /// Steps 1-5 of the pipeline: fills `self.probs` with unnormalized probabilities (the
     /// maximum is exactly 1) and `self.cand` with the surviving ids, and returns their total
     /// mass. `None` when the softmax is degenerate (every logit NaN/-inf, or a +inf / overflow
@@ -228,9 +364,14 @@ impl Sampler {
         let probs = &self.probs;
         let cand = &mut self.cand;
 
-        if p.top_k > 0 && p.top_k < cand.len() {
-            cand.select_nth_unstable_by(p.top_k - 1, by_prob_desc(probs));
-            cand.truncate(p.top_k);
+        if p.top_k > 0 {
+            if p.top_k < cand.len() {
+                cand.select_nth_unstable_by(p.top_k - 1, by_prob_desc(probs));
+                cand.truncate(p.top_k);
+            }
+            // Sorted and summed in one fixed order, so that `sample_top` (which sees only the
+            // top candidates) reproduces this bit for bit.
+            cand.sort_unstable_by(by_prob_desc(probs));
             total = cand.iter().map(|&i| probs[i as usize] as f64).sum();
         }
 
@@ -459,6 +600,84 @@ mod tests {
         let tied = [0.0, 5.0, 5.0, 1.0];
         let mut tp = Sampler::new(params(1.0, 0, 1e-6, 0.0, 3)).unwrap();
         assert_eq!(tp.sample(&tied), 1);
+    }
+
+    #[test]
+    fn top_by_logit_orders_by_value_then_id_with_nan_as_neg_inf() {
+        let row = [1.0, f32::NAN, 3.0, 3.0, f32::NEG_INFINITY, -0.5];
+        let got: Vec<u32> = top_by_logit(&row, 6).iter().map(|c| c.0).collect();
+        assert_eq!(got, [2, 3, 0, 5, 1, 4]);
+        let got: Vec<u32> = top_by_logit(&row, 3).iter().map(|c| c.0).collect();
+        assert_eq!(got, [2, 3, 0]);
+        assert!(top_by_logit(&row, 0).is_empty());
+        assert_eq!(top_by_logit(&row, 99).len(), 6);
+        assert_eq!(top_by_logit(&row, 1)[0], (2, 3.0));
+    }
+
+    /// Sampling from the candidates a backend reads back picks, draw after draw, exactly the
+    /// token sampling from the whole row picks, or declines without touching the generator.
+    /// Logits on a coarse grid make ties at the top-k cut and at the min-p floor common.
+    #[test]
+    fn sampling_from_top_candidates_equals_sampling_from_the_row() {
+        let cases = [
+            params(1.0, 5, 1.0, 0.0, 1),
+            params(0.7, 40, 0.9, 0.05, 2),
+            params(1.3, 3, 0.5, 0.0, 3),
+            params(1.0, 0, 1.0, 0.1, 4),
+            params(0.5, 0, 1.0, 0.5, 5),
+            params(2.0, 255, 0.95, 0.0, 6),
+            params(1.0, 2, 1.0, 0.3, 7),
+        ];
+        // (decided, declined) on the coarse grids and on the fine one.
+        let mut counts = [[0usize; 2]; 2];
+        for case in 0..300u64 {
+            let n = [1usize, 2, 7, 64, 1000][case as usize % 5];
+            let grid = [2.0f32, 8.0, 1e4][case as usize % 3];
+            let mut rng = Rng::new(case);
+            let logits: Vec<f32> = (0..n)
+                .map(|_| match rng.next_f32() {
+                    u if u < 0.03 => f32::NAN,
+                    u if u < 0.06 => f32::NEG_INFINITY,
+                    _ => (rng.next_f32() * grid).floor() / grid * 8.0 - 4.0,
+                })
+                .collect();
+            for p in cases {
+                let mut whole = Sampler::new(p).unwrap();
+                let mut top = Sampler::new(p).unwrap();
+                let k = top
+                    .candidates_needed()
+                    .expect("these params use candidates");
+                let cands = top_by_logit(&logits, k);
+                for _ in 0..4 {
+                    let want = whole.sample(&logits);
+                    let fine = (grid > 100.0) as usize;
+                    let got = match top.sample_top(&cands, n) {
+                        Some(t) => {
+                            counts[fine][0] += 1;
+                            t
+                        }
+                        None => {
+                            counts[fine][1] += 1;
+                            top.sample(&logits)
+                        }
+                    };
+                    assert_eq!(got, want, "case {case}, {p:?}, logits {logits:?}");
+                }
+            }
+        }
+        // Ties make the coarse grids decline often (and exercise that path); on the fine grid
+        // the candidates nearly always decide.
+        assert!(counts[0][1] > 0, "{counts:?}");
+        assert!(counts[1][0] > 20 * counts[1][1], "{counts:?}");
+        // Params whose result depends on every logit are never offered to candidates.
+        for p in [
+            params(1.0, 0, 0.9, 0.0, 0),
+            params(1.0, 0, 1.0, 0.0, 0),
+            params(1.0, MAX_CANDIDATES, 1.0, 0.0, 0),
+            SamplingParams::greedy(),
+        ] {
+            assert_eq!(Sampler::new(p).unwrap().candidates_needed(), None, "{p:?}");
+        }
     }
 
     #[test]

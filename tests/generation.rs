@@ -300,3 +300,33 @@ fn one_decode_time_per_token_after_the_first() {
     assert!(g.decode_ms.iter().all(|&ms| ms > 0.0 && ms.is_finite()));
     assert!(g.decode_tok_s() > 0.0);
 }
+
+/// Seeded sampling picks the same tokens on every backend: top-k and min-p through the
+/// candidates the backend selects on the device, top-p alone through the whole row.
+#[test]
+fn seeded_sampling_is_the_same_on_every_backend() {
+    let wgpu = match backend::create(BackendKind::Wgpu, 0) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("skipped: no wgpu adapter ({e})");
+            return;
+        }
+    };
+    let dir = fixture().join("hf");
+    let cpu = load(&dir);
+    let gpu = Model::load(&dir, wgpu, LoadOptions::default()).unwrap();
+    let cases = [
+        sampled(1.0, 5, 1.0, 11),
+        sampled(0.7, 40, 0.9, 12),
+        sampled(1.5, 0, 0.8, 13),
+        SamplingParams {
+            min_p: 0.1,
+            ..sampled(1.0, 0, 1.0, 14)
+        },
+    ];
+    for s in cases {
+        let want = run(&cpu, None, &params(24, s)).g.tokens;
+        let got = run(&gpu, None, &params(24, s)).g.tokens;
+        assert_eq!(got, want, "{s:?}");
+    }
+}

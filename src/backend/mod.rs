@@ -275,6 +275,17 @@ pub trait Backend: Send + Sync {
     -> Result<Tensor>;
     /// Index of the first maximum of each row.
     fn argmax(&self, logits: &Tensor) -> Result<Vec<u32>>;
+    /// The `k` largest logits of the last row as (id, logit), as
+    /// [`top_by_logit`](crate::sampling::top_by_logit) orders them: what seeded sampling reads
+    /// back instead of the whole row. By default the row is downloaded and selected on the host.
+    fn top_candidates(&self, logits: &Tensor, k: usize) -> Result<Vec<(u32, f32)>> {
+        let all = self.download(logits)?;
+        let v = logits.cols();
+        if v == 0 || all.len() < v {
+            return Ok(Vec::new());
+        }
+        Ok(crate::sampling::top_by_logit(&all[all.len() - v..], k))
+    }
 }
 
 /// `(F, L)` of a layer's experts, checking every `up` is `[F, L]` and every `down` `[L, F]`.

@@ -8,3 +8,4 @@ mod elementwise;
 mod linear;
 mod mamba;
 mod moe;
+mod sampling;

@@ -513,6 +513,10 @@ impl Backend for WgpuBackend {
     fn argmax(&self, logits: &Tensor) -> Result<Vec<u32>> {
         ops::elementwise::argmax(self, logits)
     }
+
+    fn top_candidates(&self, logits: &Tensor, k: usize) -> Result<Vec<(u32, f32)>> {
+        ops::top_candidates::top_candidates(self, logits, k)
+    }
 }
 
 /// Shared handle for tests and the CLI.

@@ -8,3 +8,4 @@ pub(crate) mod linear;
 pub(crate) mod mamba;
 pub(crate) mod moe;
 pub(crate) mod rms_norm;
+pub(crate) mod top_candidates;
