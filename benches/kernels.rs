@@ -1,7 +1,9 @@
-//! Batch-1 GEMV through the CPU backend's public API, at Nemotron 3 Super's shapes, reported
-//! as weight bytes read per second (criterion's `Throughput::Bytes`).
+//! Batch-1 GEMV, one token through a MoE layer, and one Mamba-2 decode step, through the CPU
+//! backend's public API at Nemotron 3 Super's shapes, reported as weight bytes read per second
+//! (criterion's `Throughput::Bytes`).
 //!
-//! `cargo bench --bench kernels` (about two minutes). `NEMOTRON_CPU_SIMD=off` measures the
+//! `cargo bench --bench kernels` (about three minutes; `cargo bench --bench kernels -- moe`
+//! runs one group). `NEMOTRON_CPU_SIMD=off` measures the
 //! portable fallback instead of the SIMD kernels; `KERNELS_THREADS=1,2` picks the thread counts.
 //! Each case cycles through enough copies of its weights (> 96 MiB) that every GEMV streams
 //! them from DRAM, as decode does, rather than from the last-level cache. The machine's
@@ -12,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use nemotron_rt::backend::{self, Backend, BackendKind, Tensor, Weight};
+use nemotron_rt::backend::{self, Backend, BackendKind, RouterParams, SsmDims, Tensor, Weight};
 use nemotron_rt::checkpoint::{ByteView, DType};
 use nemotron_rt::codec::nvfp4;
 use nemotron_rt::weights::{LinearData, StoredLinear};
@@ -101,11 +103,15 @@ fn weights(fmt: Fmt, rows: usize, cols: usize, rng: &mut Rng) -> (Vec<StoredLine
     ((0..copies).map(|_| make(one())).collect(), bytes)
 }
 
-fn gemv(c: &mut Criterion) {
-    let threads: Vec<usize> = std::env::var("KERNELS_THREADS")
+fn thread_counts() -> Vec<usize> {
+    std::env::var("KERNELS_THREADS")
         .ok()
         .map(|s| s.split(',').filter_map(|t| t.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![1, 2]);
+        .unwrap_or_else(|| vec![1, 2])
+}
+
+fn gemv(c: &mut Criterion) {
+    let threads = thread_counts();
     let simd = std::env::var("NEMOTRON_CPU_SIMD").map_or("auto".to_string(), |v| v);
     for &t in &threads {
         let bw = nemotron_rt::bench::measure_bandwidth(t, 1 << 30);
@@ -154,12 +160,198 @@ fn gemv(c: &mut Criterion) {
     }
 }
 
+/// An NVFP4 `[rows, cols]` weight with random codes and block scales around 2^-4, made
+/// directly in the stored layout (quantizing 1.4 G values for 512 experts would take minutes).
+fn random_nvfp4(name: &str, rows: usize, cols: usize, rng: &mut Rng) -> StoredLinear {
+    let packed: Vec<u8> = (0..rows * cols / 2)
+        .map(|_| (rng.next() >> 56) as u8)
+        .collect();
+    // E4M3 exponent field 3..=5: scales from 2^-4 to 2^-2, never NaN.
+    let block_scales: Vec<u8> = (0..rows * cols / 16)
+        .map(|_| (((rng.next() >> 61) % 3 + 3) << 3) as u8 | ((rng.next() >> 61) as u8))
+        .collect();
+    StoredLinear {
+        name: name.into(),
+        rows,
+        cols,
+        data: LinearData::Nvfp4 {
+            packed: ByteView::owned(packed, name),
+            block_scales: ByteView::owned(block_scales, name),
+            tensor_scale: 0.05,
+        },
+        input_scale: None,
+        bias: None,
+    }
+}
+
+fn bf16(name: &str, rows: usize, cols: usize, rng: &mut Rng) -> StoredLinear {
+    let (mut ws, _) = weights(Fmt::Bf16, rows, cols, rng);
+    let mut w = ws.swap_remove(0);
+    w.name = name.into();
+    w
+}
+
+/// One token through a Super MoE layer as the model runs it: the BF16 router (4096 -> 512),
+/// sigmoid top-22 routing, the latent down-projection (4096 -> 1024), the 22 chosen experts of
+/// 512 (NVFP4 1024 -> 2688 -> 1024), the latent up-projection and the NVFP4 shared expert
+/// (4096 -> 5376 -> 4096). Each iteration feeds a different input, so the experts change.
+fn moe_layer(c: &mut Criterion) {
+    let (hidden, latent, ffn, shared, experts, top_k) = (4096, 1024, 2688, 5376, 512, 22);
+    let mut rng = Rng(0x5eed_0f_4d0e);
+    let up: Vec<StoredLinear> = (0..experts)
+        .map(|e| random_nvfp4(&format!("experts.{e}.up_proj"), ffn, latent, &mut rng))
+        .collect();
+    let down: Vec<StoredLinear> = (0..experts)
+        .map(|e| random_nvfp4(&format!("experts.{e}.down_proj"), latent, ffn, &mut rng))
+        .collect();
+    let gate = bf16("gate", experts, hidden, &mut rng);
+    let fc1 = bf16("fc1_latent_proj", latent, hidden, &mut rng);
+    let fc2 = bf16("fc2_latent_proj", hidden, latent, &mut rng);
+    let sh_up = random_nvfp4("shared_experts.up_proj", shared, hidden, &mut rng);
+    let sh_down = random_nvfp4("shared_experts.down_proj", hidden, shared, &mut rng);
+    let inputs: Vec<Vec<f32>> = (0..64).map(|_| rng.vec(hidden)).collect();
+    let nv = |r: usize, c: usize| r * c / 2 + r * c / 16;
+    let bytes = 2 * (experts * hidden + latent * hidden * 2)
+        + top_k * (nv(ffn, latent) + nv(latent, ffn))
+        + nv(shared, hidden)
+        + nv(hidden, shared);
+    let params = RouterParams {
+        top_k,
+        n_group: 1,
+        topk_group: 1,
+        norm_topk_prob: true,
+        scaling: 5.0,
+    };
+    let mut group = c.benchmark_group("moe_layer_one_token");
+    group.throughput(Throughput::Bytes(bytes as u64));
+    for t in thread_counts() {
+        let be: Arc<dyn Backend> = backend::create(BackendKind::Cpu, t).expect("cpu backend");
+        let ex = be.load_experts("experts", &up, &down).expect("experts");
+        let [gate, fc1, fc2, sh_up, sh_down] =
+            [&gate, &fc1, &fc2, &sh_up, &sh_down].map(|w| be.load_linear(w).expect("load"));
+        let bias = be.load_vector("bias", &vec![0.0; experts]).expect("bias");
+        let xs: Vec<Tensor> = inputs
+            .iter()
+            .map(|x| be.upload(x, &[1, hidden]).expect("upload"))
+            .collect();
+        let mut i = 0;
+        group.bench_function(format!("threads_{t}"), |b| {
+            b.iter(|| {
+                i = (i + 1) % xs.len();
+                let x = &xs[i];
+                let routing = be
+                    .router(&be.linear(x, &gate).expect("gate"), &bias, &params)
+                    .expect("router");
+                let lat = be.linear(x, &fc1).expect("fc1");
+                let routed = be.moe_experts(&lat, &ex, &routing).expect("experts");
+                let mut y = be.linear(&routed, &fc2).expect("fc2");
+                let h = be.relu2(&be.linear(x, &sh_up).expect("up")).expect("relu2");
+                be.add(&mut y, &be.linear(&h, &sh_down).expect("down"))
+                    .expect("add");
+                black_box(be.download(&y).expect("download"))
+            })
+        });
+    }
+    group.finish();
+}
+
+/// One Mamba-2 decode step at Super's shapes: the BF16 in_proj (4096 -> 2·8192 + 2·8·128 +
+/// 128), causal conv with its carried state, the selective scan over 128 heads x 64 x 128
+/// states, the gated grouped RMSNorm and the BF16 out_proj (8192 -> 4096).
+fn mamba_step(c: &mut Criterion) {
+    let dims = SsmDims {
+        heads: 128,
+        head_dim: 64,
+        groups: 8,
+        state: 128,
+    };
+    let (hidden, kernel) = (4096, 4);
+    let inner = dims.heads * dims.head_dim;
+    let gn = dims.groups * dims.state;
+    let conv_ch = inner + 2 * gn;
+    let mut rng = Rng(0x3a3b_a2);
+    let in_proj = bf16("in_proj", 2 * inner + 2 * gn + dims.heads, hidden, &mut rng);
+    let out_proj = bf16("out_proj", hidden, inner, &mut rng);
+    let conv = StoredLinear {
+        name: "conv1d".into(),
+        rows: conv_ch,
+        cols: kernel,
+        data: LinearData::Dense {
+            dtype: DType::F32,
+            data: ByteView::owned(
+                bytemuck::cast_slice(&rng.vec(conv_ch * kernel)).to_vec(),
+                "conv1d",
+            ),
+        },
+        input_scale: None,
+        bias: None,
+    };
+    let inputs: Vec<Vec<f32>> = (0..16).map(|_| rng.vec(hidden)).collect();
+    let bytes = 2 * (in_proj.rows * hidden + hidden * inner) + 4 * conv_ch * kernel;
+    let mut group = c.benchmark_group("mamba2_decode_step");
+    group.throughput(Throughput::Bytes(bytes as u64));
+    for t in thread_counts() {
+        let be: Arc<dyn Backend> = backend::create(BackendKind::Cpu, t).expect("cpu backend");
+        let [in_w, out_w, conv_w] =
+            [&in_proj, &out_proj, &conv].map(|w| be.load_linear(w).expect("load"));
+        let vec_of = |name: &str, n: usize, v: f32| be.load_vector(name, &vec![v; n]).expect(name);
+        let (conv_b, a_log) = (
+            vec_of("conv_b", conv_ch, 0.0),
+            vec_of("A_log", dims.heads, 0.5),
+        );
+        let (d, dt_bias) = (
+            vec_of("D", dims.heads, 1.0),
+            vec_of("dt_bias", dims.heads, 0.0),
+        );
+        let norm = vec_of("norm", inner, 1.0);
+        let mut conv_state = be.new_conv_state(conv_ch, kernel).expect("conv state");
+        let mut ssm_state = be.new_ssm_state(dims).expect("ssm state");
+        let xs: Vec<Tensor> = inputs
+            .iter()
+            .map(|x| be.upload(x, &[1, hidden]).expect("upload"))
+            .collect();
+        let mut i = 0;
+        group.bench_function(format!("threads_{t}"), |b| {
+            b.iter(|| {
+                i = (i + 1) % xs.len();
+                let zxbcdt = be.linear(&xs[i], &in_w).expect("in_proj");
+                let parts = be
+                    .split_columns(&zxbcdt, &[inner, conv_ch, dims.heads])
+                    .expect("split");
+                let xbc = be
+                    .conv1d_silu(&parts[1], &conv_w, Some(&conv_b), &mut conv_state)
+                    .expect("conv");
+                let y = be
+                    .ssm_scan(
+                        &xbc,
+                        &parts[2],
+                        &a_log,
+                        &d,
+                        &dt_bias,
+                        &mut ssm_state,
+                        dims,
+                        None,
+                    )
+                    .expect("scan");
+                let y = be
+                    .gated_group_rms_norm(&y, &parts[0], &norm, dims.groups, 1e-5)
+                    .expect("norm");
+                black_box(
+                    be.download(&be.linear(&y, &out_w).expect("out_proj"))
+                        .expect("download"),
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = kernels;
     config = Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = gemv
+    targets = gemv, moe_layer, mamba_step
 }
 criterion_main!(kernels);

@@ -59,33 +59,39 @@ pub(crate) fn attention(
     let qw = heads * hd;
     let mut out = vec![0.0f32; tokens * qw];
     par::chunks_mut(&mut out, hd, par, |idx, o| {
-        let mut scores = Vec::with_capacity(start + tokens);
-        let scores = &mut scores;
-        let (t, h) = (idx / heads, idx % heads);
-        let kvh = h / group;
-        let qv = &q[t * qw + h * hd..t * qw + (h + 1) * hd];
-        let visible = start + t + 1;
-        scores.clear();
-        let mut max = f32::NEG_INFINITY;
-        for j in 0..visible {
-            let s = dot(qv, &ck[j * kw + kvh * hd..j * kw + (kvh + 1) * hd]) * scale;
-            max = max.max(s);
-            scores.push(s);
-        }
-        let mut sum = 0.0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        let inv = 1.0 / sum;
-        o.fill(0.0);
-        for (j, &s) in scores.iter().enumerate() {
-            let p = s * inv;
-            let vr = &cv[j * kw + kvh * hd..j * kw + (kvh + 1) * hd];
-            for (oi, &vi) in o.iter_mut().zip(vr) {
-                *oi += p * vi;
+        SCORES.with_borrow_mut(|scores| {
+            let (t, h) = (idx / heads, idx % heads);
+            let kvh = h / group;
+            let qv = &q[t * qw + h * hd..t * qw + (h + 1) * hd];
+            let visible = start + t + 1;
+            scores.clear();
+            let mut max = f32::NEG_INFINITY;
+            for j in 0..visible {
+                let s = dot(qv, &ck[j * kw + kvh * hd..j * kw + (kvh + 1) * hd]) * scale;
+                max = max.max(s);
+                scores.push(s);
             }
-        }
+            let mut sum = 0.0f32;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            let inv = 1.0 / sum;
+            o.fill(0.0);
+            for (j, &s) in scores.iter().enumerate() {
+                let p = s * inv;
+                let vr = &cv[j * kw + kvh * hd..j * kw + (kvh + 1) * hd];
+                for (oi, &vi) in o.iter_mut().zip(vr) {
+                    *oi += p * vi;
+                }
+            }
+        });
     });
     out
+}
+
+thread_local! {
+    /// Each worker's score row, kept between calls so that a decode step allocates nothing
+    /// but its output once the context stops growing past what it has seen.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }

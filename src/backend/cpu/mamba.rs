@@ -19,22 +19,37 @@ pub(crate) fn conv1d_silu(
     par: bool,
 ) -> Vec<f32> {
     let hist = kernel - 1;
-    // Timeline = carried history followed by the new inputs.
-    let mut timeline = Vec::with_capacity((hist + tokens) * channels);
-    timeline.extend_from_slice(state);
-    timeline.extend_from_slice(&x[..tokens * channels]);
+    // The timeline is the carried history followed by the new inputs; it is indexed in place
+    // rather than assembled, so a decode step allocates nothing but its output.
+    let at = |i: usize, c: usize| {
+        if i < hist {
+            state[i * channels + c]
+        } else {
+            x[(i - hist) * channels + c]
+        }
+    };
     let mut out = vec![0.0f32; tokens * channels];
     par::chunks_mut(&mut out, channels, par, |t, row| {
         for (c, o) in row.iter_mut().enumerate() {
             let mut acc = b.map_or(0.0, |b| b[c]);
             for j in 0..kernel {
-                acc += w[c * kernel + j] * timeline[(t + j) * channels + c];
+                acc += w[c * kernel + j] * at(t + j, c);
             }
             *o = silu(acc);
         }
     });
-    let total = hist + tokens;
-    state.copy_from_slice(&timeline[(total - hist) * channels..total * channels]);
+    // The new history is the timeline's last `hist` rows: rows still in `state` move forward
+    // (reading ahead of writing), the rest come from `x`.
+    for i in 0..hist {
+        let src = tokens + i;
+        if src < hist {
+            state.copy_within(src * channels..(src + 1) * channels, i * channels);
+        } else {
+            let xr = src - hist;
+            state[i * channels..(i + 1) * channels]
+                .copy_from_slice(&x[xr * channels..(xr + 1) * channels]);
+        }
+    }
     out
 }
 
@@ -73,40 +88,45 @@ pub(crate) fn ssm_scan(
     let width = inner + 2 * groups * n;
     let heads_per_group = heads / groups;
     let mut y = vec![0.0f32; tokens * inner];
-    // Each head owns its slice of the state and its columns of y: scan heads in parallel.
-    let mut per_head: Vec<Vec<f32>> = vec![Vec::new(); heads];
-    let mut work: Vec<(&mut [f32], &mut Vec<f32>)> =
-        state.chunks_mut(p * n).zip(per_head.iter_mut()).collect();
-    par::chunks_mut(&mut work, 1, par, |h, item| {
-        let (s, out) = &mut item[0];
-        **out = {
-            let g = h / heads_per_group;
-            let a = -a_log[h].exp();
-            let mut yh = vec![0.0f32; tokens * p];
-            for t in 0..tokens {
-                let row = &xbc[t * width..(t + 1) * width];
-                let x = &row[h * p..(h + 1) * p];
-                let bv = &row[inner + g * n..inner + (g + 1) * n];
-                let cv = &row[inner + groups * n + g * n..inner + groups * n + (g + 1) * n];
-                let mut step = softplus(dt[t * heads + h] + dt_bias[h]);
-                if let Some(m) = dt_min {
-                    step = step.max(m);
-                }
-                let decay = (step * a).exp();
-                for (i, (si, &xi)) in s.chunks_exact_mut(n).zip(x).enumerate() {
-                    let dx = step * xi;
-                    let mut acc = 0.0f32;
-                    for j in 0..n {
-                        si[j] = si[j] * decay + dx * bv[j];
-                        acc += si[j] * cv[j];
-                    }
-                    yh[t * p + i] = acc + d[h] * xi;
-                }
+    // One head's recurrence over the tokens; `put(t, i, v)` stores y[t, h·P + i].
+    let scan_head = |h: usize, s: &mut [f32], put: &mut dyn FnMut(usize, usize, f32)| {
+        let g = h / heads_per_group;
+        let a = -a_log[h].exp();
+        for t in 0..tokens {
+            let row = &xbc[t * width..(t + 1) * width];
+            let x = &row[h * p..(h + 1) * p];
+            let bv = &row[inner + g * n..inner + (g + 1) * n];
+            let cv = &row[inner + groups * n + g * n..inner + groups * n + (g + 1) * n];
+            let mut step = softplus(dt[t * heads + h] + dt_bias[h]);
+            if let Some(m) = dt_min {
+                step = step.max(m);
             }
-            yh
-        };
+            let decay = (step * a).exp();
+            for (i, (si, &xi)) in s.chunks_exact_mut(n).zip(x).enumerate() {
+                let dx = step * xi;
+                let mut acc = 0.0f32;
+                for j in 0..n {
+                    si[j] = si[j] * decay + dx * bv[j];
+                    acc += si[j] * cv[j];
+                }
+                put(t, i, acc + d[h] * xi);
+            }
+        }
+    };
+    if tokens == 1 {
+        // Decode: head h's outputs are the contiguous y[h·P ..][..P], so each head writes its
+        // own slice and nothing is allocated.
+        par::zip_chunks_mut(state, p * n, &mut y, p, par, |h, s, yh| {
+            scan_head(h, s, &mut |_, i, v| yh[i] = v);
+        });
+        return y;
+    }
+    // Prefill: a head's outputs are strided over the rows; each head fills its own buffer.
+    let mut per_head: Vec<Vec<f32>> = vec![vec![0.0f32; tokens * p]; heads];
+    par::zip_chunks_mut(state, p * n, &mut per_head, 1, par, |h, s, yh| {
+        let yh = &mut yh[0];
+        scan_head(h, s, &mut |t, i, v| yh[t * p + i] = v);
     });
-    drop(work);
     for (h, yh) in per_head.iter().enumerate() {
         for t in 0..tokens {
             y[t * inner + h * p..t * inner + (h + 1) * p].copy_from_slice(&yh[t * p..(t + 1) * p]);

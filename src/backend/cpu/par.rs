@@ -33,3 +33,30 @@ where
         (0..n).map(f).collect()
     }
 }
+
+/// `f(i, a_chunk, b_chunk)` over the i-th `a_size` chunk of `a` and `b_size` chunk of `b`
+/// together (as many as the shorter has).
+pub(crate) fn zip_chunks_mut<A, B, F>(
+    a: &mut [A],
+    a_size: usize,
+    b: &mut [B],
+    b_size: usize,
+    par: bool,
+    f: F,
+) where
+    A: Send,
+    B: Send,
+    F: Fn(usize, &mut [A], &mut [B]) + Sync + Send,
+{
+    if par {
+        a.par_chunks_mut(a_size)
+            .zip(b.par_chunks_mut(b_size))
+            .enumerate()
+            .for_each(|(i, (x, y))| f(i, x, y));
+    } else {
+        a.chunks_mut(a_size)
+            .zip(b.chunks_mut(b_size))
+            .enumerate()
+            .for_each(|(i, (x, y))| f(i, x, y));
+    }
+}
