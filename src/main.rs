@@ -90,6 +90,19 @@ struct ModelArgs {
     /// wgpu: use the first adapter whose name contains this (see `nemotron-rt devices`).
     #[arg(long)]
     adapter: Option<String>,
+    /// CPU: activations the NVFP4 decode GEMVs multiply against. `q8` quantizes them to int8
+    /// per 16 values and uses integer dot products: faster, but not bit-faithful to the
+    /// reference (its agreement is measured in docs/benchmarks.md).
+    #[arg(long, value_enum, default_value = "f32")]
+    cpu_activations: CpuActivations,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CpuActivations {
+    /// Exact: f32 activations, weights decoded exactly (the default).
+    F32,
+    /// int8 activations with a scale per 16 values, integer dot products.
+    Q8,
 }
 
 #[derive(Args)]
@@ -187,9 +200,14 @@ fn main() {
 }
 
 fn load(args: &ModelArgs) -> anyhow::Result<Model> {
+    let q8 = args.cpu_activations == CpuActivations::Q8;
+    if q8 && args.backend != BackendKind::Cpu {
+        anyhow::bail!("--cpu-activations q8 applies to --backend cpu only");
+    }
     let opts = backend::BackendOptions {
         threads: args.threads,
         adapter: args.adapter.clone(),
+        cpu_q8_activations: q8,
     };
     let be = backend::create_with(args.backend, &opts)?;
     let model = Model::load(&args.model, be, LoadOptions { progress: true })

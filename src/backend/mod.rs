@@ -327,6 +327,9 @@ pub struct BackendOptions {
     pub threads: usize,
     /// wgpu: the first adapter whose name contains this (case-insensitive).
     pub adapter: Option<String>,
+    /// CPU: NVFP4 decode GEMVs against int8-quantized activations (opt-in; faster, not
+    /// bit-faithful to the reference).
+    pub cpu_q8_activations: bool,
 }
 
 /// Builds a backend by kind; `threads = 0` means one per core.
@@ -342,7 +345,10 @@ pub fn create(kind: BackendKind, threads: usize) -> Result<Arc<dyn Backend>> {
 
 pub fn create_with(kind: BackendKind, opts: &BackendOptions) -> Result<Arc<dyn Backend>> {
     match kind {
-        BackendKind::Cpu => Ok(Arc::new(cpu::CpuBackend::new(opts.threads)?)),
+        BackendKind::Cpu => Ok(Arc::new(cpu::CpuBackend::with_q8_activations(
+            opts.threads,
+            opts.cpu_q8_activations,
+        )?)),
         BackendKind::Wgpu => Ok(Arc::new(wgpu::WgpuBackend::new(opts.adapter.as_deref())?)),
     }
 }

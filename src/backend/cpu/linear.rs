@@ -7,7 +7,13 @@
 //!   cache-sized pieces ([`simd::panel_product`]); each weight byte is still read once.
 
 use super::par;
+use super::q8::{self, Q8Row};
 use super::simd::{self, Kind, Level};
+
+thread_local! {
+    /// Each worker's quantized activation row for [`CpuLinear::matvec`].
+    static Q8_SCRATCH: std::cell::RefCell<Q8Row> = std::cell::RefCell::new(Q8Row::default());
+}
 use crate::checkpoint::{ByteView, DType};
 use crate::error::{Error, Result};
 use crate::weights::{LinearData, StoredLinear};
@@ -63,6 +69,8 @@ pub(crate) struct CpuLinear {
     pub cols: usize,
     pub format: Format,
     pub bias: Option<Vec<f32>>,
+    /// Decode against int8-quantized activations ([`q8`]); only ever set on NVFP4 weights.
+    q8: bool,
 }
 
 impl CpuLinear {
@@ -98,7 +106,32 @@ impl CpuLinear {
             cols: w.cols,
             format,
             bias: w.bias.clone(),
+            q8: false,
         })
+    }
+
+    /// Opts this weight into the int8-activation decode path when `on` and it is NVFP4.
+    pub(crate) fn with_q8_activations(mut self, on: bool) -> CpuLinear {
+        self.q8 = on && matches!(self.format, Format::Nvfp4 { .. });
+        self
+    }
+
+    /// `W[r] · x` against a quantized activation row (NVFP4 weights only).
+    fn q8_dot(&self, r: usize, x: &Q8Row) -> f32 {
+        let c = self.cols;
+        match &self.format {
+            Format::Nvfp4 {
+                packed,
+                block_scales,
+                tensor_scale,
+            } => q8::dot_nvfp4(
+                &packed.bytes()[r * c / 2..(r + 1) * c / 2],
+                &block_scales.bytes()[r * c / 16..(r + 1) * c / 16],
+                *tensor_scale,
+                x,
+            ),
+            _ => unreachable!("q8 is only set on NVFP4 weights"),
+        }
     }
 
     fn kind(&self) -> Kind {
@@ -209,8 +242,23 @@ impl CpuLinear {
         let rows = self.rows;
         if tokens <= DECODE_MAX_TOKENS {
             // Decode: each weight byte is read once from the map, by the fused row kernel.
+            let q8: Vec<Q8Row> = if self.q8 {
+                x.chunks_exact(self.cols)
+                    .map(|xt| {
+                        let mut q = Q8Row::default();
+                        q.quantize(xt);
+                        q
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let mut xp = Vec::new();
-            let stride = self.prepare(lv, x, tokens, &mut xp);
+            let stride = if self.q8 {
+                0
+            } else {
+                self.prepare(lv, x, tokens, &mut xp)
+            };
             let per = if par {
                 (rows / (rayon::current_num_threads() * 8)).clamp(16, 256)
             } else {
@@ -221,7 +269,12 @@ impl CpuLinear {
                 for (i, o) in chunk.chunks_exact_mut(tokens).enumerate() {
                     let r = b * per + i;
                     for (t, v) in o.iter_mut().enumerate() {
-                        *v = self.dot_row(lv, r, &xp[t * stride..(t + 1) * stride]) + self.bias(r);
+                        let d = if self.q8 {
+                            self.q8_dot(r, &q8[t])
+                        } else {
+                            self.dot_row(lv, r, &xp[t * stride..(t + 1) * stride])
+                        };
+                        *v = d + self.bias(r);
                     }
                 }
             });
@@ -255,6 +308,15 @@ impl CpuLinear {
     /// Single-threaded `y = W x + b` for one token (used inside already-parallel loops);
     /// `scratch` holds the prepared input.
     pub(crate) fn matvec(&self, x: &[f32], y: &mut [f32], scratch: &mut Vec<f32>) {
+        if self.q8 {
+            Q8_SCRATCH.with_borrow_mut(|q| {
+                q.quantize(&x[..self.cols]);
+                for (r, v) in y[..self.rows].iter_mut().enumerate() {
+                    *v = self.q8_dot(r, q) + self.bias(r);
+                }
+            });
+            return;
+        }
         let lv = simd::level();
         let stride = self.prepare(lv, x, 1, scratch);
         for (r, v) in y[..self.rows].iter_mut().enumerate() {

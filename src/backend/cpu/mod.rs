@@ -6,6 +6,7 @@ mod linear;
 mod mamba;
 mod moe;
 mod par;
+mod q8;
 mod simd;
 
 use self::attention::KvCache;
@@ -21,6 +22,8 @@ use crate::weights::StoredLinear;
 pub struct CpuBackend {
     pool: rayon::ThreadPool,
     threads: usize,
+    /// NVFP4 decode GEMVs against int8-quantized activations (opt-in, not bit-faithful).
+    q8_activations: bool,
 }
 
 enum CpuWeight {
@@ -52,7 +55,19 @@ impl CpuBackend {
             .thread_name(|i| format!("nemotron-cpu-{i}"))
             .build()
             .map_err(|e| err(format!("cannot start {threads} worker threads: {e}")))?;
-        Ok(CpuBackend { pool, threads })
+        Ok(CpuBackend {
+            pool,
+            threads,
+            q8_activations: false,
+        })
+    }
+
+    /// Like [`new`](Self::new), with NVFP4 decode GEMVs run against int8-quantized
+    /// activations when `q8_activations` (faster, not bit-faithful to the reference).
+    pub fn with_q8_activations(threads: usize, q8_activations: bool) -> Result<CpuBackend> {
+        let mut be = Self::new(threads)?;
+        be.q8_activations = q8_activations;
+        Ok(be)
     }
 
     /// Runs `f(parallel)`: on the pool when `work` is worth splitting, else right here.
@@ -174,7 +189,7 @@ impl Backend for CpuBackend {
     }
 
     fn load_linear(&self, w: &StoredLinear) -> Result<Weight> {
-        let l = CpuLinear::new(w)?;
+        let l = CpuLinear::new(w)?.with_q8_activations(self.q8_activations);
         Ok(Weight::new(
             &w.name,
             w.rows,
@@ -202,8 +217,14 @@ impl Backend for CpuBackend {
     ) -> Result<ExpertWeights> {
         let (hidden, latent) = super::expert_shapes(name, up, down).map_err(err)?;
         let ex = CpuExperts {
-            up: up.iter().map(CpuLinear::new).collect::<Result<_>>()?,
-            down: down.iter().map(CpuLinear::new).collect::<Result<_>>()?,
+            up: up
+                .iter()
+                .map(|w| Ok(CpuLinear::new(w)?.with_q8_activations(self.q8_activations)))
+                .collect::<Result<_>>()?,
+            down: down
+                .iter()
+                .map(|w| Ok(CpuLinear::new(w)?.with_q8_activations(self.q8_activations)))
+                .collect::<Result<_>>()?,
         };
         Ok(ExpertWeights::new(
             name,
