@@ -1,10 +1,14 @@
 // The k largest logits of one row, by value descending, ties to the lower id, NaN ranking as
-// -inf (after every number): what seeded top-k / min-p sampling reads back instead of the row
-// (src/sampling.rs `top_by_logit` is the reference).
+// -inf (after every number), and the row's softmax mass: what seeded top-k / top-p / min-p
+// sampling reads back instead of the row (src/sampling.rs `top_by_logit` and `softmax_mass`
+// are the references).
 //   slices: workgroup s picks the k best of logits[s·SLICE ..][..SLICE] by k rounds of a
 //           parallel argmax over the slice, kept in shared memory;
 //   merge:  one workgroup picks the k best of all slices' picks the same way, reading the
-//           logits back by id so NaN stays NaN.
+//           logits back by id so NaN stays NaN;
+//   mass:   one workgroup sums exp(l·inv_t − max) over the row in f32, max being the best
+//           pick's (sampling allows this sum a relative error of 1e-3; f32 sums of ≤ 2^20
+//           positive terms in 256 strided partials stay orders of magnitude inside that).
 // A value is compared through a u32 key that orders like the float (NaN -> -inf); every real
 // key is >= key(-inf) = 0x007fffff, so key 0 marks "taken" or "nothing left".
 
@@ -19,19 +23,24 @@ struct Params {
     k: u32,
     row: u32,    // index of the row's first logit
     picks: u32,  // candidates in the merge input (slices · k)
+    inv_t: f32,  // 1 / temperature, for `mass`
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read_write> cand_key: array<u32>;
 @group(0) @binding(3) var<storage, read_write> cand_id: array<u32>;
-// [k ids, then k logits as bits]
+// [k ids, k logits as bits, the mass as bits]
 @group(0) @binding(4) var<storage, read_write> out: array<u32>;
 
 var<workgroup> keys: array<u32, SLICE>;
 var<workgroup> red_k: array<u32, WG>;
 var<workgroup> red_i: array<u32, WG>;
 var<workgroup> red_at: array<u32, WG>;
+var<workgroup> red_f: array<f32, WG>;
 
 fn key_of(x: f32) -> u32 {
     var b = bitcast<u32>(x);
@@ -129,5 +138,32 @@ fn merge(@builtin(local_invocation_index) lid: u32) {
             }
         }
         storageBarrier();
+    }
+}
+
+@compute @workgroup_size(256)
+fn mass(@builtin(local_invocation_index) lid: u32) {
+    let top = bitcast<f32>(out[p.k]);
+    let mx = top * p.inv_t;
+    var acc = 0.0;
+    // A NaN or infinite maximum is a degenerate row that sampling handles without the mass.
+    if (mx == mx && abs(mx) <= 3.4e38) {
+        for (var i = lid; i < p.vocab; i += WG) {
+            let e = exp(logits[p.row + i] * p.inv_t - mx);
+            if (e > 0.0) {
+                acc += e;
+            }
+        }
+    }
+    red_f[lid] = acc;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            red_f[lid] += red_f[lid + s];
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        out[2u * p.k] = bitcast<u32>(red_f[0]);
     }
 }

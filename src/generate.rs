@@ -202,14 +202,15 @@ pub fn generate_on(
     let mut first = true;
     let mut reason = FinishReason::Length;
     while out.tokens.len() < params.max_tokens {
-        // Greedy decoding reads back one id (the argmax runs on the backend); top-k / min-p
-        // sampling reads back the few candidates that can win; anything else needs the whole
-        // distribution. All three pick the same token on every backend.
+        // Greedy decoding reads back one id (the argmax runs on the backend); top-k, top-p and
+        // min-p sampling read back the few candidates that can win (and the softmax mass);
+        // plain temperature sampling, or candidates that cannot decide, read the whole row.
+        // All pick the same token on every backend.
         let v = model.config.vocab_size;
         let picked = if params.sampling.is_greedy() {
             Some(*be.argmax(&fwd.logits)?.last().expect("logits have a row"))
-        } else if let Some(k) = sampler.candidates_needed() {
-            let cands = be.top_candidates(&fwd.logits, k)?;
+        } else if let Some(req) = sampler.candidates_needed() {
+            let cands = be.top_candidates(&fwd.logits, req.k, req.mass_inv_t)?;
             sampler.sample_top(&cands, v)
         } else {
             None

@@ -4,6 +4,7 @@
 //! Everything here is deterministic for a given seed and identical on every platform and
 //! backend: the generator is integer-only and the uniform draw is an exact 24-bit fraction.
 
+use crate::backend::{Candidates, MASS_REL_ERR};
 use crate::{Error, Result};
 
 /// How to pick each token. The default is greedy decoding.
@@ -83,6 +84,32 @@ pub fn argmax(logits: &[f32]) -> u32 {
 /// Largest top-k whose candidates a backend selects on the device; larger ones read back the
 /// whole row.
 pub const MAX_CANDIDATES: usize = 256;
+
+/// What a sampler asks a backend's `top_candidates` for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CandidateRequest {
+    /// How many of the largest logits.
+    pub k: usize,
+    /// The softmax mass of the row at this inverse temperature, when needed.
+    pub mass_inv_t: Option<f32>,
+}
+
+/// `Σ exp(l·inv_t − max)` over a row, NaN and −inf contributing 0, as `sample` computes its
+/// total (f32 terms summed in f64 in id order). Non-finite maximum: 0.
+pub fn softmax_mass(row: &[f32], inv_t: f32) -> f64 {
+    let max = row
+        .iter()
+        .filter(|v| !v.is_nan())
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v * inv_t));
+    if !max.is_finite() {
+        return 0.0;
+    }
+    row.iter()
+        .map(|&l| (l * inv_t - max).exp())
+        .filter(|&e| e > 0.0)
+        .map(f64::from)
+        .sum()
+}
 
 /// Candidates read back for min-p without top-k: enough whenever the distribution is peaked
 /// enough for min-p to matter; otherwise [`Sampler::sample_top`] declines.
@@ -226,41 +253,58 @@ impl Sampler {
         *cand.last().expect("the most probable token is always kept")
     }
 
-    /// How many of the most probable tokens (by logit) [`sample_top`](Self::sample_top) needs
-    /// to pick exactly the token [`sample`](Self::sample) would pick from the whole row, so a
-    /// backend can select them on the device and read back only those. `None` when every
-    /// logit matters (top-p without top-k, plain temperature) or the sampler is greedy.
-    pub fn candidates_needed(&self) -> Option<usize> {
+    /// What [`sample_top`](Self::sample_top) needs to pick exactly the token
+    /// [`sample`](Self::sample) would pick from the whole row, so a backend can select it on
+    /// the device and read back only that: the `k` largest logits, and for top-p without
+    /// top-k also the row's softmax mass at `1 / temperature`. `None` when the sampler is
+    /// greedy or every logit matters (plain temperature sampling, a top-k above
+    /// [`MAX_CANDIDATES`]).
+    pub fn candidates_needed(&self) -> Option<CandidateRequest> {
         let p = &self.params;
         if p.is_greedy() {
             return None;
         }
+        let req = |k, mass: bool| {
+            Some(CandidateRequest {
+                k,
+                mass_inv_t: mass.then(|| 1.0 / p.temperature),
+            })
+        };
         if p.top_k > 0 {
             // One more than kept, to see whether a tie at the cut reaches past the candidates.
-            return (p.top_k < MAX_CANDIDATES).then_some(p.top_k + 1);
+            return if p.top_k < MAX_CANDIDATES {
+                req(p.top_k + 1, false)
+            } else {
+                None
+            };
         }
-        if p.top_p >= 1.0 && p.min_p > 0.0 {
-            return Some(MIN_P_CANDIDATES);
+        if p.top_p < 1.0 {
+            return req(MAX_CANDIDATES, true);
+        }
+        if p.min_p > 0.0 {
+            return req(MIN_P_CANDIDATES, false);
         }
         None
     }
 
-    /// [`sample`](Self::sample) from the top candidates of a row of `vocab` logits: `cands`
-    /// holds the [`candidates_needed`](Self::candidates_needed) largest logits as (id, logit),
-    /// by logit descending, ties by lower id (NaN counted as -inf), as
-    /// [`top_by_logit`] returns them. Picks exactly the token `sample` would pick from the
-    /// whole row and advances the generator the same way; `None` (generator untouched) when
-    /// these candidates cannot decide that (a tie at the cut, a min-p floor reaching past them,
-    /// or a degenerate row): the caller then samples from the whole row.
-    pub fn sample_top(&mut self, cands: &[(u32, f32)], vocab: usize) -> Option<u32> {
+    /// [`sample`](Self::sample) from the top candidates of a row of `vocab` logits, as
+    /// [`candidates_needed`](Self::candidates_needed) asked a backend for them (the largest
+    /// logits by [`top_by_logit`]'s order, and the row's softmax mass within
+    /// [`MASS_REL_ERR`] when asked). Picks exactly the token `sample` would pick from the whole
+    /// row and advances the generator the same way; `None` (generator untouched) when these
+    /// candidates cannot decide that (a tie at the cut, a top-p or min-p cut reaching past
+    /// them or too close to call within the mass's error, or a degenerate row): the caller
+    /// then samples from the whole row.
+    pub fn sample_top(&mut self, cands: &Candidates, vocab: usize) -> Option<u32> {
         let p = self.params;
-        let need = self.candidates_needed()?;
-        if cands.is_empty() || (cands.len() < need && cands.len() < vocab) {
+        let req = self.candidates_needed()?;
+        let top = &cands.top;
+        if top.is_empty() || (top.len() < req.k && top.len() < vocab) {
             return None;
         }
-        let complete = cands.len() >= vocab;
+        let complete = top.len() >= vocab;
         let inv_t = 1.0 / p.temperature;
-        let max = cands
+        let max = top
             .iter()
             .filter(|c| !c.1.is_nan())
             .fold(f32::NEG_INFINITY, |m, c| m.max(c.1 * inv_t));
@@ -271,20 +315,20 @@ impl Sampler {
             let e = (l * inv_t - max).exp();
             if e > 0.0 { e } else { 0.0 }
         };
-        // Every token outside `cands` has a logit <= the last one's, so a probability <= this.
+        // Every token outside `top` has a logit <= the last one's, so a probability <= this.
         let outside = if complete {
             0.0
         } else {
-            prob(cands[cands.len() - 1].1)
+            prob(top[top.len() - 1].1)
         };
-        let mut kept: Vec<(u32, f32)> = cands
+        let mut kept: Vec<(u32, f32)> = top
             .iter()
             .map(|&(i, l)| (i, prob(l)))
             .filter(|c| c.1 > 0.0)
             .collect();
         let by_prob = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        kept.sort_unstable_by(by_prob);
         if p.top_k > 0 {
-            kept.sort_unstable_by(by_prob);
             if kept.len() > p.top_k {
                 // An outside token as probable as the last kept one could outrank it by id.
                 if outside >= kept[p.top_k - 1].1 {
@@ -294,30 +338,46 @@ impl Sampler {
             } else if outside > 0.0 {
                 return None;
             }
-            let total: f64 = kept.iter().map(|c| c.1 as f64).sum();
-            if p.top_p < 1.0 {
+        }
+        if p.top_p < 1.0 {
+            // `sample` cuts where the sorted mass first reaches top_p · total. With top-k the
+            // total is the kept tokens' own; without, it is the whole row's, known here only
+            // within the device's error, so the cut must be the same at both ends of it.
+            let (lo, hi) = if p.top_k > 0 {
+                let total: f64 = kept.iter().map(|c| c.1 as f64).sum();
+                (total, total)
+            } else {
+                let mass = cands.mass?;
+                (mass * (1.0 - MASS_REL_ERR), mass * (1.0 + MASS_REL_ERR))
+            };
+            let cut = |total: f64| {
                 let target = p.top_p as f64 * total;
                 let mut mass = 0.0f64;
-                let mut keep = kept.len();
-                for (n, c) in kept.iter().enumerate() {
+                kept.iter().position(|c| {
                     mass += c.1 as f64;
-                    if mass >= target {
-                        keep = n + 1;
-                        break;
-                    }
-                }
-                kept.truncate(keep);
+                    mass >= target
+                })
+            };
+            let keep = match (cut(lo), cut(hi)) {
+                (Some(a), Some(b)) if a == b => a + 1,
+                // With top-k the whole kept set is known: the cut is its last token at worst.
+                (None, None) if p.top_k > 0 => kept.len(),
+                _ => return None,
+            };
+            // The kept prefix must be the row's own: nothing outside may rank inside it.
+            if p.top_k == 0 && outside >= kept[keep - 1].1 {
+                return None;
             }
-            if p.min_p > 0.0 {
-                kept.retain(|c| c.1 >= p.min_p);
-            }
-        } else {
+            kept.truncate(keep);
+        } else if p.top_k == 0 {
             // min-p alone: `sample` keeps every token at or above the floor, in id order.
             if outside >= p.min_p {
                 return None;
             }
-            kept.retain(|c| c.1 >= p.min_p);
             kept.sort_unstable_by_key(|c| c.0);
+        }
+        if p.min_p > 0.0 {
+            kept.retain(|c| c.1 >= p.min_p);
         }
         let mass: f64 = kept.iter().map(|c| c.1 as f64).sum();
         let r = self.rng.next_f32() as f64 * mass;
@@ -644,10 +704,15 @@ mod tests {
             for p in cases {
                 let mut whole = Sampler::new(p).unwrap();
                 let mut top = Sampler::new(p).unwrap();
-                let k = top
+                let req = top
                     .candidates_needed()
                     .expect("these params use candidates");
-                let cands = top_by_logit(&logits, k);
+                // A device's mass is off by up to MASS_REL_ERR; take it near that bound.
+                let err = 1.0 + MASS_REL_ERR * 0.9 * if case % 2 == 0 { 1.0 } else { -1.0 };
+                let cands = Candidates {
+                    top: top_by_logit(&logits, req.k),
+                    mass: req.mass_inv_t.map(|t| softmax_mass(&logits, t) * err),
+                };
                 for _ in 0..4 {
                     let want = whole.sample(&logits);
                     let fine = (grid > 100.0) as usize;
@@ -671,7 +736,6 @@ mod tests {
         assert!(counts[1][0] > 20 * counts[1][1], "{counts:?}");
         // Params whose result depends on every logit are never offered to candidates.
         for p in [
-            params(1.0, 0, 0.9, 0.0, 0),
             params(1.0, 0, 1.0, 0.0, 0),
             params(1.0, MAX_CANDIDATES, 1.0, 0.0, 0),
             SamplingParams::greedy(),

@@ -276,15 +276,20 @@ pub trait Backend: Send + Sync {
     /// Index of the first maximum of each row.
     fn argmax(&self, logits: &Tensor) -> Result<Vec<u32>>;
     /// The `k` largest logits of the last row as (id, logit), as
-    /// [`top_by_logit`](crate::sampling::top_by_logit) orders them: what seeded sampling reads
-    /// back instead of the whole row. By default the row is downloaded and selected on the host.
-    fn top_candidates(&self, logits: &Tensor, k: usize) -> Result<Vec<(u32, f32)>> {
+    /// [`top_by_logit`](crate::sampling::top_by_logit) orders them, and, when `inv_t` is given,
+    /// the row's softmax mass `Σ exp(l·inv_t − max)` within [`MASS_REL_ERR`]: what seeded
+    /// sampling reads back instead of the whole row. By default the row is downloaded and
+    /// both are computed on the host.
+    fn top_candidates(&self, logits: &Tensor, k: usize, inv_t: Option<f32>) -> Result<Candidates> {
         let all = self.download(logits)?;
         let v = logits.cols();
         if v == 0 || all.len() < v {
-            return Ok(Vec::new());
+            return Ok(Candidates::default());
         }
-        Ok(crate::sampling::top_by_logit(&all[all.len() - v..], k))
+        let row = &all[all.len() - v..];
+        let top = crate::sampling::top_by_logit(row, k);
+        let mass = inv_t.map(|inv_t| crate::sampling::softmax_mass(row, inv_t));
+        Ok(Candidates { top, mass })
     }
 }
 
@@ -311,6 +316,19 @@ pub(crate) fn expert_shapes(
         }
     }
     Ok((hidden, latent))
+}
+
+/// Relative error a backend's [`Candidates::mass`] may have (the device sums in f32 with its
+/// own `exp`); sampling only trusts decisions that hold anywhere within it.
+pub const MASS_REL_ERR: f64 = 1e-3;
+
+/// What [`Backend::top_candidates`] reads back.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Candidates {
+    /// (id, logit) of the largest logits, by logit descending, ties to the lower id, NaN last.
+    pub top: Vec<(u32, f32)>,
+    /// `Σ exp(l·inv_t − max)` over the whole row (NaN and −inf contributing 0), when asked.
+    pub mass: Option<f64>,
 }
 
 /// Which backend to run on, as the CLI and the app name them.

@@ -9,8 +9,8 @@ mod weights;
 use std::sync::Arc;
 
 use crate::backend::{
-    AttnDims, Backend, BackendInfo, ElemType, ExpertWeights, RouterParams, Routing, SsmDims,
-    Tensor, Weight,
+    AttnDims, Backend, BackendInfo, Candidates, ElemType, ExpertWeights, RouterParams, Routing,
+    SsmDims, Tensor, Weight,
 };
 use crate::error::{Error, Result};
 use crate::weights::StoredLinear;
@@ -514,8 +514,8 @@ impl Backend for WgpuBackend {
         ops::elementwise::argmax(self, logits)
     }
 
-    fn top_candidates(&self, logits: &Tensor, k: usize) -> Result<Vec<(u32, f32)>> {
-        ops::top_candidates::top_candidates(self, logits, k)
+    fn top_candidates(&self, logits: &Tensor, k: usize, inv_t: Option<f32>) -> Result<Candidates> {
+        ops::top_candidates::top_candidates(self, logits, k, inv_t)
     }
 }
 
