@@ -15,6 +15,15 @@ impl StudioApp {
     }
 }
 
+/// Checkpoints often live in `<model>/hf`: name them by the folder that says what they are.
+fn model_name(dir: &std::path::Path) -> String {
+    dir.file_name()
+        .filter(|n| *n != "hf" && *n != "hf_bf16")
+        .or_else(|| dir.parent().and_then(|p| p.file_name()))
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| dir.display().to_string())
+}
+
 /// Draws the whole app into `ui` (shared by the window and the snapshot tests).
 pub fn draw(ui: &mut egui::Ui, state: &mut AppState) {
     if state.pump() {
@@ -33,11 +42,7 @@ pub fn draw(ui: &mut egui::Ui, state: &mut AppState) {
                 (_, Some(Busy::Loading { .. })) => ui.label("loading…"),
                 (Some(l), _) => ui.label(format!(
                     "{} on {}",
-                    l.summary
-                        .dir
-                        .file_name()
-                        .map(|n| n.to_string_lossy().to_string())
-                        .unwrap_or_default(),
+                    model_name(&l.summary.dir),
                     l.summary.device_label
                 )),
                 (None, _) => ui.weak("no model"),
@@ -47,7 +52,8 @@ pub fn draw(ui: &mut egui::Ui, state: &mut AppState) {
     });
     egui::Panel::left("side")
         .resizable(true)
-        .default_size(380.0)
+        .default_size(420.0)
+        .size_range(280.0..=640.0)
         .show(ui, |ui| {
             egui::ScrollArea::vertical().show(ui, |ui| {
                 views::model::show(ui, state);

@@ -20,7 +20,9 @@ pub fn viridis(t: f64) -> [u8; 3] {
     let i = (x.floor() as usize).min(STOPS.len() - 2);
     let f = x - i as f64;
     let (a, b) = (STOPS[i], STOPS[i + 1]);
-    std::array::from_fn(|c| (f64::from(a[c]) + (f64::from(b[c]) - f64::from(a[c])) * f).round() as u8)
+    std::array::from_fn(|c| {
+        (f64::from(a[c]) + (f64::from(b[c]) - f64::from(a[c])) * f).round() as u8
+    })
 }
 
 /// Maps a cell value to `[0, 1]`: linear, or logarithmic so that rarely chosen experts stay

@@ -45,7 +45,10 @@ pub const PNG_CELL: (u32, u32) = (3, 12);
 
 pub fn heatmap_image(h: &Heatmap, mode: HeatMode, log: bool) -> image::RgbImage {
     let (cw, ch) = PNG_CELL;
-    let (w, ht) = ((h.experts as u32 * cw).max(1), (h.rows() as u32 * ch).max(1));
+    let (w, ht) = (
+        (h.experts as u32 * cw).max(1),
+        (h.rows() as u32 * ch).max(1),
+    );
     let max = h.max(mode);
     image::RgbImage::from_fn(w, ht, |x, y| {
         let (e, row) = ((x / cw) as usize, (y / ch) as usize);

@@ -30,7 +30,9 @@ fn make_state(model: Option<&PathBuf>) -> AppState {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("usage: nemotron-studio [MODEL_DIR]\n\nThe desktop app of nemotron-rt. Renders with wgpu, or with OpenGL (glow) when wgpu cannot start.");
+        println!(
+            "usage: nemotron-studio [MODEL_DIR]\n\nThe desktop app of nemotron-rt. Renders with wgpu, or with OpenGL (glow) when wgpu cannot start."
+        );
         return;
     }
     if args.len() > 1 {

@@ -331,7 +331,7 @@ impl AppState {
             compare_pick: Vec::new(),
             compare: Vec::new(),
             notices: Vec::new(),
-            export_dir: cwd.display().to_string(),
+            export_dir: ".".into(),
             tab: Tab::default(),
             tx,
             rx,

@@ -95,7 +95,9 @@ pub(crate) fn load(dir: &Path, device: &Device, threads: usize) -> Result<Loaded
     let model = Model::load(dir, be, LoadOptions::default())
         .map_err(|e| format!("loading {}: {e}", dir.display()))?;
     let tokenizer = if dir.join("tokenizer.json").exists() {
-        Some(Arc::new(Tokenizer::from_dir(dir).map_err(|e| e.to_string())?))
+        Some(Arc::new(
+            Tokenizer::from_dir(dir).map_err(|e| e.to_string())?,
+        ))
     } else {
         None
     };
@@ -118,7 +120,8 @@ pub(crate) fn load(dir: &Path, device: &Device, threads: usize) -> Result<Loaded
 
 /// The prompt's token ids, encoded exactly as `nemotron-rt generate --prompt` encodes them.
 pub(crate) fn encode(tokenizer: Option<&Arc<Tokenizer>>, prompt: &str) -> Result<Vec<u32>, String> {
-    let tok = tokenizer.ok_or("this checkpoint has no tokenizer.json, so text cannot be encoded")?;
+    let tok =
+        tokenizer.ok_or("this checkpoint has no tokenizer.json, so text cannot be encoded")?;
     tok.encode(prompt, true).map_err(|e| e.to_string())
 }
 

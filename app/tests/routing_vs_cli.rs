@@ -16,12 +16,23 @@ fn cli_binary() -> PathBuf {
     // target/<profile>/deps/<test> → target/<profile>
     let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
     let target_dir = profile_dir.parent().expect("target root");
-    let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
+    let profile = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", "nemotron-rt", "--bin", "nemotron-rt", "--target-dir"])
-        .arg(target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd.args([
+        "build",
+        "--quiet",
+        "-p",
+        "nemotron-rt",
+        "--bin",
+        "nemotron-rt",
+        "--target-dir",
+    ])
+    .arg(target_dir)
+    .current_dir(env!("CARGO_MANIFEST_DIR"));
     if profile == "release" {
         cmd.arg("--release");
     }
@@ -30,7 +41,14 @@ fn cli_binary() -> PathBuf {
     profile_dir.join("nemotron-rt")
 }
 
-fn run_case(prompt: &str, max_tokens: usize, temperature: f32, top_p: f32, top_k: usize, seed: u64) {
+fn run_case(
+    prompt: &str,
+    max_tokens: usize,
+    temperature: f32,
+    top_p: f32,
+    top_k: usize,
+    seed: u64,
+) {
     let mut state = support::loaded_state();
     state.settings.prompt = prompt.into();
     state.settings.max_tokens = max_tokens;
@@ -47,14 +65,23 @@ fn run_case(prompt: &str, max_tokens: usize, temperature: f32, top_p: f32, top_k
         .args(["generate", "--model"])
         .arg(support::fixture())
         .args(["--prompt", prompt, "--max-tokens", &max_tokens.to_string()])
-        .args(["--temperature", &temperature.to_string(), "--top-p", &top_p.to_string()])
+        .args([
+            "--temperature",
+            &temperature.to_string(),
+            "--top-p",
+            &top_p.to_string(),
+        ])
         .args(["--top-k", &top_k.to_string(), "--seed", &seed.to_string()])
         .args(["--threads", "2", "--trace-routing"])
         .arg(&trace_path)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("running nemotron-rt");
-    assert!(out.status.success(), "CLI failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "CLI failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let cli = nemotron_rt::trace::read(&trace_path).unwrap();
     assert!(!cli.is_empty(), "the CLI wrote an empty trace");
 
@@ -69,7 +96,10 @@ fn run_case(prompt: &str, max_tokens: usize, temperature: f32, top_p: f32, top_k
         cli_routes.iter().map(Vec::as_slice),
     )
     .unwrap();
-    assert_eq!(run.heatmap, cli_heatmap, "heatmap differs from the CLI's trace");
+    assert_eq!(
+        run.heatmap, cli_heatmap,
+        "heatmap differs from the CLI's trace"
+    );
     assert_eq!(run.heatmap.tokens, cli.len());
     assert!(run.heatmap.counts.iter().any(|&c| c > 0));
 

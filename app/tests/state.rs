@@ -26,7 +26,11 @@ fn bad_folders_are_messages_not_crashes() {
     s.open_model(Path::new("/definitely/not/here"));
     assert!(s.wait_idle(support::WAIT));
     assert!(s.loaded.is_none());
-    assert!(errors(&s).iter().any(|e| e.contains("not a folder")), "{:?}", s.notices);
+    assert!(
+        errors(&s).iter().any(|e| e.contains("not a folder")),
+        "{:?}",
+        s.notices
+    );
 
     // A folder that exists but holds no checkpoint: the library's error, shown as is.
     let empty = tempfile::tempdir().unwrap();
@@ -45,7 +49,12 @@ fn bad_folders_are_messages_not_crashes() {
     }
     let st = broken.path().join("model.safetensors");
     let len = std::fs::metadata(&st).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&st).unwrap().set_len(len / 2).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&st)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
     s.open_model(broken.path());
     assert!(s.wait_idle(support::WAIT));
     assert!(s.loaded.is_none());
@@ -59,7 +68,13 @@ fn an_unavailable_backend_is_a_message() {
     s.device = cuda;
     s.open_model(&support::fixture());
     assert!(s.wait_idle(support::WAIT));
-    assert!(errors(&s).iter().any(|e| e.contains("CUDA") && e.contains("not available")), "{:?}", s.notices);
+    assert!(
+        errors(&s)
+            .iter()
+            .any(|e| e.contains("CUDA") && e.contains("not available")),
+        "{:?}",
+        s.notices
+    );
     // The model that was open stays usable.
     assert!(s.loaded.is_some());
 }
@@ -75,7 +90,11 @@ fn generation_without_a_model_is_a_message() {
     s.settings.temperature = 1.0;
     s.generate();
     assert!(!s.is_busy());
-    assert!(errors(&s).iter().any(|e| e.contains("top_p")), "{:?}", s.notices);
+    assert!(
+        errors(&s).iter().any(|e| e.contains("top_p")),
+        "{:?}",
+        s.notices
+    );
 }
 
 #[test]
@@ -86,7 +105,11 @@ fn stop_cancels_a_generation() {
     // Let a few tokens through, then stop.
     while s.run.as_ref().is_none_or(|r| r.tokens.len() < 3) {
         s.wait_idle(std::time::Duration::from_millis(20));
-        assert!(s.is_busy(), "finished before it could be stopped: {:?}", s.run.as_ref().map(|r| r.finish));
+        assert!(
+            s.is_busy(),
+            "finished before it could be stopped: {:?}",
+            s.run.as_ref().map(|r| r.finish)
+        );
     }
     s.stop();
     assert!(s.wait_idle(support::WAIT));
@@ -126,7 +149,12 @@ fn switching_backend_reloads_and_comparing_agrees() {
     assert_eq!(s.loaded.as_ref().unwrap().summary.backend.name, "cpu");
     s.select_device(1);
     assert!(s.wait_idle(support::WAIT));
-    assert_eq!(s.loaded.as_ref().unwrap().summary.backend.name, "wgpu", "{:?}", s.notices);
+    assert_eq!(
+        s.loaded.as_ref().unwrap().summary.backend.name,
+        "wgpu",
+        "{:?}",
+        s.notices
+    );
 
     s.settings.max_tokens = 8;
     s.compare_pick = vec![true, true, false];
@@ -185,14 +213,26 @@ fn agreement_counts_routing_up_to_the_first_divergence() {
 #[test]
 fn heatmap_rejects_routing_of_another_model() {
     let mut h = Heatmap::new(vec![1, 3], 4);
-    let ok = [TokenRoute { layer: 3, ids: vec![0, 2], weights: vec![0.25, 0.75] }];
+    let ok = [TokenRoute {
+        layer: 3,
+        ids: vec![0, 2],
+        weights: vec![0.25, 0.75],
+    }];
     h.add_token(&ok).unwrap();
     assert_eq!(h.value(HeatMode::Count, 1, 2), 1.0);
     assert_eq!(h.value(HeatMode::Weight, 1, 2), 0.75);
     assert_eq!(h.value(HeatMode::Count, 0, 2), 0.0);
-    let bad_layer = [TokenRoute { layer: 2, ids: vec![0], weights: vec![1.0] }];
+    let bad_layer = [TokenRoute {
+        layer: 2,
+        ids: vec![0],
+        weights: vec![1.0],
+    }];
     assert!(h.add_token(&bad_layer).is_err());
-    let bad_expert = [TokenRoute { layer: 1, ids: vec![4], weights: vec![1.0] }];
+    let bad_expert = [TokenRoute {
+        layer: 1,
+        ids: vec![4],
+        weights: vec![1.0],
+    }];
     assert!(h.add_token(&bad_expert).is_err());
 }
 
@@ -205,7 +245,13 @@ fn exports_write_the_run() {
     let dir = tempfile::tempdir().unwrap();
 
     let csv = nemotron_studio::export::trace_csv(run);
-    let k = s.loaded.as_ref().unwrap().summary.config.num_experts_per_tok;
+    let k = s
+        .loaded
+        .as_ref()
+        .unwrap()
+        .summary
+        .config
+        .num_experts_per_tok;
     let moe = s.loaded.as_ref().unwrap().summary.moe_layers.len();
     assert_eq!(csv.lines().count(), 1 + 6 * moe * k);
 
@@ -214,15 +260,29 @@ fn exports_write_the_run() {
     nemotron_studio::export::heatmap_png(h, HeatMode::Count, false, &png).unwrap();
     let img = image::open(&png).unwrap().to_rgb8();
     let (cw, ch) = nemotron_studio::export::PNG_CELL;
-    assert_eq!(img.dimensions(), (h.experts as u32 * cw, h.rows() as u32 * ch));
+    assert_eq!(
+        img.dimensions(),
+        (h.experts as u32 * cw, h.rows() as u32 * ch)
+    );
     let max = h.max(HeatMode::Count);
     for row in 0..h.rows() {
         for e in 0..h.experts {
             let px = img.get_pixel(e as u32 * cw, row as u32 * ch).0;
-            assert_eq!(px, colormap::cell_color(h.value(HeatMode::Count, row, e), max, false));
+            assert_eq!(
+                px,
+                colormap::cell_color(h.value(HeatMode::Count, row, e), max, false)
+            );
         }
     }
-    assert!(nemotron_studio::export::heatmap_png(h, HeatMode::Count, false, Path::new("/nonexistent/dir/h.png")).is_err());
+    assert!(
+        nemotron_studio::export::heatmap_png(
+            h,
+            HeatMode::Count,
+            false,
+            Path::new("/nonexistent/dir/h.png")
+        )
+        .is_err()
+    );
 }
 
 #[test]
@@ -235,5 +295,8 @@ fn recent_list_survives_a_restart() {
     assert!(r.push(Path::new("/b")).is_none());
     assert!(r.push(Path::new("/a")).is_none());
     let again = Recent::load(Some(file));
-    assert_eq!(again.dirs, vec![Path::new("/a").to_path_buf(), Path::new("/b").to_path_buf()]);
+    assert_eq!(
+        again.dirs,
+        vec![Path::new("/a").to_path_buf(), Path::new("/b").to_path_buf()]
+    );
 }

@@ -17,25 +17,48 @@ fn options() -> SnapshotOptions {
     SnapshotOptions::new().threshold(1.0).max_failed_pixels(64)
 }
 
+/// Fails the test on a snapshot mismatch (several harnesses per test each report here).
+fn check<T>(h: &mut Harness<'_, T>) {
+    let errors = h.take_snapshot_results().into_inner();
+    let msgs: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert!(msgs.is_empty(), "{}", msgs.join("\n"));
+}
+
+/// The random-weight fixture generates arbitrary Unicode that the built-in fonts lack; views
+/// that show generated text draw it as boxes. The other views must have every glyph.
+fn snapshot_with(
+    name: &str,
+    size: [f32; 2],
+    generated_text: bool,
+    state: AppState,
+    view: impl FnMut(&mut egui::Ui, &mut AppState),
+) -> AppState {
+    let mut view = view;
+    let mut b = Harness::builder()
+        .with_size(egui::vec2(size[0], size[1]))
+        .with_pixels_per_point(1.0);
+    if generated_text {
+        b = b.allow_missing_glyphs();
+    }
+    let mut h = b.build_ui_state(
+        move |ui, s: &mut AppState| {
+            egui::CentralPanel::default().show(ui, |ui| view(ui, s));
+        },
+        state,
+    );
+    h.run();
+    h.snapshot_options(name, &options());
+    check(&mut h);
+    h.into_state()
+}
+
 fn snapshot(
     name: &str,
     size: [f32; 2],
     state: AppState,
     view: impl FnMut(&mut egui::Ui, &mut AppState),
 ) -> AppState {
-    let mut view = view;
-    let mut h = Harness::builder()
-        .with_size(egui::vec2(size[0], size[1]))
-        .with_pixels_per_point(1.0)
-        .build_ui_state(
-            move |ui, s: &mut AppState| {
-                egui::CentralPanel::default().show(ui, |ui| view(ui, s));
-            },
-            state,
-        );
-    h.run();
-    h.snapshot_options(name, &options());
-    h.into_state()
+    snapshot_with(name, size, false, state, view)
 }
 
 /// Replaces the measured timings with fixed ones so the speed figures render the same
@@ -44,7 +67,11 @@ fn fix_timings(s: &mut AppState) {
     let run = s.run.as_mut().unwrap();
     run.prefill_ms = Some(40.0);
     for t in run.tokens.iter_mut() {
-        t.ms = if t.index == 0 { 40.0 } else { 8.0 + (t.index % 5) as f64 };
+        t.ms = if t.index == 0 {
+            40.0
+        } else {
+            8.0 + (t.index % 5) as f64
+        };
     }
 }
 
@@ -66,7 +93,9 @@ fn model_view() {
     });
     let mut empty = AppState::new(None);
     empty.set_devices(support::fixed_devices());
-    snapshot("model_empty", [560.0, 160.0], empty, |ui, s| views::model::show(ui, s));
+    snapshot("model_empty", [560.0, 160.0], empty, |ui, s| {
+        views::model::show(ui, s)
+    });
 }
 
 #[test]
@@ -77,7 +106,9 @@ fn backend_view() {
     let mut s = AppState::new(None);
     s.set_devices(support::fixed_devices());
     s.threads = 2;
-    snapshot("backend", [420.0, 220.0], s, |ui, s| views::backend::show(ui, s));
+    snapshot("backend", [420.0, 220.0], s, |ui, s| {
+        views::backend::show(ui, s)
+    });
 }
 
 #[test]
@@ -87,8 +118,12 @@ fn prompt_and_speed_views() {
     }
     let mut s = generated_state();
     s.selected_token = Some(3);
-    let s = snapshot("prompt", [720.0, 300.0], s, |ui, s| views::prompt::show(ui, s));
-    snapshot("speed", [720.0, 340.0], s, |ui, s| views::speed::show(ui, s));
+    let s = snapshot_with("prompt", [720.0, 300.0], true, s, |ui, s| {
+        views::prompt::show(ui, s)
+    });
+    snapshot("speed", [720.0, 340.0], s, |ui, s| {
+        views::speed::show(ui, s)
+    });
 }
 
 #[test]
@@ -99,7 +134,9 @@ fn heatmap_view() {
     let mut s = generated_state();
     s.tab = Tab::Routing;
     s.selected_token = Some(2);
-    snapshot("heatmap", [820.0, 560.0], s, |ui, s| views::heatmap::show(ui, s));
+    snapshot_with("heatmap", [820.0, 560.0], true, s, |ui, s| {
+        views::heatmap::show(ui, s)
+    });
 }
 
 /// A deterministic scatter of top-22 routing over 40 layers × 512 experts (Nemotron 3 Super's
@@ -129,11 +166,21 @@ fn super_sized_run() -> RunData {
                 }
                 ids.sort_unstable();
                 let weights = ids.iter().map(|&e| 1.0 / (1.0 + e as f32 / 64.0)).collect();
-                TokenRoute { layer, ids, weights }
+                TokenRoute {
+                    layer,
+                    ids,
+                    weights,
+                }
             })
             .collect();
         run.heatmap.add_token(&routing).unwrap();
-        run.tokens.push(TokenEntry { index: t, id: t as u32, text: format!("t{t}"), ms: 10.0, routing });
+        run.tokens.push(TokenEntry {
+            index: t,
+            id: t as u32,
+            text: format!("t{t}"),
+            ms: 10.0,
+            routing,
+        });
     }
     run
 }
@@ -146,13 +193,20 @@ fn heatmap_view_at_super_scale() {
     let mut s = AppState::new(None);
     s.run = Some(super_sized_run());
     s.selected_token = Some(5);
-    let mut s = snapshot("heatmap_super", [1000.0, 820.0], s, |ui, s| views::heatmap::show(ui, s));
+    let mut s = snapshot("heatmap_super", [1000.0, 820.0], s, |ui, s| {
+        views::heatmap::show(ui, s)
+    });
     // Zoomed 8× on experts around expert 64, 2× on layers: labels and cells get bigger.
     let h = s.run.as_ref().unwrap().heatmap.clone();
     s.heat.zoom(egui::pos2(64.5 / 512.0, 0.25), 8.0, 2.0, &h);
     let v = s.heat.view;
-    assert!((v.width() - 0.125).abs() < 1e-6 && (v.height() - 0.5).abs() < 1e-6, "{v:?}");
-    snapshot("heatmap_super_zoomed", [1000.0, 820.0], s, |ui, s| views::heatmap::show(ui, s));
+    assert!(
+        (v.width() - 0.125).abs() < 1e-6 && (v.height() - 0.5).abs() < 1e-6,
+        "{v:?}"
+    );
+    snapshot("heatmap_super_zoomed", [1000.0, 820.0], s, |ui, s| {
+        views::heatmap::show(ui, s)
+    });
 }
 
 #[test]
@@ -172,7 +226,9 @@ fn compare_view() {
         st.decode_tok_s = 90.0 - 30.0 * i as f64;
         st.ttft_ms = 40.0 + 20.0 * i as f64;
     }
-    snapshot("compare", [820.0, 520.0], s, |ui, s| views::compare::show(ui, s));
+    snapshot("compare", [820.0, 520.0], s, |ui, s| {
+        views::compare::show(ui, s)
+    });
 }
 
 /// The whole window, as the README shows it.
@@ -187,10 +243,12 @@ fn whole_app() {
     let mut h = Harness::builder()
         .with_size(egui::vec2(1280.0, 820.0))
         .with_pixels_per_point(1.0)
+        .allow_missing_glyphs()
         .build_ui_state(nemotron_studio::app::draw, s);
     h.run();
     h.snapshot_options("app_routing", &options());
     h.state_mut().tab = Tab::Generate;
     h.run();
     h.snapshot_options("app_generate", &options());
+    check(&mut h);
 }

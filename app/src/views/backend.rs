@@ -10,7 +10,11 @@ pub fn show(ui: &mut egui::Ui, state: &mut AppState) {
         ui.heading("Backend");
         if state.devices_pending {
             ui.spinner();
-        } else if ui.small_button("⟳").on_hover_text("list devices again").clicked() {
+        } else if ui
+            .small_button("refresh")
+            .on_hover_text("list devices again")
+            .clicked()
+        {
             state.refresh_devices();
         }
     });
@@ -35,8 +39,9 @@ pub fn show(ui: &mut egui::Ui, state: &mut AppState) {
         state.select_device(i);
     }
     ui.horizontal(|ui| {
-        ui.label("CPU threads");
+        let l = ui.label("CPU threads");
         ui.add(egui::DragValue::new(&mut state.threads).range(0..=256))
+            .labelled_by(l.id)
             .on_hover_text("0 = one per core; applies to the next load");
     });
     if state.loaded.is_some() {

@@ -19,10 +19,16 @@ pub fn show(ui: &mut egui::Ui, state: &mut AppState) {
     let comparing = matches!(state.busy, Some(Busy::Comparing { .. }));
     ui.horizontal(|ui| {
         let can = state.loaded.is_some() && state.busy.is_none();
-        if ui.add_enabled(can, egui::Button::new("▶ Run comparison")).clicked() {
+        if ui
+            .add_enabled(can, egui::Button::new("Run comparison"))
+            .clicked()
+        {
             state.run_compare();
         }
-        if ui.add_enabled(comparing, egui::Button::new("■ Stop")).clicked() {
+        if ui
+            .add_enabled(comparing, egui::Button::new("Stop"))
+            .clicked()
+        {
             state.stop();
         }
         if let Some(Busy::Comparing { current, total, .. }) = &state.busy {
@@ -42,7 +48,15 @@ pub fn show(ui: &mut egui::Ui, state: &mut AppState) {
         .striped(true)
         .num_columns(7)
         .show(ui, |ui| {
-            for h in ["backend", "prefill tok/s", "decode tok/s", "TTFT ms", "tokens", "tokens agree", "routing agrees"] {
+            for h in [
+                "backend",
+                "prefill tok/s",
+                "decode tok/s",
+                "TTFT ms",
+                "tokens",
+                "tokens agree",
+                "routing agrees",
+            ] {
                 ui.strong(h);
             }
             ui.end_row();
@@ -65,9 +79,14 @@ pub fn show(ui: &mut egui::Ui, state: &mut AppState) {
                         let mean = if a.per_layer.is_empty() {
                             None
                         } else {
-                            Some(a.per_layer.iter().map(|l| l.1).sum::<f64>() / a.per_layer.len() as f64)
+                            Some(
+                                a.per_layer.iter().map(|l| l.1).sum::<f64>()
+                                    / a.per_layer.len() as f64,
+                            )
                         };
-                        ui.label(mean.map_or("–".into(), |m| format!("{:.1}% of {} tokens", m * 100.0, a.compared_tokens)));
+                        ui.label(mean.map_or("–".into(), |m| {
+                            format!("{:.1}% of {} tokens", m * 100.0, a.compared_tokens)
+                        }));
                     }
                     (Err(e), _) => {
                         ui.colored_label(ui.visuals().error_fg_color, e);
@@ -82,12 +101,25 @@ pub fn show(ui: &mut egui::Ui, state: &mut AppState) {
         .compare
         .iter()
         .enumerate()
-        .filter_map(|(i, r)| r.result.as_ref().ok().map(|s| (i, r.device_label.as_str(), s.prefill_tok_s, s.decode_tok_s)))
+        .filter_map(|(i, r)| {
+            r.result
+                .as_ref()
+                .ok()
+                .map(|s| (i, r.device_label.as_str(), s.prefill_tok_s, s.decode_tok_s))
+        })
         .collect();
     if !ok.is_empty() {
         let labels: Vec<String> = ok.iter().map(|o| o.1.to_string()).collect();
-        let prefill: Vec<Bar> = ok.iter().enumerate().map(|(k, o)| Bar::new(k as f64 - 0.2, o.2).width(0.38).name(o.1)).collect();
-        let decode: Vec<Bar> = ok.iter().enumerate().map(|(k, o)| Bar::new(k as f64 + 0.2, o.3).width(0.38).name(o.1)).collect();
+        let prefill: Vec<Bar> = ok
+            .iter()
+            .enumerate()
+            .map(|(k, o)| Bar::new(k as f64 - 0.2, o.2).width(0.38).name(o.1))
+            .collect();
+        let decode: Vec<Bar> = ok
+            .iter()
+            .enumerate()
+            .map(|(k, o)| Bar::new(k as f64 + 0.2, o.3).width(0.38).name(o.1))
+            .collect();
         Plot::new("compare_bars")
             .height(180.0)
             .legend(Legend::default())
@@ -103,7 +135,9 @@ pub fn show(ui: &mut egui::Ui, state: &mut AppState) {
                 }
             })
             .show(ui, |p| {
-                p.bar_chart(BarChart::new("prefill", prefill).color(Color32::from_rgb(230, 150, 50)));
+                p.bar_chart(
+                    BarChart::new("prefill", prefill).color(Color32::from_rgb(230, 150, 50)),
+                );
                 p.bar_chart(BarChart::new("decode", decode).color(Color32::from_rgb(80, 140, 230)));
             });
     }
@@ -118,11 +152,15 @@ pub fn show(ui: &mut egui::Ui, state: &mut AppState) {
     if layers.is_empty() {
         return;
     }
-    egui::CollapsingHeader::new("routing agreement per MoE layer (same expert set as the first run)")
-        .default_open(true)
-        .show(ui, |ui| {
-            egui::ScrollArea::horizontal().show(ui, |ui| {
-                egui::Grid::new("layer_agreement").striped(true).show(ui, |ui| {
+    egui::CollapsingHeader::new(
+        "routing agreement per MoE layer (same expert set as the first run)",
+    )
+    .default_open(true)
+    .show(ui, |ui| {
+        egui::ScrollArea::horizontal().show(ui, |ui| {
+            egui::Grid::new("layer_agreement")
+                .striped(true)
+                .show(ui, |ui| {
                     ui.strong("backend");
                     for l in &layers {
                         ui.strong(format!("L{l}"));
@@ -132,12 +170,16 @@ pub fn show(ui: &mut egui::Ui, state: &mut AppState) {
                         let Some(a) = agr else { continue };
                         ui.label(&run.device_label);
                         for (_, f) in &a.per_layer {
-                            let c = if *f >= 1.0 { Color32::from_rgb(90, 180, 90) } else { ui.visuals().warn_fg_color };
+                            let c = if *f >= 1.0 {
+                                Color32::from_rgb(90, 180, 90)
+                            } else {
+                                ui.visuals().warn_fg_color
+                            };
                             ui.colored_label(c, format!("{:.0}%", f * 100.0));
                         }
                         ui.end_row();
                     }
                 });
-            });
         });
+    });
 }

@@ -77,7 +77,7 @@ impl FolderPicker {
             .collapsible(false)
             .show(ctx, |ui| {
                 ui.horizontal(|ui| {
-                    if ui.button("⬆ Up").clicked()
+                    if ui.button("Up").clicked()
                         && let Some(p) = self.cwd.parent()
                     {
                         go = Some(p.to_path_buf());
@@ -86,29 +86,31 @@ impl FolderPicker {
                 });
                 ui.separator();
                 let entries = self.entries.get_or_insert_with(|| Self::read(&self.cwd));
-                egui::ScrollArea::vertical().max_height(260.0).show(ui, |ui| match entries {
-                    Err(e) => {
-                        ui.colored_label(ui.visuals().error_fg_color, e.as_str());
-                    }
-                    Ok(list) if list.is_empty() => {
-                        ui.weak("(no sub-folders)");
-                    }
-                    Ok(list) => {
-                        for e in list.iter() {
-                            let label = if e.is_model {
-                                format!("📦 {}  (checkpoint)", e.name)
-                            } else {
-                                format!("📁 {}", e.name)
-                            };
-                            let r = ui.selectable_label(false, label);
-                            if r.double_clicked() && e.is_model {
-                                chosen = Some(self.cwd.join(&e.name));
-                            } else if r.clicked() {
-                                go = Some(self.cwd.join(&e.name));
+                egui::ScrollArea::vertical()
+                    .max_height(260.0)
+                    .show(ui, |ui| match entries {
+                        Err(e) => {
+                            ui.colored_label(ui.visuals().error_fg_color, e.as_str());
+                        }
+                        Ok(list) if list.is_empty() => {
+                            ui.weak("(no sub-folders)");
+                        }
+                        Ok(list) => {
+                            for e in list.iter() {
+                                let label = if e.is_model {
+                                    format!("{}  [checkpoint]", e.name)
+                                } else {
+                                    format!("{}/", e.name)
+                                };
+                                let r = ui.selectable_label(false, label);
+                                if r.double_clicked() && e.is_model {
+                                    chosen = Some(self.cwd.join(&e.name));
+                                } else if r.clicked() {
+                                    go = Some(self.cwd.join(&e.name));
+                                }
                             }
                         }
-                    }
-                });
+                    });
                 ui.separator();
                 let here_is_model = self.cwd.join("config.json").is_file();
                 ui.horizontal(|ui| {

@@ -24,7 +24,6 @@ pub struct HeatmapUi {
     pub view: Rect,
     /// Row whose expert load the histogram shows.
     pub layer_row: usize,
-    texture: Option<(egui::TextureHandle, TextureKey)>,
 }
 
 impl Default for HeatmapUi {
@@ -34,7 +33,6 @@ impl Default for HeatmapUi {
             log: false,
             view: Rect::from_min_max(pos2(0.0, 0.0), pos2(1.0, 1.0)),
             layer_row: 0,
-            texture: None,
         }
     }
 }
@@ -73,9 +71,13 @@ impl HeatmapUi {
         self.view = Rect::from_min_size(pos2(x, y), vec2(w, h));
     }
 
-    fn texture(&mut self, ctx: &egui::Context, h: &Heatmap, key: TextureKey) -> egui::TextureId {
-        if let Some((t, k)) = &self.texture
-            && *k == key
+    /// The map as a texture, one texel per cell. It is cached in the context's memory (a
+    /// texture belongs to one context) and rebuilt only when the run or the colouring changes.
+    fn texture(&self, ctx: &egui::Context, h: &Heatmap, key: TextureKey) -> egui::TextureId {
+        let id = egui::Id::new("routing_heatmap_texture");
+        let cached: Option<(egui::TextureHandle, TextureKey)> = ctx.data(|d| d.get_temp(id));
+        if let Some((t, k)) = cached
+            && k == key
         {
             return t.id();
         }
@@ -88,9 +90,9 @@ impl HeatmapUi {
             }
         }
         let t = ctx.load_texture("routing_heatmap", img, TextureOptions::NEAREST);
-        let id = t.id();
-        self.texture = Some((t, key));
-        id
+        let tex_id = t.id();
+        ctx.data_mut(|d| d.insert_temp(id, (t, key)));
+        tex_id
     }
 }
 
@@ -134,14 +136,20 @@ pub fn show(ui: &mut egui::Ui, state: &mut AppState) {
         if ui.button("+").on_hover_text("zoom in").clicked() {
             heat.zoom(centre, 2.0, 1.0, h);
         }
-        if ui.button("−").on_hover_text("zoom out").clicked() {
+        if ui.button("-").on_hover_text("zoom out").clicked() {
             heat.zoom(centre, 0.5, 1.0, h);
         }
         if ui.button("reset").clicked() {
             heat.reset_view();
         }
-        ui.weak("scroll: zoom experts · ctrl+scroll: zoom both · drag: pan · double-click: reset");
     });
+    ui.label(
+        egui::RichText::new(
+            "scroll: zoom experts · ctrl+scroll: zoom both · drag: pan · double-click: reset · click: histogram of that layer",
+        )
+        .small()
+        .weak(),
+    );
     ui.horizontal(|ui| {
         ui.label(format!(
             "{} tokens, {} MoE layers × {} experts",
@@ -152,10 +160,10 @@ pub fn show(ui: &mut egui::Ui, state: &mut AppState) {
         ui.separator();
         ui.label("token");
         let n = run.tokens.len();
-        if ui.add_enabled(n > 0, egui::Button::new("◀")).clicked() {
+        if ui.add_enabled(n > 0, egui::Button::new("<")).clicked() {
             *selected_token = Some(selected_token.map_or(0, |t| t.saturating_sub(1)));
         }
-        if ui.add_enabled(n > 0, egui::Button::new("▶")).clicked() {
+        if ui.add_enabled(n > 0, egui::Button::new(">")).clicked() {
             *selected_token = Some(selected_token.map_or(0, |t| (t + 1).min(n - 1)));
         }
         match selected_token.and_then(|t| run.tokens.get(t)) {
@@ -182,7 +190,10 @@ pub fn show(ui: &mut egui::Ui, state: &mut AppState) {
     let view = heat.view;
     let to_uv = |p: Pos2| {
         let t = (p - map.min) / map.size();
-        pos2(view.min.x + t.x * view.width(), view.min.y + t.y * view.height())
+        pos2(
+            view.min.x + t.x * view.width(),
+            view.min.y + t.y * view.height(),
+        )
     };
     let to_screen = |u: f32, v: f32| {
         pos2(
@@ -226,7 +237,13 @@ pub fn show(ui: &mut egui::Ui, state: &mut AppState) {
     while (e as f32) < e1 {
         let x = map.min.x + (e as f32 + 0.5 - e0) * px_e;
         if x >= map.min.x {
-            clip.text(pos2(x, map.min.y - 2.0), egui::Align2::CENTER_BOTTOM, e.to_string(), font.clone(), text_color);
+            clip.text(
+                pos2(x, map.min.y - 2.0),
+                egui::Align2::CENTER_BOTTOM,
+                e.to_string(),
+                font.clone(),
+                text_color,
+            );
         }
         e += step;
     }
@@ -235,7 +252,13 @@ pub fn show(ui: &mut egui::Ui, state: &mut AppState) {
     while (r as f32) < r1 && r < rows {
         let y = map.min.y + (r as f32 + 0.5 - r0) * px_r;
         if y >= map.min.y {
-            clip.text(pos2(map.min.x - 4.0, y), egui::Align2::RIGHT_CENTER, format!("L{}", h.layers[r]), font.clone(), text_color);
+            clip.text(
+                pos2(map.min.x - 4.0, y),
+                egui::Align2::RIGHT_CENTER,
+                format!("L{}", h.layers[r]),
+                font.clone(),
+                text_color,
+            );
         }
         r += rstep;
     }
@@ -243,39 +266,70 @@ pub fn show(ui: &mut egui::Ui, state: &mut AppState) {
     if px_r >= 8.0 {
         for r in (r0.ceil() as usize)..=(r1.floor() as usize).min(rows) {
             let y = map.min.y + (r as f32 - r0) * px_r;
-            map_painter.hline(map.x_range(), y, Stroke::new(1.0, Color32::from_black_alpha(160)));
+            map_painter.hline(
+                map.x_range(),
+                y,
+                Stroke::new(1.0, Color32::from_black_alpha(160)),
+            );
         }
     }
     let cell = |row: usize, e: usize| {
         Rect::from_min_max(
             to_screen(e as f32 / h.experts as f32, row as f32 / rows as f32),
-            to_screen((e + 1) as f32 / h.experts as f32, (row + 1) as f32 / rows as f32),
+            to_screen(
+                (e + 1) as f32 / h.experts as f32,
+                (row + 1) as f32 / rows as f32,
+            ),
         )
     };
     // The selected token's experts, outlined; at least 3 px so one expert of 512 stays visible.
     if let Some(t) = selected_token.and_then(|t| run.tokens.get(t)) {
         for route in &t.routing {
-            let Some(row) = h.row_of(route.layer) else { continue };
+            let Some(row) = h.row_of(route.layer) else {
+                continue;
+            };
             for &id in &route.ids {
                 let c = cell(row, id as usize);
                 let c = Rect::from_center_size(c.center(), c.size().max(vec2(3.0, 3.0)));
-                map_painter.rect_stroke(c, 0.0, Stroke::new(1.5, Color32::WHITE), egui::StrokeKind::Middle);
+                map_painter.rect_stroke(
+                    c,
+                    0.0,
+                    Stroke::new(1.5, Color32::WHITE),
+                    egui::StrokeKind::Middle,
+                );
             }
         }
     }
     let row_rect = cell(heat.layer_row, 0).union(cell(heat.layer_row, h.experts - 1));
-    map_painter.rect_stroke(row_rect, 0.0, Stroke::new(1.0, Color32::from_rgb(255, 120, 120)), egui::StrokeKind::Inside);
+    map_painter.rect_stroke(
+        row_rect,
+        0.0,
+        Stroke::new(1.0, Color32::from_rgb(255, 120, 120)),
+        egui::StrokeKind::Inside,
+    );
     if let Some(p) = hover {
         let uv = to_uv(p);
         let e = ((uv.x * h.experts as f32) as usize).min(h.experts - 1);
         let row = ((uv.y * rows as f32) as usize).min(rows - 1);
-        map_painter.rect_stroke(cell(row, e), 0.0, Stroke::new(1.0, Color32::RED), egui::StrokeKind::Outside);
-        let (count, weight) = (h.value(HeatMode::Count, row, e), h.value(HeatMode::Weight, row, e));
+        map_painter.rect_stroke(
+            cell(row, e),
+            0.0,
+            Stroke::new(1.0, Color32::RED),
+            egui::StrokeKind::Outside,
+        );
+        let (count, weight) = (
+            h.value(HeatMode::Count, row, e),
+            h.value(HeatMode::Weight, row, e),
+        );
         let layer = h.layers[row];
         let tokens = h.tokens.max(1) as f64;
         resp.clone().on_hover_ui_at_pointer(|ui| {
             ui.label(format!("layer {layer}, expert {e}"));
-            ui.label(format!("chosen by {count:.0} of {} tokens ({:.0}%)", h.tokens, 100.0 * count / tokens));
+            ui.label(format!(
+                "chosen by {count:.0} of {} tokens ({:.0}%)",
+                h.tokens,
+                100.0 * count / tokens
+            ));
             ui.label(format!("sum of weights {weight:.4}"));
         });
         if resp.clicked() {
@@ -288,15 +342,14 @@ pub fn show(ui: &mut egui::Ui, state: &mut AppState) {
 
     // Expert load of one layer.
     ui.horizontal(|ui| {
-        ui.strong("expert load of layer");
-        egui::ComboBox::from_id_salt("hist_layer")
+        ui.strong("expert load of");
+        egui::ComboBox::from_label("layer")
             .selected_text(format!("L{}", h.layers[heat.layer_row]))
             .show_ui(ui, |ui| {
                 for (row, l) in h.layers.iter().enumerate() {
                     ui.selectable_value(&mut heat.layer_row, row, format!("L{l}"));
                 }
             });
-        ui.weak("(or click a row of the map)");
     });
     let load = h.row(heat.mode, heat.layer_row);
     let bars: Vec<Bar> = load
@@ -319,25 +372,37 @@ pub fn show(ui: &mut egui::Ui, state: &mut AppState) {
         });
     ui.separator();
 
-    ui.horizontal(|ui| {
-        ui.label("export to");
-        ui.add(egui::TextEdit::singleline(export_dir).desired_width(220.0));
+    ui.horizontal_wrapped(|ui| {
+        let l = ui.label("export to");
+        ui.add(egui::TextEdit::singleline(export_dir).desired_width(220.0))
+            .labelled_by(l.id);
         let dir = PathBuf::from(export_dir.trim());
-        if ui.button("trace JSONL").on_hover_text("the format of `nemotron-rt generate --trace-routing`").clicked() {
+        if ui
+            .button("trace JSONL")
+            .on_hover_text("the format of `nemotron-rt generate --trace-routing`")
+            .clicked()
+        {
             let p = dir.join("nemotron-routing.jsonl");
             notice = Some(export::trace_jsonl(run, &p).map(|_| format!("wrote {}", p.display())));
         }
         if ui.button("trace CSV").clicked() {
             let p = dir.join("nemotron-routing.csv");
-            notice = Some(export::write_text(&p, &export::trace_csv(run)).map(|_| format!("wrote {}", p.display())));
+            notice = Some(
+                export::write_text(&p, &export::trace_csv(run))
+                    .map(|_| format!("wrote {}", p.display())),
+            );
         }
         if ui.button("heatmap CSV").clicked() {
             let p = dir.join("nemotron-heatmap.csv");
-            notice = Some(export::write_text(&p, &h.to_csv()).map(|_| format!("wrote {}", p.display())));
+            notice =
+                Some(export::write_text(&p, &h.to_csv()).map(|_| format!("wrote {}", p.display())));
         }
         if ui.button("heatmap PNG").clicked() {
             let p = dir.join("nemotron-heatmap.png");
-            notice = Some(export::heatmap_png(h, heat.mode, heat.log, &p).map(|_| format!("wrote {}", p.display())));
+            notice = Some(
+                export::heatmap_png(h, heat.mode, heat.log, &p)
+                    .map(|_| format!("wrote {}", p.display())),
+            );
         }
     });
     match notice {

@@ -110,10 +110,19 @@ pub fn show(ui: &mut egui::Ui, state: &mut AppState) {
             ui.vertical(|ui| {
                 ui.label(pattern_job(&info.pattern, ui));
                 ui.horizontal(|ui| {
-                    for (c, name) in [('M', "Mamba-2"), ('*', "attention"), ('E', "MoE"), ('-', "MLP")] {
+                    for (c, name) in [
+                        ('M', "Mamba-2"),
+                        ('*', "attention"),
+                        ('E', "MoE"),
+                        ('-', "MLP"),
+                    ] {
                         let n = info.pattern.chars().filter(|&p| p == c).count();
                         if n > 0 {
-                            ui.label(RichText::new(format!("{c} {name} ×{n}")).color(layer_color(c)).small());
+                            ui.label(
+                                RichText::new(format!("{c} {name} ×{n}"))
+                                    .color(layer_color(c))
+                                    .small(),
+                            );
                         }
                     }
                 });
@@ -142,7 +151,10 @@ pub fn show(ui: &mut egui::Ui, state: &mut AppState) {
                 .measured_bytes_per_token()
                 .map(|b| format!(", {} measured (last run)", bytes(b)))
                 .unwrap_or_default();
-            ui.label(format!("{} expected{measured}", bytes(info.bytes_per_token())));
+            ui.label(format!(
+                "{} expected{measured}",
+                bytes(info.bytes_per_token())
+            ));
             ui.end_row();
             ui.label("quantization");
             ui.label(info.quant_source.as_deref().unwrap_or("none"));

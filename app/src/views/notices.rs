@@ -12,10 +12,14 @@ pub fn show(ui: &mut egui::Ui, state: &mut AppState) {
             Level::Info => ui.visuals().weak_text_color(),
         };
         ui.horizontal(|ui| {
-            if ui.small_button("✖").on_hover_text("dismiss").clicked() {
+            if ui.small_button("x").on_hover_text("dismiss").clicked() {
                 dismiss = Some(i);
             }
-            let prefix = if n.level == Level::Error { "⚠ " } else { "" };
+            let prefix = if n.level == Level::Error {
+                "error: "
+            } else {
+                ""
+            };
             ui.colored_label(color, format!("{prefix}{}", n.text));
         });
     }

@@ -6,8 +6,14 @@ use crate::state::{AppState, Busy, TokenEntry};
 
 /// A token's text made visible: whitespace-only and empty pieces still get a chip.
 fn chip_text(t: &TokenEntry) -> String {
-    let s = t.text.replace('\n', "⏎").replace('\t', "→");
-    if s.is_empty() { "∅".into() } else { s }
+    let s = t.text.replace('\n', "\\n").replace('\t', "\\t");
+    if s.is_empty() {
+        "(empty)".into()
+    } else if s.trim().is_empty() {
+        s.replace(' ', "·")
+    } else {
+        s
+    }
 }
 
 fn routing_tooltip(ui: &mut egui::Ui, t: &TokenEntry) {
@@ -32,26 +38,44 @@ pub fn show(ui: &mut egui::Ui, state: &mut AppState) {
     );
     let s = &mut state.settings;
     ui.horizontal_wrapped(|ui| {
-        ui.label("max tokens");
-        ui.add(egui::DragValue::new(&mut s.max_tokens).range(1..=65536));
-        ui.label("temperature");
-        ui.add(egui::DragValue::new(&mut s.temperature).range(0.0..=5.0).speed(0.01));
-        ui.label("top-p");
-        ui.add(egui::DragValue::new(&mut s.top_p).range(0.01..=1.0).speed(0.01));
-        ui.label("top-k");
-        ui.add(egui::DragValue::new(&mut s.top_k).range(0..=1_000_000));
-        ui.label("seed");
-        ui.add(egui::DragValue::new(&mut s.seed));
+        let l = ui.label("max tokens");
+        ui.add(egui::DragValue::new(&mut s.max_tokens).range(1..=65536))
+            .labelled_by(l.id);
+        let l = ui.label("temperature");
+        ui.add(
+            egui::DragValue::new(&mut s.temperature)
+                .range(0.0..=5.0)
+                .speed(0.01),
+        )
+        .labelled_by(l.id);
+        let l = ui.label("top-p");
+        ui.add(
+            egui::DragValue::new(&mut s.top_p)
+                .range(0.01..=1.0)
+                .speed(0.01),
+        )
+        .labelled_by(l.id);
+        let l = ui.label("top-k");
+        ui.add(egui::DragValue::new(&mut s.top_k).range(0..=1_000_000))
+            .labelled_by(l.id);
+        let l = ui.label("seed");
+        ui.add(egui::DragValue::new(&mut s.seed)).labelled_by(l.id);
     });
     ui.horizontal(|ui| {
         let can_run = state.loaded.is_some() && state.busy.is_none();
         if ui
-            .add_enabled(can_run, egui::Button::new(RichText::new("▶ Generate").strong()))
+            .add_enabled(
+                can_run,
+                egui::Button::new(RichText::new("Generate").strong()),
+            )
             .clicked()
         {
             state.generate();
         }
-        if ui.add_enabled(generating, egui::Button::new("■ Stop")).clicked() {
+        if ui
+            .add_enabled(generating, egui::Button::new("Stop"))
+            .clicked()
+        {
             state.stop();
         }
         if generating {

@@ -18,13 +18,28 @@ pub fn show(ui: &mut egui::Ui, state: &AppState) {
     ui.heading("Token speed");
     let run = state.run.as_ref();
     ui.horizontal(|ui| {
-        stat(ui, "time to first token", run.and_then(|r| r.ttft_ms()), "ms");
+        stat(
+            ui,
+            "time to first token",
+            run.and_then(|r| r.ttft_ms()),
+            "ms",
+        );
         ui.separator();
         stat(ui, "prefill", run.and_then(|r| r.prefill_tok_s()), "tok/s");
         ui.separator();
-        stat(ui, "decode (current)", run.and_then(|r| r.current_decode_tok_s()), "tok/s");
+        stat(
+            ui,
+            "decode (current)",
+            run.and_then(|r| r.current_decode_tok_s()),
+            "tok/s",
+        );
         ui.separator();
-        stat(ui, "decode (average)", run.and_then(|r| r.average_decode_tok_s()), "tok/s");
+        stat(
+            ui,
+            "decode (average)",
+            run.and_then(|r| r.average_decode_tok_s()),
+            "tok/s",
+        );
     });
     let series = run.map(|r| r.decode_series()).unwrap_or_default();
     let avg = run.and_then(|r| r.average_decode_tok_s());
@@ -43,7 +58,10 @@ pub fn show(ui: &mut egui::Ui, state: &AppState) {
                     .width(1.5),
             );
             if let Some(a) = avg {
-                p.hline(HLine::new("average", a).stroke(Stroke::new(1.0, Color32::from_rgb(240, 170, 60))));
+                p.hline(
+                    HLine::new("average", a)
+                        .stroke(Stroke::new(1.0, Color32::from_rgb(240, 170, 60))),
+                );
             }
         });
 }

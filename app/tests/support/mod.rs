@@ -27,7 +27,10 @@ pub fn fixed_devices() -> Vec<Device> {
         Device {
             kind: Some(BackendKind::Cpu),
             label: "CPU".into(),
-            details: vec!["2 threads".into(), "all weight formats, exact reference".into()],
+            details: vec![
+                "2 threads".into(),
+                "all weight formats, exact reference".into(),
+            ],
             options: BackendOptions::default(),
             unavailable: None,
         },
@@ -50,7 +53,11 @@ pub fn loaded_state() -> AppState {
     s.threads = 2;
     s.open_model(&fixture());
     assert!(s.wait_idle(WAIT), "loading timed out");
-    assert!(s.loaded.is_some(), "fixture failed to load: {:?}", s.notices);
+    assert!(
+        s.loaded.is_some(),
+        "fixture failed to load: {:?}",
+        s.notices
+    );
     s
 }
 
