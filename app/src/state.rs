@@ -417,7 +417,7 @@ impl AppState {
             "load",
             self.tx.clone(),
             move |tx| {
-                let result = worker::load(&dir, &device, threads);
+                let result = worker::load(&dir, &device, threads).map(Box::new);
                 let _ = tx.send(Msg::Loaded { job, result });
             },
             move |error| Msg::Loaded {
@@ -516,11 +516,17 @@ impl AppState {
             total: picked.len(),
         });
         self.compare.clear();
-        let (threads, prompt) = (self.threads, self.settings.prompt.clone());
+        let c = worker::CompareJob {
+            dir,
+            devices: picked,
+            threads: self.threads,
+            prompt: self.settings.prompt.clone(),
+            params,
+        };
         worker::spawn(
             "compare",
             self.tx.clone(),
-            move |tx| worker::compare_job(job, dir, picked, threads, prompt, params, cancel, tx),
+            move |tx| worker::compare_job(job, c, &cancel, tx),
             move |_| Msg::Done { job },
         );
     }
@@ -583,7 +589,7 @@ impl AppState {
                             self.info(e);
                         }
                         self.model_path = l.summary.dir.display().to_string();
-                        self.loaded = Some(l);
+                        self.loaded = Some(*l);
                         self.run = None;
                         self.compare.clear();
                     }

@@ -20,7 +20,7 @@ pub(crate) enum Msg {
     Devices(Vec<Device>),
     Loaded {
         job: u64,
-        result: Result<Loaded, String>,
+        result: Result<Box<Loaded>, String>,
     },
     Gen {
         job: u64,
@@ -162,30 +162,31 @@ pub(crate) fn generate_job(
     let _ = tx.send(Msg::Done { job });
 }
 
+/// What a comparison runs: the same prompt and settings on each device.
+pub(crate) struct CompareJob {
+    pub dir: PathBuf,
+    /// `(index in the app's device list, device)`.
+    pub devices: Vec<(usize, Device)>,
+    pub threads: usize,
+    pub prompt: String,
+    pub params: GenerateParams,
+}
+
 /// Loads the model on each device in turn and runs the same generation there.
-pub(crate) fn compare_job(
-    job: u64,
-    dir: PathBuf,
-    devices: Vec<(usize, Device)>,
-    threads: usize,
-    prompt: String,
-    params: GenerateParams,
-    cancel: Arc<AtomicBool>,
-    tx: &Sender<Msg>,
-) {
-    for (i, device) in devices {
+pub(crate) fn compare_job(job: u64, c: CompareJob, cancel: &AtomicBool, tx: &Sender<Msg>) {
+    for (i, device) in c.devices {
         if cancel.load(Ordering::Relaxed) {
             break;
         }
         let _ = tx.send(Msg::CompareStep { job, device: i });
-        let result = load(&dir, &device, threads).and_then(|loaded| {
-            let ids = encode(loaded.tokenizer.as_ref(), &prompt)?;
+        let result = load(&c.dir, &device, c.threads).and_then(|loaded| {
+            let ids = encode(loaded.tokenizer.as_ref(), &c.prompt)?;
             let mut go_on = |_: &Event| !cancel.load(Ordering::Relaxed);
             let g = generate::generate(
                 &loaded.model,
                 loaded.tokenizer.as_ref(),
                 &ids,
-                &params,
+                &c.params,
                 &mut go_on,
             )
             .map_err(|e| e.to_string())?;

@@ -74,7 +74,7 @@ impl HeatmapUi {
     /// The map as a texture, one texel per cell. It is cached in the context's memory (a
     /// texture belongs to one context) and rebuilt only when the run or the colouring changes.
     fn texture(&self, ctx: &egui::Context, h: &Heatmap, key: TextureKey) -> egui::TextureId {
-        let id = egui::Id::new("routing_heatmap_texture");
+        let id = egui::Id::unique("routing_heatmap_texture");
         let cached: Option<(egui::TextureHandle, TextureKey)> = ctx.data(|d| d.get_temp(id));
         if let Some((t, k)) = cached
             && k == key
