@@ -12,6 +12,7 @@ use nemotron_rt::backend::BackendInfo;
 use nemotron_rt::config::ModelConfig;
 use nemotron_rt::devices::Device;
 use nemotron_rt::generate::{Event, FinishReason, GenerateParams, TokenRoute};
+use nemotron_rt::model::loader::LoadProgress;
 use nemotron_rt::model::{Model, ModelInfo};
 use nemotron_rt::sampling::SamplingParams;
 use nemotron_rt::tokenizer::Tokenizer;
@@ -48,6 +49,7 @@ pub enum Busy {
         dir: PathBuf,
         device: String,
         since: Instant,
+        progress: Arc<LoadProgress>,
     },
     Generating {
         cancel: Arc<AtomicBool>,
@@ -407,17 +409,19 @@ impl AppState {
             return;
         }
         let job = self.next_job();
+        let progress = Arc::new(LoadProgress::new());
         self.busy = Some(Busy::Loading {
             dir: dir.to_path_buf(),
             device: device.label.clone(),
             since: Instant::now(),
+            progress: progress.clone(),
         });
         let (dir, threads) = (dir.to_path_buf(), self.threads);
         worker::spawn(
             "load",
             self.tx.clone(),
             move |tx| {
-                let result = worker::load(&dir, &device, threads).map(Box::new);
+                let result = worker::load(&dir, &device, threads, &progress).map(Box::new);
                 let _ = tx.send(Msg::Loaded { job, result });
             },
             move |error| Msg::Loaded {

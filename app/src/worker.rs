@@ -11,6 +11,7 @@ use std::time::Instant;
 use nemotron_rt::backend;
 use nemotron_rt::devices::Device;
 use nemotron_rt::generate::{self, Event, GenerateParams, Generation};
+use nemotron_rt::model::loader::LoadProgress;
 use nemotron_rt::model::{LoadOptions, Model};
 use nemotron_rt::tokenizer::Tokenizer;
 
@@ -76,7 +77,12 @@ pub(crate) fn spawn(
 }
 
 /// Loads `dir` on `device`: the backend, the weights and (when present) the tokenizer.
-pub(crate) fn load(dir: &Path, device: &Device, threads: usize) -> Result<Loaded, String> {
+pub(crate) fn load(
+    dir: &Path,
+    device: &Device,
+    threads: usize,
+    progress: &LoadProgress,
+) -> Result<Loaded, String> {
     let kind = match (device.kind, &device.unavailable) {
         (Some(k), None) => k,
         (_, why) => {
@@ -92,7 +98,7 @@ pub(crate) fn load(dir: &Path, device: &Device, threads: usize) -> Result<Loaded
     let start = Instant::now();
     let be = backend::create_with(kind, &opts).map_err(|e| e.to_string())?;
     let backend_info = be.info();
-    let model = Model::load(dir, be, LoadOptions::default())
+    let model = Model::load_observed(dir, be, LoadOptions::default(), Some(progress))
         .map_err(|e| format!("loading {}: {e}", dir.display()))?;
     let tokenizer = if dir.join("tokenizer.json").exists() {
         Some(Arc::new(
@@ -179,7 +185,7 @@ pub(crate) fn compare_job(job: u64, c: CompareJob, cancel: &AtomicBool, tx: &Sen
             break;
         }
         let _ = tx.send(Msg::CompareStep { job, device: i });
-        let result = load(&c.dir, &device, c.threads).and_then(|loaded| {
+        let result = load(&c.dir, &device, c.threads, &LoadProgress::new()).and_then(|loaded| {
             let ids = encode(loaded.tokenizer.as_ref(), &c.prompt)?;
             let mut go_on = |_: &Event| !cancel.load(Ordering::Relaxed);
             let g = generate::generate(

@@ -300,3 +300,17 @@ fn recent_list_survives_a_restart() {
         vec![Path::new("/a").to_path_buf(), Path::new("/b").to_path_buf()]
     );
 }
+
+#[test]
+fn load_progress_counts_every_tensor() {
+    use nemotron_rt::model::loader::LoadProgress;
+    use nemotron_rt::model::{LoadOptions, Model};
+    let p = LoadProgress::new();
+    assert_eq!(p.fraction(), None);
+    let be = nemotron_rt::backend::create(nemotron_rt::backend::BackendKind::Cpu, 1).unwrap();
+    let m =
+        Model::load_observed(&support::fixture(), be, LoadOptions::default(), Some(&p)).unwrap();
+    assert_eq!(p.done(), m.info.weight_bytes());
+    assert!(p.total() >= p.done());
+    assert!(p.fraction().unwrap() > 0.5);
+}

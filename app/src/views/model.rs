@@ -77,7 +77,13 @@ pub fn show(ui: &mut egui::Ui, state: &mut AppState) {
         }
     }
 
-    if let Some(Busy::Loading { dir, device, since }) = &state.busy {
+    if let Some(Busy::Loading {
+        dir,
+        device,
+        since,
+        progress,
+    }) = &state.busy
+    {
         ui.horizontal(|ui| {
             ui.spinner();
             ui.label(format!(
@@ -86,6 +92,13 @@ pub fn show(ui: &mut egui::Ui, state: &mut AppState) {
                 since.elapsed().as_secs_f64()
             ));
         });
+        if let Some(f) = progress.fraction() {
+            ui.add(egui::ProgressBar::new(f).text(format!(
+                "{} of {}",
+                bytes(progress.done() as f64),
+                bytes(progress.total() as f64)
+            )));
+        }
     }
 
     let Some(loaded) = &state.loaded else {
