@@ -97,49 +97,46 @@ pub fn show(ui: &mut egui::Ui, state: &mut AppState) {
             }
         });
 
-    let ok: Vec<(usize, &str, f64, f64)> = state
+    let ok: Vec<(&str, &crate::state::CompareStats)> = state
         .compare
         .iter()
-        .enumerate()
-        .filter_map(|(i, r)| {
-            r.result
-                .as_ref()
-                .ok()
-                .map(|s| (i, r.device_label.as_str(), s.prefill_tok_s, s.decode_tok_s))
-        })
+        .filter_map(|r| r.result.as_ref().ok().map(|s| (r.device_label.as_str(), s)))
         .collect();
     if !ok.is_empty() {
-        let labels: Vec<String> = ok.iter().map(|o| o.1.to_string()).collect();
-        let prefill: Vec<Bar> = ok
-            .iter()
-            .enumerate()
-            .map(|(k, o)| Bar::new(k as f64 - 0.2, o.2).width(0.38).name(o.1))
-            .collect();
-        let decode: Vec<Bar> = ok
-            .iter()
-            .enumerate()
-            .map(|(k, o)| Bar::new(k as f64 + 0.2, o.3).width(0.38).name(o.1))
-            .collect();
-        Plot::new("compare_bars")
-            .height(180.0)
-            .legend(Legend::default())
-            .y_axis_label("tok/s")
-            .include_y(0.0)
-            .allow_scroll(false)
-            .x_axis_formatter(move |m, _| {
-                let k = m.value.round();
-                if (m.value - k).abs() < 1e-6 && k >= 0.0 {
-                    labels.get(k as usize).cloned().unwrap_or_default()
-                } else {
-                    String::new()
-                }
-            })
-            .show(ui, |p| {
-                p.bar_chart(
+        let labels: Vec<String> = ok.iter().map(|o| o.0.to_string()).collect();
+        let bars =
+            |offset: f64, width: f64, value: fn(&crate::state::CompareStats) -> f64| -> Vec<Bar> {
+                ok.iter()
+                    .enumerate()
+                    .map(|(k, o)| {
+                        Bar::new(k as f64 + offset, value(o.1))
+                            .width(width)
+                            .name(o.0)
+                    })
+                    .collect()
+            };
+        let prefill = bars(-0.2, 0.38, |s| s.prefill_tok_s);
+        let decode = bars(0.2, 0.38, |s| s.decode_tok_s);
+        let ttft = bars(0.0, 0.6, |s| s.ttft_ms);
+        ui.columns(2, |cols| {
+            bar_plot(
+                &mut cols[0],
+                "compare_speed",
+                "tok/s",
+                labels.clone(),
+                vec![
                     BarChart::new("prefill", prefill).color(Color32::from_rgb(230, 150, 50)),
-                );
-                p.bar_chart(BarChart::new("decode", decode).color(Color32::from_rgb(80, 140, 230)));
-            });
+                    BarChart::new("decode", decode).color(Color32::from_rgb(80, 140, 230)),
+                ],
+            );
+            bar_plot(
+                &mut cols[1],
+                "compare_ttft",
+                "time to first token, ms",
+                labels,
+                vec![BarChart::new("TTFT", ttft).color(Color32::from_rgb(150, 110, 210))],
+            );
+        });
     }
 
     // Per-layer routing agreement with the reference (the first successful run).
@@ -182,4 +179,27 @@ pub fn show(ui: &mut egui::Ui, state: &mut AppState) {
                 });
         });
     });
+}
+
+/// Bars grouped by backend, the backend's name under each group.
+fn bar_plot(ui: &mut egui::Ui, id: &str, y: &str, labels: Vec<String>, charts: Vec<BarChart>) {
+    Plot::new(id)
+        .height(180.0)
+        .legend(Legend::default())
+        .y_axis_label(y)
+        .include_y(0.0)
+        .allow_scroll(false)
+        .x_axis_formatter(move |m, _| {
+            let k = m.value.round();
+            if (m.value - k).abs() < 1e-6 && k >= 0.0 {
+                labels.get(k as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .show(ui, |p| {
+            for c in charts {
+                p.bar_chart(c);
+            }
+        });
 }
