@@ -6,6 +6,7 @@
 mod support;
 
 use eframe::egui;
+use egui_kittest::kittest::Queryable;
 use egui_kittest::{Harness, SnapshotOptions};
 use nemotron_rt::generate::TokenRoute;
 use nemotron_studio::heatmap::Heatmap;
@@ -251,4 +252,76 @@ fn whole_app() {
     h.run();
     h.snapshot_options("app_generate", &options());
     check(&mut h);
+}
+
+/// Driven through the widgets: Generate streams the tokens in; clicking a token selects it (the
+/// heatmap then outlines its experts); the folder picker lists the checkpoints.
+#[test]
+fn clicking_generate_then_a_token() {
+    use egui::accesskit::Role;
+    if !support::can_render("clicking_generate_then_a_token") {
+        return;
+    }
+    let mut s = support::loaded_state();
+    s.settings.max_tokens = 6;
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(720.0, 300.0))
+        .allow_missing_glyphs()
+        .build_ui_state(
+            |ui, s: &mut AppState| {
+                egui::CentralPanel::default().show(ui, |ui| views::prompt::show(ui, s));
+            },
+            s,
+        );
+    h.run_steps(1);
+    assert!(h.state().run.is_none());
+    h.get_by_role_and_label(Role::Button, "Generate").click();
+    h.run_steps(1);
+    assert!(h.state().run.is_some(), "{:?}", h.state().notices);
+    assert!(h.state_mut().wait_idle(support::WAIT));
+    h.run_steps(2);
+    let run = h.state().run.clone().unwrap();
+    assert_eq!(run.tokens.len(), 6);
+    // A token whose chip is unique, so the query finds one widget.
+    let chips: Vec<String> = run.tokens.iter().map(views::prompt::chip_text).collect();
+    let k = (0..chips.len())
+        .rev()
+        .find(|&i| chips.iter().filter(|c| **c == chips[i]).count() == 1)
+        .expect("some token differs from the rest");
+    h.get_by_label(&chips[k]).click();
+    h.run_steps(2);
+    assert_eq!(h.state().selected_token, Some(run.tokens[k].index));
+}
+
+#[test]
+fn folder_picker_lists_checkpoints() {
+    if !support::can_render("folder_picker_lists_checkpoints") {
+        return;
+    }
+    let mut s = AppState::new(None);
+    s.set_devices(support::fixed_devices());
+    s.picker.open_at(std::path::Path::new(
+        "../tests/fixtures/models/nemotronh_tiny_flat",
+    ));
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(560.0, 480.0))
+        .with_pixels_per_point(1.0)
+        .build_ui_state(
+            |ui, s: &mut AppState| {
+                egui::CentralPanel::default().show(ui, |ui| views::model::show(ui, s));
+            },
+            s,
+        );
+    h.run();
+    h.snapshot_options("folder_picker", &options());
+    check(&mut h);
+    // Into a listed checkpoint, then open it.
+    h.get_by_label("hf  [checkpoint]").click();
+    h.run_steps(2);
+    assert!(h.state().picker.cwd().ends_with("nemotronh_tiny_flat/hf"));
+    h.get_by_label("Open this folder").click();
+    h.run_steps(2);
+    assert!(!h.state().picker.open);
+    assert!(h.state_mut().wait_idle(support::WAIT));
+    assert!(h.state().loaded.is_some(), "{:?}", h.state().notices);
 }

@@ -5,7 +5,7 @@ use eframe::egui::{self, RichText};
 use crate::state::{AppState, Busy, TokenEntry};
 
 /// A token's text made visible: whitespace-only and empty pieces still get a chip.
-fn chip_text(t: &TokenEntry) -> String {
+pub fn chip_text(t: &TokenEntry) -> String {
     let s = t.text.replace('\n', "\\n").replace('\t', "\\t");
     if s.is_empty() {
         "(empty)".into()
