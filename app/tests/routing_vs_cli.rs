@@ -9,12 +9,35 @@ use std::process::Command;
 use nemotron_rt::generate::TokenRoute;
 use nemotron_studio::heatmap::Heatmap;
 
-/// The `nemotron-rt` binary of this build, built first if needed (`cargo test -p
-/// nemotron-studio` does not build other packages' binaries).
+/// Newest modification time of the files under `dir`.
+fn newest(dir: &Path) -> std::time::SystemTime {
+    let mut t = std::time::UNIX_EPOCH;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        let m = if p.is_dir() {
+            newest(&p)
+        } else {
+            e.metadata().and_then(|m| m.modified()).unwrap_or(t)
+        };
+        t = t.max(m);
+    }
+    t
+}
+
+/// The `nemotron-rt` binary of this build. `cargo test --workspace` has just built it; under
+/// `cargo test -p nemotron-studio` it may be missing or older than the library's sources, and
+/// is built here (a separate build may pick other features, so only when needed).
 fn cli_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     // target/<profile>/deps/<test> → target/<profile>
     let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = profile_dir.join("nemotron-rt");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let sources = newest(&root.join("src")).max(newest(&root.join("shaders")));
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+    if built.is_some_and(|b| b >= sources) {
+        return bin;
+    }
     let target_dir = profile_dir.parent().expect("target root");
     let profile = profile_dir
         .file_name()
@@ -32,13 +55,13 @@ fn cli_binary() -> PathBuf {
         "--target-dir",
     ])
     .arg(target_dir)
-    .current_dir(env!("CARGO_MANIFEST_DIR"));
+    .current_dir(&root);
     if profile == "release" {
         cmd.arg("--release");
     }
     let status = cmd.status().expect("running cargo build");
     assert!(status.success(), "building the CLI failed");
-    profile_dir.join("nemotron-rt")
+    bin
 }
 
 fn run_case(

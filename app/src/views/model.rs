@@ -116,7 +116,7 @@ pub fn show(ui: &mut egui::Ui, state: &mut AppState) {
             ui.monospace(s.dir.display().to_string());
             ui.end_row();
             ui.label("running on");
-            ui.label(format!("{} ({})", s.device_label, s.backend.device))
+            ui.label(format!("{}: {}", s.device_label, s.backend.device))
                 .on_hover_text(format!("loaded in {:.0} ms", s.load_ms));
             ui.end_row();
             ui.label("layers");
