@@ -19,8 +19,6 @@ fn options(renderer: eframe::Renderer) -> eframe::NativeOptions {
 fn make_state(model: Option<&PathBuf>) -> AppState {
     let mut state = AppState::new(nemotron_studio::recent::default_file());
     state.refresh_devices();
-    // Opening needs the device list; it arrives in well under a second.
-    state.wait_idle(std::time::Duration::from_secs(30));
     if let Some(dir) = model {
         state.open_model(dir);
     }

@@ -305,6 +305,8 @@ pub struct AppState {
     pub notices: Vec<Notice>,
     pub export_dir: String,
     pub tab: Tab,
+    /// A folder to open as soon as the device list arrives (the command-line argument).
+    pending_open: Option<PathBuf>,
     tx: Sender<Msg>,
     rx: Receiver<Msg>,
     job: u64,
@@ -335,6 +337,7 @@ impl AppState {
             notices: Vec::new(),
             export_dir: ".".into(),
             tab: Tab::default(),
+            pending_open: None,
             tx,
             rx,
             job: 0,
@@ -393,13 +396,17 @@ impl AppState {
         self.job
     }
 
-    /// Opens a checkpoint folder on the selected device.
+    /// Opens a checkpoint folder on the selected device (once the device list is there).
     pub fn open_model(&mut self, dir: &Path) {
         if let Some(Busy::Generating { .. } | Busy::Comparing { .. }) = &self.busy {
             self.error("stop the running generation before opening another model");
             return;
         }
         self.model_path = dir.display().to_string();
+        if self.devices.is_empty() && self.devices_pending {
+            self.pending_open = Some(dir.to_path_buf());
+            return;
+        }
         let Some(device) = self.device().cloned() else {
             self.error("no device to load the model on (the device list is still empty)");
             return;
@@ -584,6 +591,9 @@ impl AppState {
                     self.error("listing devices failed");
                 }
                 self.set_devices(d);
+                if let Some(dir) = self.pending_open.take() {
+                    self.open_model(&dir);
+                }
             }
             Msg::Loaded { job, result } if self.current(job) => {
                 self.busy = None;

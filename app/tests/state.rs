@@ -314,3 +314,15 @@ fn load_progress_counts_every_tensor() {
     assert!(p.total() >= p.done());
     assert!(p.fraction().unwrap() > 0.5);
 }
+
+#[test]
+fn a_folder_given_before_the_device_list_opens_when_it_arrives() {
+    let mut s = AppState::new(None);
+    s.threads = 2;
+    s.refresh_devices();
+    s.open_model(&support::fixture());
+    assert!(s.wait_idle(support::WAIT));
+    assert!(!s.devices.is_empty());
+    let loaded = s.loaded.as_ref().expect("opened after the devices arrived");
+    assert_eq!(loaded.summary.device_label, "CPU");
+}
