@@ -599,7 +599,10 @@ impl AppState {
                 self.busy = None;
                 match result {
                     Ok(l) => {
-                        if let Some(e) = self.recent.push(&l.summary.dir) {
+                        // Absolute, so the entry still works when started from elsewhere.
+                        let dir = std::fs::canonicalize(&l.summary.dir)
+                            .unwrap_or_else(|_| l.summary.dir.clone());
+                        if let Some(e) = self.recent.push(&dir) {
                             self.info(e);
                         }
                         self.model_path = l.summary.dir.display().to_string();
