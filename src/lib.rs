@@ -11,6 +11,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod codec;
 pub mod config;
+pub mod devices;
 pub mod error;
 pub mod generate;
 pub mod model;
@@ -18,6 +19,7 @@ pub mod quant_config;
 pub mod sampling;
 pub mod synth;
 pub mod tokenizer;
+pub mod trace;
 pub mod weights;
 
 pub use error::{Error, Result};

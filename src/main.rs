@@ -232,15 +232,6 @@ struct GenerateJson<'a> {
     routing: &'a [Vec<TokenRoute>],
 }
 
-#[derive(Serialize)]
-struct TraceLine<'a> {
-    index: usize,
-    token: u32,
-    text: &'a str,
-    ms: f64,
-    routing: &'a [TokenRoute],
-}
-
 fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
     let model = load(&a.model)?;
     let needs_tokenizer = a.prompt.is_some() || !a.stop.is_empty();
@@ -295,16 +286,7 @@ fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
                     let _ = out.flush();
                 }
                 if let (Some(w), Some(r)) = (trace.as_mut(), routing) {
-                    let line = TraceLine {
-                        index: *index,
-                        token: *id,
-                        text,
-                        ms: *ms,
-                        routing: r,
-                    };
-                    let res = serde_json::to_writer(&mut *w, &line)
-                        .map_err(std::io::Error::other)
-                        .and_then(|_| w.write_all(b"\n"));
+                    let res = nemotron_rt::trace::write_line(w, *index, *id, text, *ms, r);
                     if let Err(e) = res {
                         trace_err.get_or_insert(e);
                         return false;

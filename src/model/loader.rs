@@ -2,6 +2,7 @@
 //! keeps the books `inspect` and `bench` report: parameters and bytes per tensor group.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -56,6 +57,36 @@ impl GroupStats {
     }
 }
 
+/// How far a load has come, in checkpoint bytes, readable from another thread (the app's
+/// progress bar).
+#[derive(Debug, Default)]
+pub struct LoadProgress {
+    done: AtomicU64,
+    total: AtomicU64,
+}
+
+impl LoadProgress {
+    pub fn new() -> LoadProgress {
+        LoadProgress::default()
+    }
+
+    /// Bytes of tensors bound to the backend so far.
+    pub fn done(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of all tensors in the checkpoint; 0 until the checkpoint is open.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// `done / total`, once the total is known.
+    pub fn fraction(&self) -> Option<f32> {
+        let total = self.total();
+        (total > 0).then(|| (self.done() as f64 / total as f64).min(1.0) as f32)
+    }
+}
+
 pub struct Loader<'a> {
     pub ck: &'a Checkpoint,
     pub quant: Option<&'a QuantConfig>,
@@ -64,6 +95,7 @@ pub struct Loader<'a> {
     pub groups: BTreeMap<String, GroupStats>,
     used: HashSet<String>,
     progress: ProgressBar,
+    observer: Option<&'a LoadProgress>,
 }
 
 /// Checkpoints smaller than this load too fast for a progress bar to help.
@@ -98,7 +130,14 @@ impl<'a> Loader<'a> {
             groups: BTreeMap::new(),
             used: HashSet::new(),
             progress,
+            observer: None,
         }
+    }
+
+    /// Reports progress through `p` as well.
+    pub fn observe(&mut self, p: &'a LoadProgress) {
+        p.total.store(self.ck.total_bytes(), Ordering::Relaxed);
+        self.observer = Some(p);
     }
 
     pub fn finish(&self) {
@@ -107,6 +146,9 @@ impl<'a> Loader<'a> {
 
     fn record(&mut self, tensor_name: &str, format: &str, params: u64, bytes: u64, access: Access) {
         self.progress.inc(bytes);
+        if let Some(o) = self.observer {
+            o.done.fetch_add(bytes, Ordering::Relaxed);
+        }
         self.used.insert(tensor_name.to_string());
         let group = self.group_of(tensor_name);
         let row_bytes = if access == Access::OneRow {

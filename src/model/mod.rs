@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::quant_config::QuantConfig;
 
 use self::attention::Attention;
-use self::loader::{Access, GroupStats, Loader};
+use self::loader::{Access, GroupStats, LoadProgress, Loader};
 use self::mamba::{Mamba, MambaState};
 use self::mlp::Mlp;
 use self::moe::Moe;
@@ -141,6 +141,16 @@ pub struct LoadOptions {
 
 impl Model {
     pub fn load(dir: &Path, backend: Arc<dyn Backend>, opts: LoadOptions) -> Result<Model> {
+        Self::load_observed(dir, backend, opts, None)
+    }
+
+    /// Like [`load`](Self::load), reporting how far it has come through `progress`.
+    pub fn load_observed(
+        dir: &Path,
+        backend: Arc<dyn Backend>,
+        opts: LoadOptions,
+        progress: Option<&LoadProgress>,
+    ) -> Result<Model> {
         let config = ModelConfig::load(dir)?;
         let config_path = dir.join("config.json");
         let raw: serde_json::Value = serde_json::from_str(
@@ -157,6 +167,9 @@ impl Model {
             backend.as_ref(),
             opts.progress,
         );
+        if let Some(p) = progress {
+            ld.observe(p);
+        }
         let (v, d) = (config.vocab_size, config.hidden_size);
         let embeddings = ld.table("backbone.embeddings.weight", v, d, Access::OneRow)?;
         let mut layers = Vec::with_capacity(config.layers.len());

@@ -1,0 +1,56 @@
+//! `nemotron-studio [MODEL_DIR]`: opens the window, and the model when a folder is given.
+
+use std::path::PathBuf;
+
+use eframe::egui;
+use nemotron_studio::app::StudioApp;
+use nemotron_studio::state::AppState;
+
+fn options(renderer: eframe::Renderer) -> eframe::NativeOptions {
+    eframe::NativeOptions {
+        renderer,
+        viewport: egui::ViewportBuilder::default()
+            .with_title("nemotron-studio")
+            .with_inner_size([1280.0, 820.0]),
+        ..Default::default()
+    }
+}
+
+fn make_state(model: Option<&PathBuf>) -> AppState {
+    let mut state = AppState::new(nemotron_studio::recent::default_file());
+    state.refresh_devices();
+    if let Some(dir) = model {
+        state.open_model(dir);
+    }
+    state
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!(
+            "usage: nemotron-studio [MODEL_DIR]\n\nThe desktop app of nemotron-rt. Renders with wgpu, or with OpenGL (glow) when wgpu cannot start."
+        );
+        return;
+    }
+    if args.len() > 1 {
+        eprintln!("usage: nemotron-studio [MODEL_DIR]");
+        std::process::exit(2);
+    }
+    let model = args.first().map(PathBuf::from);
+    let run = |renderer| {
+        let model = model.clone();
+        eframe::run_native(
+            "nemotron-studio",
+            options(renderer),
+            Box::new(move |_cc| Ok(Box::new(StudioApp::new(make_state(model.as_ref()))))),
+        )
+    };
+    if let Err(e) = run(eframe::Renderer::Wgpu) {
+        eprintln!("nemotron-studio: the wgpu renderer failed ({e}); trying OpenGL");
+        if let Err(e) = run(eframe::Renderer::Glow) {
+            eprintln!("nemotron-studio: {e}");
+            std::process::exit(1);
+        }
+    }
+}
