@@ -90,6 +90,20 @@ struct ModelArgs {
     /// wgpu: use the first adapter whose name contains this (see `nemotron-rt devices`).
     #[arg(long)]
     adapter: Option<String>,
+    /// CUDA: the device ordinal (see `nemotron-rt devices`).
+    #[arg(long, default_value_t = 0)]
+    device: usize,
+    /// CUDA: the W4A4 FP4 tensor-core path for NVFP4 linears (auto = on sm_120 Blackwell only;
+    /// off = exact weight-only decode everywhere).
+    #[arg(long, value_enum, default_value = "auto")]
+    cuda_fp4: Fp4Mode,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Fp4Mode {
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(Args)]
@@ -190,6 +204,12 @@ fn load(args: &ModelArgs) -> anyhow::Result<Model> {
     let opts = backend::BackendOptions {
         threads: args.threads,
         adapter: args.adapter.clone(),
+        device: args.device,
+        cuda_fp4: match args.cuda_fp4 {
+            Fp4Mode::Auto => None,
+            Fp4Mode::On => Some(true),
+            Fp4Mode::Off => Some(false),
+        },
     };
     let be = backend::create_with(args.backend, &opts)?;
     let model = Model::load(&args.model, be, LoadOptions { progress: true })
@@ -545,7 +565,23 @@ fn run_devices() -> anyhow::Result<()> {
             a.subgroups
         );
     }
-    println!("cuda   not built into this version (the CUDA backend is planned)");
+    match nemotron_rt::backend::cuda::devices() {
+        Err(why) => println!("cuda   {why}"),
+        Ok(devs) if devs.is_empty() => println!("cuda   no device (the driver reports none)"),
+        Ok(devs) => {
+            for d in devs {
+                let (ma, mi) = d.compute_capability;
+                println!(
+                    "cuda   {} {} [sm_{ma}{mi}] memory {} ({} free); 4-bit path: {}",
+                    d.ordinal,
+                    d.name,
+                    bytes(d.total_bytes as f64),
+                    bytes(d.free_bytes as f64),
+                    d.fp4_path
+                );
+            }
+        }
+    }
     Ok(())
 }
 

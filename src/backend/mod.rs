@@ -6,6 +6,7 @@
 //! Every op has the same name in `src/backend/cpu/`, `shaders/<op>.wgsl` and `cuda/<op>.cu`.
 
 pub mod cpu;
+pub mod cuda;
 pub mod wgpu;
 
 use std::any::Any;
@@ -307,6 +308,7 @@ pub(crate) fn expert_shapes(
 pub enum BackendKind {
     Cpu,
     Wgpu,
+    Cuda,
 }
 
 /// How to build a backend.
@@ -316,6 +318,11 @@ pub struct BackendOptions {
     pub threads: usize,
     /// wgpu: the first adapter whose name contains this (case-insensitive).
     pub adapter: Option<String>,
+    /// CUDA: the device ordinal.
+    pub device: usize,
+    /// CUDA: the W4A4 FP4 tensor-core path (`None` = where the GPU has it; see
+    /// [`cuda::CudaOptions::fp4_mma`]).
+    pub cuda_fp4: Option<bool>,
 }
 
 /// Builds a backend by kind; `threads = 0` means one per core.
@@ -333,5 +340,9 @@ pub fn create_with(kind: BackendKind, opts: &BackendOptions) -> Result<Arc<dyn B
     match kind {
         BackendKind::Cpu => Ok(Arc::new(cpu::CpuBackend::new(opts.threads)?)),
         BackendKind::Wgpu => Ok(Arc::new(wgpu::WgpuBackend::new(opts.adapter.as_deref())?)),
+        BackendKind::Cuda => cuda::create(cuda::CudaOptions {
+            device: opts.device,
+            fp4_mma: opts.cuda_fp4,
+        }),
     }
 }

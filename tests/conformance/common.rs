@@ -25,6 +25,11 @@ pub fn others() -> Vec<Arc<dyn Backend>> {
                 Ok(b) => v.push(b),
                 Err(e) => eprintln!("conformance: wgpu skipped: {e}"),
             }
+            // The exact path: the FP4 tensor-core one is W4A4 and compared separately.
+            match backend::cuda::CudaBackend::exact(0) {
+                Ok(b) => v.push(Arc::new(b) as Arc<dyn Backend>),
+                Err(e) => eprintln!("conformance: cuda skipped: {e}"),
+            }
             v
         })
         .clone()
