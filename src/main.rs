@@ -601,7 +601,13 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
             0
         },
     };
-    let r = nemotron_rt::bench::run(&model, &opts)?;
+    let mut r = nemotron_rt::bench::run(&model, &opts)?;
+    if a.model.backend == BackendKind::Cuda {
+        // The roofline on a GPU is its own memory bandwidth, probed the way decode reads.
+        let gb_s = nemotron_rt::backend::cuda::measure_bandwidth(a.model.device)?;
+        r.machine_gb_s = Some(gb_s);
+        r.roofline_fraction = Some(r.achieved_gb_s / gb_s);
+    }
     if a.json {
         #[derive(Serialize)]
         struct Out<'a> {

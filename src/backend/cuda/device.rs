@@ -60,8 +60,27 @@ pub(crate) fn cerr(msg: impl Into<String>) -> Error {
     }
 }
 
+/// Runs `f`, turning a panic into an error: cudarc's loader panics when the driver library
+/// lacks a symbol of the CUDA version it was built for (a driver older than 12.8).
+pub(crate) fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown failure".into());
+        Err(cerr(format!(
+            "{what}: the CUDA driver failed ({msg}); a driver for CUDA 12.8 or newer is needed"
+        )))
+    })
+}
+
 impl Device {
     pub(crate) fn open(ordinal: usize) -> Result<Device> {
+        guarded("opening the device", || Self::open_unguarded(ordinal))
+    }
+
+    fn open_unguarded(ordinal: usize) -> Result<Device> {
         if !driver_present() {
             return Err(cerr("no driver found (libcuda not present)"));
         }
@@ -332,6 +351,13 @@ pub fn fp4_path_for(cc: (i32, i32)) -> &'static str {
 
 /// Every CUDA device, or why there are none. Never panics when CUDA is absent.
 pub fn devices() -> std::result::Result<Vec<DeviceSummary>, String> {
+    guarded("listing devices", || devices_unguarded().map_err(cerr)).map_err(|e| match e {
+        Error::Backend { msg, .. } => msg,
+        other => other.to_string(),
+    })
+}
+
+fn devices_unguarded() -> std::result::Result<Vec<DeviceSummary>, String> {
     if !driver_present() {
         return Err("no driver found (libcuda not present)".into());
     }

@@ -33,6 +33,7 @@ pub const ADD: Kernel = kernel!("add");
 pub const ADD_RMS_NORM: Kernel = kernel!("add_rms_norm");
 pub const ARGMAX: Kernel = kernel!("argmax");
 pub const ATTENTION: Kernel = kernel!("attention");
+pub const BANDWIDTH: Kernel = kernel!("bandwidth");
 pub const CONV1D_SILU: Kernel = kernel!("conv1d_silu");
 pub const EMBED: Kernel = kernel!("embed");
 pub const GATED_GROUP_RMS_NORM: Kernel = kernel!("gated_group_rms_norm");
@@ -47,11 +48,12 @@ pub const SPLIT_COLUMNS: Kernel = kernel!("split_columns");
 pub const SSM_SCAN: Kernel = kernel!("ssm_scan");
 
 /// Every kernel file, for the compile test.
-pub const ALL: [&Kernel; 16] = [
+pub const ALL: [&Kernel; 17] = [
     &ADD,
     &ADD_RMS_NORM,
     &ARGMAX,
     &ATTENTION,
+    &BANDWIDTH,
     &CONV1D_SILU,
     &EMBED,
     &GATED_GROUP_RMS_NORM,

@@ -86,6 +86,16 @@ impl CudaBackend {
         })
     }
 
+    /// `(major, minor)` of the device.
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.dev.cc
+    }
+
+    /// Whether NVFP4 linears take the W4A4 FP4 tensor-core path.
+    pub fn uses_fp4_mma(&self) -> bool {
+        self.fp4_mma
+    }
+
     pub(crate) fn buf<'a>(&self, t: &'a Tensor) -> Result<&'a Buf> {
         t.inner::<CudaTensor>()
             .map(|g| &g.buf)
@@ -410,6 +420,58 @@ impl Backend for CudaBackend {
     fn argmax(&self, logits: &Tensor) -> Result<Vec<u32>> {
         self.op_argmax(logits)
     }
+}
+
+/// Device-memory read bandwidth of CUDA device `device` in GB/s (best of five passes over 1 GiB,
+/// 16-byte loads as the decode kernels issue them): the bench's roofline.
+pub fn measure_bandwidth(device: usize) -> Result<f64> {
+    use cudarc::driver::sys::CUevent_flags;
+    let dev = Device::open(device)?;
+    let bytes = 1usize << 30;
+    let data = dev.zeros(bytes, "bandwidth probe")?;
+    let sink = dev.zeros(4, "bandwidth probe")?;
+    let sms = dev
+        .ctx
+        .attribute(
+            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+        )
+        .map_err(|e| dev.driver("reading the SM count", e))?;
+    let event = || {
+        dev.ctx
+            .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(|e| dev.driver("creating an event", e))
+    };
+    let (start, end) = (event()?, event()?);
+    let mut best = 0.0f64;
+    for pass in 0..6 {
+        start
+            .record(&dev.stream)
+            .map_err(|e| dev.driver("recording an event", e))?;
+        dev.launch(
+            &kernels::BANDWIDTH,
+            "read_bandwidth",
+            (sms.max(1) as u32 * 8, 1, 1),
+            256,
+            0,
+            &[
+                (&data).into(),
+                device::Arg::U64((bytes / 16) as u64),
+                (&sink).into(),
+            ],
+        )?;
+        end.record(&dev.stream)
+            .map_err(|e| dev.driver("recording an event", e))?;
+        end.synchronize()
+            .map_err(|e| dev.driver("waiting for the probe", e))?;
+        let ms = start
+            .elapsed_ms(&end)
+            .map_err(|e| dev.driver("timing the probe", e))? as f64;
+        // The first pass also compiles and loads the kernel's module.
+        if pass > 0 && ms > 0.0 {
+            best = best.max(bytes as f64 / (ms * 1e-3) / 1e9);
+        }
+    }
+    Ok(best)
 }
 
 /// Shared handle for tests and the CLI.
