@@ -143,7 +143,7 @@ __device__ __forceinline__ void dot16(uint4 v, u32 s2, float ts, const float* x,
 }
 
 template <int FMT>
-__device__ __forceinline__ int elems16() {
+__device__ constexpr int elems16() {
     return FMT == FMT_F32 ? 4 : (FMT == FMT_FP8 ? 16 : (FMT == FMT_NVFP4 ? 32 : 8));
 }
 
@@ -154,7 +154,7 @@ template <int FMT, int NT>
 __device__ __forceinline__ void warp_dot_fmt(const u8* w, const u8* sc, float ts, u64 cols,
                                              const float* x, u64 xs, float (&acc)[NT]) {
     int lane = threadIdx.x & 31;
-    const int E = elems16<FMT>();
+    constexpr int E = elems16<FMT>();
     u64 rb = row_bytes(FMT, cols);
     if (rb % 16 == 0 && ((u64)w & 15) == 0) {
         const uint4* wv = (const uint4*)w;

@@ -13,8 +13,10 @@ use crate::error::Result;
 /// Batches up to this many tokens take the GEMV kernel (each weight byte read once per four
 /// tokens from DRAM); larger ones the tiled GEMM, which reuses a decoded tile 64 times.
 const GEMV_MAX_TOKENS: usize = 8;
-/// Rows per GEMV block: one warp each.
+/// Rows per block of the expert kernels: one warp each.
 const GEMV_ROWS: usize = 4;
+/// Rows per block of `linear_gemv`: four warps of `GEMV_NR` (cuda/linear.cu) rows.
+const LINEAR_GEMV_ROWS: usize = 16;
 
 impl CudaBackend {
     pub(crate) fn op_embed(&self, table: &Weight, ids: &[u32]) -> Result<Tensor> {
@@ -148,7 +150,11 @@ impl CudaBackend {
             self.dev.launch(
                 &k::LINEAR,
                 "linear_gemv",
-                (blocks(l.rows, GEMV_ROWS), tokens.div_ceil(4) as u32, 1),
+                (
+                    blocks(l.rows, LINEAR_GEMV_ROWS),
+                    tokens.div_ceil(4) as u32,
+                    1,
+                ),
                 (GEMV_ROWS * 32) as u32,
                 0,
                 &args,
