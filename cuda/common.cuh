@@ -102,88 +102,112 @@ __device__ __forceinline__ u64 row_bytes(int fmt, u64 cols) {
     }
 }
 
-// Decodes the 16 bytes `v` (a uint4 load of row data starting at element `c0`) and adds their
-// products with the NT token rows of `x` (stride `xs`) into acc. Elements per 16 bytes: F32 4,
-// BF16/F16 8, FP8 16, NVFP4 32 (two scale blocks, `s2` their two E4M3 bytes).
-template <int FMT, int NT>
-__device__ __forceinline__ void dot16(uint4 v, u32 s2, float ts, const float* x, u64 xs, u64 c0,
-                                      float (&acc)[NT]) {
-    u32 words[4] = {v.x, v.y, v.z, v.w};
-    if (FMT == FMT_F32) {
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            float wv = __uint_as_float(words[i]);
-#pragma unroll
-            for (int t = 0; t < NT; t++) acc[t] += wv * x[t * xs + c0 + i];
-        }
-    } else if (FMT == FMT_BF16 || FMT == FMT_F16) {
-#pragma unroll
-        for (int i = 0; i < 8; i++) {
-            u32 h = (words[i >> 1] >> ((i & 1) * 16)) & 0xffffu;
-            float wv = FMT == FMT_BF16 ? bf16(h) : f16(h);
-#pragma unroll
-            for (int t = 0; t < NT; t++) acc[t] += wv * x[t * xs + c0 + i];
-        }
-    } else if (FMT == FMT_FP8) {
-#pragma unroll
-        for (int i = 0; i < 16; i++) {
-            float wv = e4m3((words[i >> 2] >> ((i & 3) * 8)) & 0xffu) * ts;
-#pragma unroll
-            for (int t = 0; t < NT; t++) acc[t] += wv * x[t * xs + c0 + i];
-        }
-    } else {
-        float bs0 = e4m3(s2 & 0xffu) * ts, bs1 = e4m3((s2 >> 8) & 0xffu) * ts;
-#pragma unroll
-        for (int i = 0; i < 32; i++) {
-            float wv = e2m1((words[i >> 3] >> ((i & 7) * 4)) & 0xfu) * (i < 16 ? bs0 : bs1);
-#pragma unroll
-            for (int t = 0; t < NT; t++) acc[t] += wv * x[t * xs + c0 + i];
-        }
-    }
-}
-
 template <int FMT>
 __device__ constexpr int elems16() {
     return FMT == FMT_F32 ? 4 : (FMT == FMT_FP8 ? 16 : (FMT == FMT_NVFP4 ? 32 : 8));
 }
 
-// One warp's share of `W[row] · x[t]` for NT tokens; the caller reduces over the warp.
-// Rows whose byte length is a multiple of 16 stream as 16-byte loads, four in flight per
-// lane; any other width falls back to element loads (small or odd test shapes only).
-template <int FMT, int NT>
-__device__ __forceinline__ void warp_dot_fmt(const u8* w, const u8* sc, float ts, u64 cols,
-                                             const float* x, u64 xs, float (&acc)[NT]) {
-    int lane = threadIdx.x & 31;
-    constexpr int E = elems16<FMT>();
-    u64 rb = row_bytes(FMT, cols);
-    if (rb % 16 == 0 && ((u64)w & 15) == 0) {
-        const uint4* wv = (const uint4*)w;
-        u64 nv = rb / 16;
-#pragma unroll 4
-        for (u64 v = lane; v < nv; v += WARP) {
-            uint4 q = __ldg(wv + v);
-            u32 s2 = 0;
-            if (FMT == FMT_NVFP4) s2 = (u32)sc[v * 2] | ((u32)sc[v * 2 + 1] << 8);
-            dot16<FMT, NT>(q, s2, ts, x, xs, v * E, acc);
-        }
-    } else {
-        for (u64 c = lane; c < cols; c += WARP) {
-            float wv = weight_at(FMT, w, sc, ts, c);
+// The 16 bytes `q` of a row decoded into E floats (E = elems16<FMT>()).
+template <int FMT>
+__device__ __forceinline__ void decode16(uint4 q, u32 s2, float ts, float* out) {
+    u32 words[4] = {q.x, q.y, q.z, q.w};
+    if (FMT == FMT_F32) {
 #pragma unroll
-            for (int t = 0; t < NT; t++) acc[t] += wv * x[t * xs + c];
+        for (int i = 0; i < 4; i++) out[i] = __uint_as_float(words[i]);
+    } else if (FMT == FMT_BF16 || FMT == FMT_F16) {
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            u32 h = (words[i >> 1] >> ((i & 1) * 16)) & 0xffffu;
+            out[i] = FMT == FMT_BF16 ? bf16(h) : f16(h);
         }
+    } else if (FMT == FMT_FP8) {
+#pragma unroll
+        for (int i = 0; i < 16; i++) out[i] = e4m3((words[i >> 2] >> ((i & 3) * 8)) & 0xffu) * ts;
+    } else {
+        float bs0 = e4m3(s2 & 0xffu) * ts, bs1 = e4m3((s2 >> 8) & 0xffu) * ts;
+#pragma unroll
+        for (int i = 0; i < 32; i++)
+            out[i] = e2m1((words[i >> 3] >> ((i & 7) * 4)) & 0xfu) * (i < 16 ? bs0 : bs1);
     }
 }
 
-template <int NT>
-__device__ __forceinline__ void warp_dot(int fmt, const u8* w, const u8* sc, float ts, u64 cols,
-                                         const float* x, u64 xs, float (&acc)[NT]) {
+// out[r][t] = W[row0 + r] · x[t] for NR consecutive rows (rows past `rows` repeat the last one
+// and are for the caller to drop) and NT tokens (x rows `xs` apart), reduced over the warp:
+// every lane gets the sums. `w` and `sc` point at row 0 of the matrix. Rows whose byte length
+// is a multiple of 16 stream as 16-byte loads, the NR rows' loads issued before any math;
+// each lane loads its slice of x once per step (float4) and reuses it for all NR rows, so x
+// costs 1/NR of the weight traffic in L1. Other widths use element loads (small test shapes).
+template <int FMT, int NT, int NR>
+__device__ __forceinline__ void warp_rows_dot(const u8* w, const u8* sc, float ts, int cols,
+                                              int row0, int rows, const float* x, u64 xs,
+                                              float (&out)[NR][NT]) {
+    constexpr int E = elems16<FMT>();
+    int lane = threadIdx.x & 31;
+    u64 rb = row_bytes(FMT, cols), sb = (u64)(cols / 16);
+#pragma unroll
+    for (int r = 0; r < NR; r++)
+#pragma unroll
+        for (int t = 0; t < NT; t++) out[r][t] = 0.0f;
+    if (rb % 16 == 0 && ((u64)w & 15) == 0) {
+        u64 nv = rb / 16;
+        for (u64 v = lane; v < nv; v += WARP) {
+            uint4 q[NR];
+            u32 s2[NR];
+#pragma unroll
+            for (int r = 0; r < NR; r++) {
+                u64 row = (u64)min(row0 + r, rows - 1);
+                q[r] = __ldg((const uint4*)(w + row * rb) + v);
+                s2[r] = FMT == FMT_NVFP4 ? (u32)__ldg((const u16*)(sc + row * sb) + v) : 0u;
+            }
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                float xv[E];
+                const float4* xp = (const float4*)(x + t * xs + v * E);
+#pragma unroll
+                for (int i = 0; i < E / 4; i++) {
+                    float4 f = __ldg(xp + i);
+                    xv[4 * i] = f.x;
+                    xv[4 * i + 1] = f.y;
+                    xv[4 * i + 2] = f.z;
+                    xv[4 * i + 3] = f.w;
+                }
+#pragma unroll
+                for (int r = 0; r < NR; r++) {
+                    float wv[E];
+                    decode16<FMT>(q[r], s2[r], ts, wv);
+#pragma unroll
+                    for (int i = 0; i < E; i++) out[r][t] += wv[i] * xv[i];
+                }
+            }
+        }
+    } else {
+        for (int c = lane; c < cols; c += WARP) {
+#pragma unroll
+            for (int r = 0; r < NR; r++) {
+                u64 row = (u64)min(row0 + r, rows - 1);
+                float wv = weight_at(FMT, w + row * rb, sc + row * sb, ts, c);
+#pragma unroll
+                for (int t = 0; t < NT; t++) out[r][t] += wv * x[t * xs + c];
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < NR; r++)
+#pragma unroll
+        for (int t = 0; t < NT; t++) out[r][t] = warp_sum(out[r][t]);
+}
+
+// warp_rows_dot for a format known only at run time (uniform across the grid).
+template <int NT, int NR>
+__device__ __forceinline__ void warp_rows_dot_any(int fmt, const u8* w, const u8* sc, float ts,
+                                                  int cols, int row0, int rows, const float* x,
+                                                  u64 xs, float (&out)[NR][NT]) {
     switch (fmt) {
-    case FMT_BF16: warp_dot_fmt<FMT_BF16, NT>(w, sc, ts, cols, x, xs, acc); break;
-    case FMT_F16: warp_dot_fmt<FMT_F16, NT>(w, sc, ts, cols, x, xs, acc); break;
-    case FMT_FP8: warp_dot_fmt<FMT_FP8, NT>(w, sc, ts, cols, x, xs, acc); break;
-    case FMT_NVFP4: warp_dot_fmt<FMT_NVFP4, NT>(w, sc, ts, cols, x, xs, acc); break;
-    default: warp_dot_fmt<FMT_F32, NT>(w, sc, ts, cols, x, xs, acc); break;
+    case FMT_BF16: warp_rows_dot<FMT_BF16, NT, NR>(w, sc, ts, cols, row0, rows, x, xs, out); break;
+    case FMT_F16: warp_rows_dot<FMT_F16, NT, NR>(w, sc, ts, cols, row0, rows, x, xs, out); break;
+    case FMT_FP8: warp_rows_dot<FMT_FP8, NT, NR>(w, sc, ts, cols, row0, rows, x, xs, out); break;
+    case FMT_NVFP4: warp_rows_dot<FMT_NVFP4, NT, NR>(w, sc, ts, cols, row0, rows, x, xs, out); break;
+    default: warp_rows_dot<FMT_F32, NT, NR>(w, sc, ts, cols, row0, rows, x, xs, out); break;
     }
 }
 

@@ -6,98 +6,21 @@
 // linear_gemm (prefill): 64x64 output tiles; a 64-row x 32-column slice of W is decoded once
 // into shared memory and reused by 64 tokens. All f32, so prefill agrees with decode.
 
-// The 16 bytes `q` of a row decoded into E floats (E = elems16<FMT>()).
-template <int FMT>
-__device__ __forceinline__ void decode16(uint4 q, u32 s2, float ts, float* out) {
-    u32 words[4] = {q.x, q.y, q.z, q.w};
-    if (FMT == FMT_F32) {
-#pragma unroll
-        for (int i = 0; i < 4; i++) out[i] = __uint_as_float(words[i]);
-    } else if (FMT == FMT_BF16 || FMT == FMT_F16) {
-#pragma unroll
-        for (int i = 0; i < 8; i++) {
-            u32 h = (words[i >> 1] >> ((i & 1) * 16)) & 0xffffu;
-            out[i] = FMT == FMT_BF16 ? bf16(h) : f16(h);
-        }
-    } else if (FMT == FMT_FP8) {
-#pragma unroll
-        for (int i = 0; i < 16; i++) out[i] = e4m3((words[i >> 2] >> ((i & 3) * 8)) & 0xffu) * ts;
-    } else {
-        float bs0 = e4m3(s2 & 0xffu) * ts, bs1 = e4m3((s2 >> 8) & 0xffu) * ts;
-#pragma unroll
-        for (int i = 0; i < 32; i++)
-            out[i] = e2m1((words[i >> 3] >> ((i & 7) * 4)) & 0xfu) * (i < 16 ? bs0 : bs1);
-    }
-}
-
-// A warp computes NR consecutive rows for NT tokens. Each lane loads its slice of x once per
-// step (float4 loads) and reuses it for all NR rows, so x costs 1/NR of what it would per row
-// and the loop stays bound by the 16-byte weight loads.
+// A warp computes NR rows for NT tokens (warp_rows_dot in common.cuh) and writes them.
 template <int FMT, int NT, int NR>
 __device__ void gemv_tile(const u8* w, const u8* sc, float ts, const float* bias, int has_bias,
                           const float* x, float* y, int rows, int cols, int t0, int row0) {
-    constexpr int E = elems16<FMT>();
-    int lane = threadIdx.x & 31;
     if (row0 >= rows) return;
-    u64 rb = row_bytes(FMT, cols);
     float acc[NR][NT];
-#pragma unroll
-    for (int r = 0; r < NR; r++)
-#pragma unroll
-        for (int t = 0; t < NT; t++) acc[r][t] = 0.0f;
-    bool vec = rb % 16 == 0 && ((u64)w & 15) == 0;
-    if (vec) {
-        u64 nv = rb / 16;
-        for (u64 v = lane; v < nv; v += WARP) {
-            // All NR weight loads are issued before any math: several 16-byte loads in flight.
-            uint4 q[NR];
-            u32 s2[NR];
-#pragma unroll
-            for (int r = 0; r < NR; r++) {
-                int row = min(row0 + r, rows - 1);
-                q[r] = __ldg((const uint4*)(w + (u64)row * rb) + v);
-                s2[r] = FMT == FMT_NVFP4 ? (u32)__ldg((const u16*)(sc + (u64)row * (cols / 16)) + v) : 0u;
-            }
-#pragma unroll
-            for (int t = 0; t < NT; t++) {
-                float xv[E];
-                const float4* xp = (const float4*)(x + (u64)(t0 + t) * cols + v * E);
-#pragma unroll
-                for (int i = 0; i < E / 4; i++) {
-                    float4 f = __ldg(xp + i);
-                    xv[4 * i] = f.x;
-                    xv[4 * i + 1] = f.y;
-                    xv[4 * i + 2] = f.z;
-                    xv[4 * i + 3] = f.w;
-                }
-#pragma unroll
-                for (int r = 0; r < NR; r++) {
-                    float wv[E];
-                    decode16<FMT>(q[r], s2[r], ts, wv);
-#pragma unroll
-                    for (int i = 0; i < E; i++) acc[r][t] += wv[i] * xv[i];
-                }
-            }
-        }
-    } else {
-        for (int c = lane; c < cols; c += WARP) {
-#pragma unroll
-            for (int r = 0; r < NR; r++) {
-                int row = min(row0 + r, rows - 1);
-                float wv = weight_at(FMT, w + (u64)row * rb, sc + (u64)row * (cols / 16), ts, c);
-#pragma unroll
-                for (int t = 0; t < NT; t++) acc[r][t] += wv * x[(u64)(t0 + t) * cols + c];
-            }
-        }
-    }
+    warp_rows_dot<FMT, NT, NR>(w, sc, ts, cols, row0, rows, x + (u64)t0 * cols, cols, acc);
+    if ((threadIdx.x & 31) != 0) return;
 #pragma unroll
     for (int r = 0; r < NR; r++) {
         int row = row0 + r;
+        if (row >= rows) break;
 #pragma unroll
-        for (int t = 0; t < NT; t++) {
-            float s = warp_sum(acc[r][t]);
-            if (lane == 0 && row < rows) y[(u64)(t0 + t) * rows + row] = s + (has_bias ? bias[row] : 0.0f);
-        }
+        for (int t = 0; t < NT; t++)
+            y[(u64)(t0 + t) * rows + row] = acc[r][t] + (has_bias ? bias[row] : 0.0f);
     }
 }
 

@@ -45,6 +45,8 @@ pub(crate) struct Device {
     pub name: String,
     pub cc: (i32, i32),
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    /// Looked up once: a decode step launches hundreds of kernels.
+    functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
 }
 
 /// Whether libcuda can be loaded: checked before any driver call, which would panic without it.
@@ -110,6 +112,7 @@ impl Device {
             name,
             cc,
             modules: Mutex::default(),
+            functions: Mutex::default(),
         })
     }
 
@@ -219,7 +222,10 @@ impl Device {
     }
 
     /// `entry` of kernel file `k`, compiling the file on first use.
-    pub(crate) fn func(&self, k: &'static Kernel, entry: &str) -> Result<CudaFunction> {
+    pub(crate) fn func(&self, k: &'static Kernel, entry: &'static str) -> Result<CudaFunction> {
+        if let Some(f) = self.functions.lock().unwrap().get(&(k.name, entry)) {
+            return Ok(f.clone());
+        }
         let module = {
             let mut mods = self.modules.lock().unwrap();
             match mods.get(k.name) {
@@ -231,9 +237,14 @@ impl Device {
                 }
             }
         };
-        module
+        let f = module
             .load_function(entry)
-            .map_err(|e| self.driver(&format!("cuda/{}.cu has no kernel `{entry}`", k.name), e))
+            .map_err(|e| self.driver(&format!("cuda/{}.cu has no kernel `{entry}`", k.name), e))?;
+        self.functions
+            .lock()
+            .unwrap()
+            .insert((k.name, entry), f.clone());
+        Ok(f)
     }
 
     fn build(&self, k: &Kernel) -> Result<Arc<CudaModule>> {
@@ -273,7 +284,7 @@ impl Device {
     pub(crate) fn launch(
         &self,
         k: &'static Kernel,
-        entry: &str,
+        entry: &'static str,
         grid: (u32, u32, u32),
         block: u32,
         shared: u32,

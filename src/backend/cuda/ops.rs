@@ -13,10 +13,10 @@ use crate::error::Result;
 /// Batches up to this many tokens take the GEMV kernel (each weight byte read once per four
 /// tokens from DRAM); larger ones the tiled GEMM, which reuses a decoded tile 64 times.
 const GEMV_MAX_TOKENS: usize = 8;
-/// Rows per block of the expert kernels: one warp each.
-const GEMV_ROWS: usize = 4;
-/// Rows per block of `linear_gemv`: four warps of `GEMV_NR` (cuda/linear.cu) rows.
-const LINEAR_GEMV_ROWS: usize = 16;
+/// Rows per block of `linear_gemv` and the expert kernels: four warps of four rows
+/// (`GEMV_NR` in cuda/linear.cu, `MOE_NR` in cuda/moe_experts.cu).
+const GEMV_ROWS: usize = 16;
+const GEMV_THREADS: u32 = 128;
 
 impl CudaBackend {
     pub(crate) fn op_embed(&self, table: &Weight, ids: &[u32]) -> Result<Tensor> {
@@ -150,12 +150,8 @@ impl CudaBackend {
             self.dev.launch(
                 &k::LINEAR,
                 "linear_gemv",
-                (
-                    blocks(l.rows, LINEAR_GEMV_ROWS),
-                    tokens.div_ceil(4) as u32,
-                    1,
-                ),
-                (GEMV_ROWS * 32) as u32,
+                (blocks(l.rows, GEMV_ROWS), tokens.div_ceil(4) as u32, 1),
+                GEMV_THREADS,
                 0,
                 &args,
             )?;
@@ -643,7 +639,7 @@ impl CudaBackend {
             &k::MOE_EXPERTS,
             "moe_up",
             ((tokens * k) as u32, blocks(f, GEMV_ROWS), 1),
-            (GEMV_ROWS * 32) as u32,
+            GEMV_THREADS,
             0,
             &[
                 Arg::I32(ex.up.format),
@@ -662,7 +658,7 @@ impl CudaBackend {
             &k::MOE_EXPERTS,
             "moe_down",
             (tokens as u32, blocks(l, GEMV_ROWS), 1),
-            (GEMV_ROWS * 32) as u32,
+            GEMV_THREADS,
             0,
             &[
                 Arg::I32(ex.down.format),
