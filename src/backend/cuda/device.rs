@@ -62,6 +62,25 @@ pub(crate) fn cerr(msg: impl Into<String>) -> Error {
     }
 }
 
+/// Every op allocates its output from the stream-ordered pool; by default the pool hands memory
+/// back to the OS at each synchronisation (every decoded token), so the next step would map it
+/// again. Keeping it makes steady-state allocation a free-list pop. A failure only costs speed.
+fn keep_pool_memory(ctx: &CudaContext) {
+    use cudarc::driver::sys;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut keep = u64::MAX;
+    // SAFETY: plain driver calls on a live context's device, with valid out-pointers.
+    unsafe {
+        if sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) == CUresult::CUDA_SUCCESS {
+            let _ = sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut keep as *mut u64).cast(),
+            );
+        }
+    }
+}
+
 /// Runs `f`, turning a panic into an error: cudarc's loader panics when the driver library
 /// lacks a symbol of the CUDA version it was built for (a driver older than 12.8).
 pub(crate) fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -98,6 +117,9 @@ impl Device {
         // One stream orders everything, so cudarc's per-buffer events would only cost time.
         // SAFETY: no buffer is ever used from a second stream.
         unsafe { ctx.disable_event_tracking() };
+        if ctx.has_async_alloc() {
+            keep_pool_memory(&ctx);
+        }
         let stream = ctx
             .new_stream()
             .map_err(|e| cerr(format!("cannot create a stream on device {ordinal}: {e}")))?;

@@ -633,6 +633,9 @@ impl CudaBackend {
             return Ok(out);
         }
         let ids = self.buf(&routing.ids)?;
+        if tokens > GEMV_MAX_TOKENS {
+            return self.moe_experts_grouped(x, ex, experts.experts, routing, (f, l), out);
+        }
         // Slot activations [T·k, F] stay on the device between the two launches.
         let h = self.dev.alloc(tokens * k * f * 4, "expert activations")?;
         self.dev.launch(
@@ -671,6 +674,113 @@ impl CudaBackend {
                 self.buf(&out)?.into(),
                 Arg::I32(l as i32),
                 Arg::I32(f as i32),
+                Arg::I32(k as i32),
+            ],
+        )?;
+        Ok(out)
+    }
+
+    /// Prefill: slots grouped by expert on the device, then one tiled GEMM per (expert, 64
+    /// slots) for up and for down, and an ordered sum of the contributions.
+    fn moe_experts_grouped(
+        &self,
+        x: &Tensor,
+        ex: &CudaExperts,
+        n_experts: usize,
+        routing: &Routing,
+        (f, l): (usize, usize),
+        out: Tensor,
+    ) -> Result<Tensor> {
+        let (tokens, k) = (x.rows(), routing.ids.cols());
+        let slots = tokens * k;
+        let ids = self.buf(&routing.ids)?;
+        let counts = self.dev.alloc(n_experts * 4, "expert counts")?;
+        let starts = self.dev.alloc(n_experts * 4, "expert starts")?;
+        let tile_base = self.dev.alloc((n_experts + 1) * 4, "expert tiles")?;
+        let order = self.dev.alloc(slots * 4, "slots by expert")?;
+        let h = self.dev.alloc(slots * f * 4, "expert activations")?;
+        let contrib = self.dev.alloc(slots * l * 4, "expert outputs")?;
+        self.dev.launch(
+            &k::MOE_EXPERTS,
+            "moe_group",
+            (1, 1, 1),
+            1024,
+            0,
+            &[
+                ids.into(),
+                Arg::I32(slots as i32),
+                Arg::I32(n_experts as i32),
+                (&counts).into(),
+                (&starts).into(),
+                (&tile_base).into(),
+                (&order).into(),
+            ],
+        )?;
+        // An upper bound on the tiles (Σ ceil(count/64)); blocks past the last one exit.
+        let max_tiles = (slots / 64 + n_experts) as u32;
+        let group: [Arg; 4] = [
+            (&counts).into(),
+            (&starts).into(),
+            (&tile_base).into(),
+            (&order).into(),
+        ];
+        let mut up_args = vec![
+            Arg::I32(ex.up.format),
+            (&ex.up.data).into(),
+            (&ex.up.scales).into(),
+            (&ex.up.tensor_scales).into(),
+        ];
+        up_args.extend(group);
+        up_args.extend([
+            self.buf(x)?.into(),
+            (&h).into(),
+            Arg::I32(f as i32),
+            Arg::I32(l as i32),
+            Arg::I32(k as i32),
+            Arg::I32(n_experts as i32),
+        ]);
+        self.dev.launch(
+            &k::MOE_EXPERTS,
+            "moe_up_tiles",
+            (max_tiles, f.div_ceil(64) as u32, 1),
+            256,
+            0,
+            &up_args,
+        )?;
+        let mut down_args = vec![
+            Arg::I32(ex.down.format),
+            (&ex.down.data).into(),
+            (&ex.down.scales).into(),
+            (&ex.down.tensor_scales).into(),
+        ];
+        down_args.extend(group);
+        down_args.extend([
+            self.buf(&routing.weights)?.into(),
+            (&h).into(),
+            (&contrib).into(),
+            Arg::I32(l as i32),
+            Arg::I32(f as i32),
+            Arg::I32(n_experts as i32),
+        ]);
+        self.dev.launch(
+            &k::MOE_EXPERTS,
+            "moe_down_tiles",
+            (max_tiles, l.div_ceil(64) as u32, 1),
+            256,
+            0,
+            &down_args,
+        )?;
+        self.dev.launch(
+            &k::MOE_EXPERTS,
+            "moe_combine",
+            (blocks(tokens * l, 256), 1, 1),
+            256,
+            0,
+            &[
+                (&contrib).into(),
+                self.buf(&out)?.into(),
+                Arg::I32(tokens as i32),
+                Arg::I32(l as i32),
                 Arg::I32(k as i32),
             ],
         )?;
