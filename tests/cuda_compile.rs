@@ -72,3 +72,20 @@ fn cuda_backend_without_a_driver_is_an_error_not_a_panic() {
     let listed = nemotron_rt::backend::cuda::devices().unwrap_err();
     assert!(listed.contains("libcuda not present"), "{listed}");
 }
+
+/// A kernel that does not compile is reported with its file name and NVRTC's log.
+#[test]
+fn a_compile_error_names_the_kernel_and_carries_the_log() {
+    if !kernels::nvrtc_present() {
+        eprintln!("skipped: libnvrtc not found");
+        return;
+    }
+    let broken = kernels::Kernel {
+        name: "broken",
+        source: "extern \"C\" __global__ void f(float* y) { y[0] = no_such_value; }",
+        sm120_only: false,
+    };
+    let e = kernels::compile(&broken, "compute_90").unwrap_err();
+    assert!(e.contains("cuda/broken.cu"), "{e}");
+    assert!(e.contains("no_such_value"), "the log is missing: {e}");
+}

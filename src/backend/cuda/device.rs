@@ -3,14 +3,14 @@
 //! once per device with NVRTC), and kernel launches. Nothing here panics on a CUDA error.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::sys::CUresult;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DriverError,
     LaunchConfig, PushKernelArg,
 };
-use cudarc::nvrtc::{CompileError, CompileOptions, Ptx, compile_ptx_with_opts};
+use cudarc::nvrtc::Ptx;
 
 use super::kernels::Kernel;
 use crate::error::{Error, Result};
@@ -60,6 +60,20 @@ pub(crate) fn cerr(msg: impl Into<String>) -> Error {
         backend: "cuda".into(),
         msg: msg.into(),
     }
+}
+
+/// PTX of kernel file `k` for `arch`, compiled once per process: every backend opened on a
+/// device of the same architecture (tests open many) reuses it and only loads the module.
+fn compiled(k: &Kernel, arch: &str) -> std::result::Result<String, String> {
+    static CACHE: OnceLock<Mutex<HashMap<(String, &'static str), String>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Mutex::default);
+    let key = (arch.to_string(), k.name);
+    if let Some(p) = cache.lock().unwrap().get(&key) {
+        return Ok(p.clone());
+    }
+    let ptx = super::kernels::compile(k, arch)?;
+    cache.lock().unwrap().insert(key, ptx.clone());
+    Ok(ptx)
 }
 
 /// Every op allocates its output from the stream-ordered pool; by default the pool hands memory
@@ -278,22 +292,8 @@ impl Device {
             ));
         }
         let arch = self.arch(k);
-        let opts = CompileOptions {
-            prec_div: Some(true),
-            prec_sqrt: Some(true),
-            options: vec![format!("--gpu-architecture={arch}"), "-std=c++17".into()],
-            name: Some(format!("{}.cu", k.name)),
-            ..Default::default()
-        };
-        let ptx: Ptx = compile_ptx_with_opts(k.source, opts).map_err(|e| match e {
-            CompileError::CompileError { log, .. } => self.err(format!(
-                "NVRTC cannot compile kernel cuda/{}.cu for {arch}:\n{}",
-                k.name,
-                log.to_string_lossy()
-            )),
-            other => self.err(format!("NVRTC failed on cuda/{}.cu: {other}", k.name)),
-        })?;
-        self.ctx.load_module(ptx).map_err(|e| {
+        let ptx = compiled(k, &arch).map_err(|e| self.err(e))?;
+        self.ctx.load_module(Ptx::from_src(ptx)).map_err(|e| {
             self.err(format!(
                 "the driver cannot load cuda/{}.cu built for {arch}: {e} (a driver older than \
                  the NVRTC that compiled it reports CUDA_ERROR_UNSUPPORTED_PTX_VERSION)",

@@ -74,8 +74,9 @@ pub fn nvrtc_present() -> bool {
     unsafe { cudarc::nvrtc::sys::is_culib_present() }
 }
 
-/// Compiles one kernel to PTX for `arch` (`sm_90`, `sm_100a`, ...). The error names the file
-/// and carries NVRTC's log.
+/// Compiles one kernel to PTX for `arch`: a virtual architecture (`compute_90`) at run time,
+/// a real one (`sm_90`, `sm_120a`) in the compile test, where NVRTC then runs ptxas as well.
+/// The error names the file and carries NVRTC's log.
 pub fn compile(k: &Kernel, arch: &str) -> Result<String, String> {
     if !nvrtc_present() {
         return Err("libnvrtc not found".into());
@@ -92,7 +93,7 @@ pub fn compile(k: &Kernel, arch: &str) -> Result<String, String> {
     match compile_ptx_with_opts(k.source, opts) {
         Ok(ptx) => Ok(ptx.to_src()),
         Err(CompileError::CompileError { log, .. }) => Err(format!(
-            "cuda/{}.cu does not compile for {arch}:\n{}",
+            "NVRTC cannot compile kernel cuda/{}.cu for {arch}:\n{}",
             k.name,
             log.to_string_lossy()
         )),
