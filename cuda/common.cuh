@@ -60,6 +60,27 @@ __device__ __forceinline__ float e4m3(u32 b) {
     return __uint_as_float(sign | ((e + 120u) << 23) | (m << 20));
 }
 
+// Round to the nearest E4M3 (ties to even), saturating at 448; v >= 0.
+__device__ __forceinline__ u32 f32_to_e4m3(float v) {
+    if (!(v > 0.0f)) return 0u;
+    if (v >= 448.0f) return 0x7eu;
+    if (v < 0.015625f) return (u32)rintf(v * 512.0f); // subnormals step 2^-9; 8 is 2^-6, normal
+    int e = (int)((__float_as_uint(v) >> 23) & 0xff) - 127;
+    float m = rintf((v * exp2f((float)-e) - 1.0f) * 8.0f);
+    if (m >= 8.0f) {
+        m = 0.0f;
+        e += 1;
+    }
+    u32 code = ((u32)(e + 7) << 3) | (u32)m;
+    return code > 0x7eu ? 0x7eu : code;
+}
+
+// Signed E4M3 rounding: the FP8 KV cache stores round(x / scale).
+__device__ __forceinline__ u32 f32_to_e4m3_signed(float v) {
+    u32 m = f32_to_e4m3(fabsf(v));
+    return (v < 0.0f && m != 0u) ? (m | 0x80u) : m;
+}
+
 // E2M1 as ModelOpt decodes it: magnitudes 0, .5, 1, 1.5, 2, 3, 4, 6; code 8 ("-0") is +0.
 __device__ __forceinline__ float e2m1(u32 code) {
     u32 m = code & 7u;

@@ -6,21 +6,6 @@
 // to the reference (the activations are rounded to 4 bits); the exact path is linear.cu.
 // NOT YET RUN ON BLACKWELL HARDWARE: the fragment and scale layouts follow the PTX ISA.
 
-// Round to the nearest E4M3 (ties to even), saturating at 448; v >= 0.
-__device__ __forceinline__ u32 f32_to_e4m3(float v) {
-    if (!(v > 0.0f)) return 0u;
-    if (v >= 448.0f) return 0x7eu;
-    if (v < 0.015625f) return (u32)rintf(v * 512.0f); // subnormals step 2^-9; 8 is 2^-6, normal
-    int e = (int)((__float_as_uint(v) >> 23) & 0xff) - 127;
-    float m = rintf((v * exp2f((float)-e) - 1.0f) * 8.0f);
-    if (m >= 8.0f) {
-        m = 0.0f;
-        e += 1;
-    }
-    u32 code = ((u32)(e + 7) << 3) | (u32)m;
-    return code > 0x7eu ? 0x7eu : code;
-}
-
 // Round to the nearest E2M1 (ties to even code), saturating at 6.
 __device__ __forceinline__ u32 f32_to_e2m1(float v) {
     float a = fabsf(v);

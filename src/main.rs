@@ -97,6 +97,10 @@ struct ModelArgs {
     /// off = exact weight-only decode everywhere).
     #[arg(long, value_enum, default_value = "auto")]
     cuda_fp4: Fp4Mode,
+    /// CUDA: keep the KV cache in FP8 where the checkpoint asks for it (changes results: the
+    /// reference keeps it in f32).
+    #[arg(long)]
+    cuda_fp8_kv: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -210,6 +214,7 @@ fn load(args: &ModelArgs) -> anyhow::Result<Model> {
             Fp4Mode::On => Some(true),
             Fp4Mode::Off => Some(false),
         },
+        cuda_fp8_kv: args.cuda_fp8_kv,
     };
     let be = backend::create_with(args.backend, &opts)?;
     let model = Model::load(&args.model, be, LoadOptions { progress: true })

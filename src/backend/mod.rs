@@ -200,6 +200,13 @@ pub trait Backend: Send + Sync {
     /// SSM state `[heads, head_dim, state]`, zeroed, always f32.
     fn new_ssm_state(&self, dims: SsmDims) -> Result<Tensor>;
     fn new_kv_cache(&self, dims: AttnDims) -> Result<Tensor>;
+    /// A KV cache the checkpoint asks to keep in FP8 with these per-tensor scales. A backend
+    /// may honour it (CUDA does when told to) or keep the exact f32 cache, as the reference's
+    /// fake quantization computes; that is the default.
+    fn new_kv_cache_fp8(&self, dims: AttnDims, k_scale: f32, v_scale: f32) -> Result<Tensor> {
+        let _ = (k_scale, v_scale);
+        self.new_kv_cache(dims)
+    }
     /// Number of positions held by a KV cache.
     fn kv_len(&self, cache: &Tensor) -> Result<usize>;
     /// Drops cached positions from `len` on (rejecting drafts, restoring snapshots).
@@ -323,6 +330,8 @@ pub struct BackendOptions {
     /// CUDA: the W4A4 FP4 tensor-core path (`None` = where the GPU has it; see
     /// [`cuda::CudaOptions::fp4_mma`]).
     pub cuda_fp4: Option<bool>,
+    /// CUDA: keep the KV cache in FP8 where the checkpoint asks for it.
+    pub cuda_fp8_kv: bool,
 }
 
 /// Builds a backend by kind; `threads = 0` means one per core.
@@ -343,6 +352,7 @@ pub fn create_with(kind: BackendKind, opts: &BackendOptions) -> Result<Arc<dyn B
         BackendKind::Cuda => cuda::create(cuda::CudaOptions {
             device: opts.device,
             fp4_mma: opts.cuda_fp4,
+            fp8_kv_cache: opts.cuda_fp8_kv,
         }),
     }
 }

@@ -30,13 +30,21 @@ pub(crate) struct CudaTensor {
     pub buf: Buf,
 }
 
-/// A growable KV cache: `[cap, width]` f32 buffers of which `len` rows are filled.
+/// A growable KV cache: `[cap, width]` buffers of which `len` rows are filled; f32, or E4M3
+/// bytes with per-tensor `(k_scale, v_scale)` when `fp8` is set.
 pub(crate) struct CudaKv {
     pub k: Buf,
     pub v: Buf,
     pub len: usize,
     pub cap: usize,
     pub width: usize,
+    pub fp8: Option<(f32, f32)>,
+}
+
+impl CudaKv {
+    pub(crate) fn elem_bytes(&self) -> usize {
+        if self.fp8.is_some() { 1 } else { 4 }
+    }
 }
 
 pub(crate) enum CudaWeight {
@@ -53,11 +61,15 @@ pub struct CudaOptions {
     /// (sm_120-class Blackwell), `Some(false)` = never (exact everywhere), `Some(true)` =
     /// required (an error on devices without it).
     pub fp4_mma: Option<bool>,
+    /// Keep the KV cache in FP8 where the checkpoint asks for it (its `k_scale`/`v_scale`).
+    /// Off by default: the reference keeps the cache in f32, so this changes results.
+    pub fp8_kv_cache: bool,
 }
 
 pub struct CudaBackend {
     pub(crate) dev: Device,
     pub(crate) fp4_mma: bool,
+    pub(crate) fp8_kv_cache: bool,
 }
 
 impl CudaBackend {
@@ -75,7 +87,11 @@ impl CudaBackend {
                 )));
             }
         };
-        Ok(CudaBackend { dev, fp4_mma })
+        Ok(CudaBackend {
+            dev,
+            fp4_mma,
+            fp8_kv_cache: opts.fp8_kv_cache,
+        })
     }
 
     /// The exact path on any device: what the conformance and golden tests compare.
@@ -83,6 +99,7 @@ impl CudaBackend {
         Self::new(CudaOptions {
             device,
             fp4_mma: Some(false),
+            fp8_kv_cache: false,
         })
     }
 
@@ -139,6 +156,19 @@ impl CudaBackend {
             ElemType::U32,
             Box::new(CudaTensor { buf }),
         ))
+    }
+
+    fn kv_cache(&self, dims: AttnDims, fp8: Option<(f32, f32)>) -> Result<Tensor> {
+        let width = dims.kv_heads * dims.head_dim;
+        let c = CudaKv {
+            k: self.dev.alloc(4, "kv cache")?,
+            v: self.dev.alloc(4, "kv cache")?,
+            len: 0,
+            cap: 0,
+            width,
+            fp8,
+        };
+        Ok(Tensor::new(vec![0, width], ElemType::F32, Box::new(c)))
     }
 
     pub(crate) fn check_cols(&self, x: &Tensor, cols: usize, what: &str) -> Result<()> {
@@ -204,10 +234,10 @@ impl Backend for CudaBackend {
 
     fn copy(&self, t: &Tensor) -> Result<Tensor> {
         if let Some(kv) = t.inner::<CudaKv>() {
-            let bytes = kv.cap * kv.width * 4;
+            let bytes = kv.cap * kv.width * kv.elem_bytes();
             let mut k = self.dev.alloc(bytes, "kv cache")?;
             let mut v = self.dev.alloc(bytes, "kv cache")?;
-            let used = kv.len * kv.width * 4;
+            let used = kv.len * kv.width * kv.elem_bytes();
             self.dev.copy(&kv.k, 0, &mut k, 0, used)?;
             self.dev.copy(&kv.v, 0, &mut v, 0, used)?;
             let c = CudaKv {
@@ -216,6 +246,7 @@ impl Backend for CudaBackend {
                 len: kv.len,
                 cap: kv.cap,
                 width: kv.width,
+                fp8: kv.fp8,
             };
             return Ok(Tensor::new(t.shape().to_vec(), t.elem(), Box::new(c)));
         }
@@ -292,15 +323,15 @@ impl Backend for CudaBackend {
     }
 
     fn new_kv_cache(&self, dims: AttnDims) -> Result<Tensor> {
-        let width = dims.kv_heads * dims.head_dim;
-        let c = CudaKv {
-            k: self.dev.alloc(4, "kv cache")?,
-            v: self.dev.alloc(4, "kv cache")?,
-            len: 0,
-            cap: 0,
-            width,
-        };
-        Ok(Tensor::new(vec![0, width], ElemType::F32, Box::new(c)))
+        self.kv_cache(dims, None)
+    }
+
+    fn new_kv_cache_fp8(&self, dims: AttnDims, k_scale: f32, v_scale: f32) -> Result<Tensor> {
+        let usable = k_scale.is_finite() && k_scale > 0.0 && v_scale.is_finite() && v_scale > 0.0;
+        if !self.fp8_kv_cache || !usable {
+            return self.kv_cache(dims, None);
+        }
+        self.kv_cache(dims, Some((k_scale, v_scale)))
     }
 
     fn kv_len(&self, cache: &Tensor) -> Result<usize> {

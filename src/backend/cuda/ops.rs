@@ -510,45 +510,77 @@ impl CudaBackend {
             .ok_or_else(|| self.dev.err("attention: not a CUDA KV cache"))?;
         let start = c.len;
         let need = start + tokens;
+        let eb = c.elem_bytes();
         if need > c.cap {
             // Doubling keeps appends amortised O(1) without knowing the context length ahead.
             let cap = need.max(c.cap * 2).max(16);
-            let bytes = cap * c.width * 4;
+            let bytes = cap * c.width * eb;
             let mut k2 = self.dev.alloc(bytes, "kv cache")?;
             let mut v2 = self.dev.alloc(bytes, "kv cache")?;
-            let used = c.len * c.width * 4;
+            let used = c.len * c.width * eb;
             self.dev.copy(&c.k, 0, &mut k2, 0, used)?;
             self.dev.copy(&c.v, 0, &mut v2, 0, used)?;
             c.k = k2;
             c.v = v2;
             c.cap = cap;
         }
-        let row = c.width * 4;
-        self.dev.copy(kb, 0, &mut c.k, start * row, tokens * row)?;
-        self.dev.copy(vb, 0, &mut c.v, start * row, tokens * row)?;
+        let n = tokens * c.width;
+        match c.fp8 {
+            None => {
+                self.dev.copy(kb, 0, &mut c.k, start * c.width * 4, n * 4)?;
+                self.dev.copy(vb, 0, &mut c.v, start * c.width * 4, n * 4)?;
+            }
+            Some((ks, vs)) if n > 0 => {
+                for (src, dst, s) in [(kb, &c.k, ks), (vb, &c.v, vs)] {
+                    self.dev.launch(
+                        &k::ATTENTION,
+                        "kv_append_fp8",
+                        (blocks(n, 256), 1, 1),
+                        256,
+                        0,
+                        &[
+                            src.into(),
+                            dst.into(),
+                            Arg::U64((start * c.width) as u64),
+                            Arg::U64(n as u64),
+                            Arg::F32(s),
+                        ],
+                    )?;
+                }
+            }
+            Some(_) => {}
+        }
         c.len = need;
-        let (kc, vc, width) = (c.k.ptr, c.v.ptr, c.width);
+        let (kc, vc, width, fp8) = (c.k.ptr, c.v.ptr, c.width, c.fp8);
         cache.set_shape(vec![need, width]);
         let out = self.output(vec![tokens, heads * hd], "attention output")?;
         if tokens > 0 && heads > 0 {
+            let mut args = vec![
+                self.buf(q)?.into(),
+                Arg::Ptr(kc),
+                Arg::Ptr(vc),
+                self.buf(&out)?.into(),
+                Arg::I32(tokens as i32),
+                Arg::I32(start as i32),
+                Arg::I32(heads as i32),
+                Arg::I32(kv_heads as i32),
+                Arg::I32(hd as i32),
+                Arg::F32((hd as f32).powf(-0.5)),
+            ];
+            let entry = match fp8 {
+                Some((ks, vs)) => {
+                    args.extend([Arg::F32(ks), Arg::F32(vs)]);
+                    "attention_fp8"
+                }
+                None => "attention",
+            };
             self.dev.launch(
                 &k::ATTENTION,
-                "attention",
+                entry,
                 (tokens as u32, heads as u32, 1),
                 128,
                 0,
-                &[
-                    self.buf(q)?.into(),
-                    Arg::Ptr(kc),
-                    Arg::Ptr(vc),
-                    self.buf(&out)?.into(),
-                    Arg::I32(tokens as i32),
-                    Arg::I32(start as i32),
-                    Arg::I32(heads as i32),
-                    Arg::I32(kv_heads as i32),
-                    Arg::I32(hd as i32),
-                    Arg::F32((hd as f32).powf(-0.5)),
-                ],
+                &args,
             )?;
         }
         Ok(out)

@@ -1,13 +1,14 @@
-//! The W4A4 FP4 tensor-core path (sm_120-class Blackwell only). It rounds activations to NVFP4,
-//! so it is not bit-faithful: these tests bound its error on one linear and report how often its
-//! greedy tokens and expert choices agree with the exact path. Skipped, with the reason,
-//! on machines without such a GPU.
+//! The CUDA backend's two lossy modes, each against its exact path. The W4A4 FP4 tensor-core
+//! path (sm_120-class Blackwell only) rounds activations to NVFP4: its error on one linear is
+//! bounded, and how often its greedy tokens and expert choices agree with the exact path is
+//! reported. The FP8 KV cache (any CUDA GPU, opt-in) rounds keys and values to E4M3: attention
+//! through it stays within FP8's error. Skipped, with the reason, without such a GPU.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use nemotron_rt::backend::Backend;
 use nemotron_rt::backend::cuda::{CudaBackend, CudaOptions};
+use nemotron_rt::backend::{AttnDims, Backend};
 use nemotron_rt::checkpoint::ByteView;
 use nemotron_rt::codec::nvfp4;
 use nemotron_rt::generate::{self, GenerateParams};
@@ -18,6 +19,7 @@ fn fp4_backend() -> Option<CudaBackend> {
     match CudaBackend::new(CudaOptions {
         device: 0,
         fp4_mma: Some(true),
+        fp8_kv_cache: false,
     }) {
         Ok(b) => Some(b),
         Err(e) => {
@@ -128,4 +130,66 @@ fn fp4_agreement_with_the_exact_path() {
             .all(|r| r.weights.iter().all(|w| w.is_finite())),
         "FP4 path produced non-finite routing weights"
     );
+}
+
+/// Attention through an FP8 cache (scales as a checkpoint would give them: amax / 448) against
+/// the f32 cache: E4M3 keeps 3 mantissa bits, so outputs agree to a few percent.
+#[test]
+fn fp8_kv_cache_attention_error_is_bounded() {
+    let (fp8, exact) = match (
+        CudaBackend::new(CudaOptions {
+            device: 0,
+            fp4_mma: Some(false),
+            fp8_kv_cache: true,
+        }),
+        CudaBackend::exact(0),
+    ) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("skipped: no CUDA device: {e}");
+            return;
+        }
+    };
+    let dims = AttnDims {
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 32,
+    };
+    let (tokens, kw, qw) = (9, 2 * 32, 4 * 32);
+    let mut s = 0x9E3779B97F4A7C15u64;
+    let mut rnd = move |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    };
+    let (q, k, v) = (rnd(tokens * qw), rnd(tokens * kw), rnd(tokens * kw));
+    let amax = |x: &[f32]| x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let (ks, vs) = (amax(&k) / 448.0, amax(&v) / 448.0);
+    let run = |b: &dyn Backend| {
+        let mut cache = b.new_kv_cache_fp8(dims, ks, vs).unwrap();
+        // Prefill five tokens, then decode the rest one by one through the cache.
+        let mut out = Vec::new();
+        for (t0, t1) in [(0, 5), (5, 6), (6, 7), (7, 8), (8, 9)] {
+            let up = |x: &[f32], w: usize| b.upload(&x[t0 * w..t1 * w], &[t1 - t0, w]).unwrap();
+            let a = b
+                .attention(&up(&q, qw), &up(&k, kw), &up(&v, kw), &mut cache, dims)
+                .unwrap();
+            out.extend(b.download(&a).unwrap());
+        }
+        out
+    };
+    let (want, got) = (run(&exact), run(&fp8));
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(g, w)| (g - w).abs())
+        .fold(0.0f32, f32::max);
+    eprintln!("FP8 KV cache: max |fp8 - f32| = {worst:e}");
+    assert!(worst > 0.0, "the FP8 cache was not used");
+    assert!(worst < 0.05, "FP8 KV attention differs by {worst}");
 }
