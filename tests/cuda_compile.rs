@@ -1,5 +1,6 @@
-//! Every CUDA kernel (`cuda/<op>.cu`) compiles with NVRTC for Hopper (sm_90) and for
-//! Blackwell (sm_100a, sm_120a; the FP4 tensor-core kernel for sm_120a only), so a broken kernel fails the tests on machines without a GPU.
+//! Every CUDA kernel (`cuda/<op>.cu`) compiles with NVRTC for Hopper (sm_90) and for Blackwell
+//! (sm_100a, sm_120a; the FP4 tensor-core kernel for sm_120a only), so a broken kernel fails the
+//! tests on machines without a GPU.
 //! Needs only libnvrtc (`pip install nvidia-cuda-nvrtc-cu12`, then point LD_LIBRARY_PATH at
 //! its `nvidia/cuda_nvrtc/lib`, as `.ci/run` does); without it the test says it skipped, unless
 //! `NEMOTRON_REQUIRE_NVRTC` is set (CI), where that is a failure.
