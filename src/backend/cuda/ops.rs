@@ -17,6 +17,8 @@ const GEMV_MAX_TOKENS: usize = 8;
 /// (`GEMV_NR` in cuda/linear.cu, `MOE_NR` in cuda/moe_experts.cu).
 const GEMV_ROWS: usize = 16;
 const GEMV_THREADS: u32 = 128;
+/// Rows of one `moe_down` block (`MOE_NR` in cuda/moe_experts.cu).
+const MOE_NR: usize = 4;
 
 impl CudaBackend {
     pub(crate) fn op_embed(&self, table: &Weight, ids: &[u32]) -> Result<Tensor> {
@@ -689,12 +691,14 @@ impl CudaBackend {
                 Arg::I32(k as i32),
             ],
         )?;
+        // One warp per slot (up to 8): a token's k experts are read in parallel.
+        let down_threads = 32 * k.clamp(1, 8) as u32;
         self.dev.launch(
             &k::MOE_EXPERTS,
             "moe_down",
-            (tokens as u32, blocks(l, GEMV_ROWS), 1),
-            GEMV_THREADS,
-            0,
+            (tokens as u32, blocks(l, MOE_NR), 1),
+            down_threads,
+            (k * MOE_NR * 4) as u32,
             &[
                 Arg::I32(ex.down.format),
                 (&ex.down.data).into(),
