@@ -135,31 +135,44 @@ __device__ void tile_product(int fmt, const u8* w, const u8* sc, float ts, int r
     }
 }
 
+// The block's tile: which expert, which of its slots (`slot_of`, `n` of them), and the product
+// of its 64 weight rows from blockIdx.y·64 with those slots' input rows, x[slot / per_row]
+// (per_row = k when x holds tokens, 1 when it holds slots). False for blocks past the last tile.
+__device__ bool expert_tile(int fmt, const u8* w, const u8* sc, const float* ts, const u32* counts,
+                            const u32* starts, const u32* tile_base, const u32* order,
+                            const float* x, int per_row, int rows, int cols, int experts,
+                            u32* slot_of, u32* n, float (&acc)[4][4]) {
+    __shared__ long long xrow[64];
+    int e;
+    u32 first;
+    if (!find_tile(tile_base, experts, blockIdx.x, &e, &first)) return false;
+    *n = min(64u, counts[e] - first);
+    for (int i = threadIdx.x; i < 64; i += blockDim.x) {
+        u32 s = i < (int)*n ? order[starts[e] + first + i] : 0u;
+        slot_of[i] = s;
+        xrow[i] = i < (int)*n ? (long long)(s / per_row) * cols : -1;
+    }
+    __syncthreads();
+    u64 rb = row_bytes(fmt, cols);
+    tile_product(fmt, w + (u64)e * rows * rb, sc + (u64)e * rows * (cols / 16), ts[e], rows, cols,
+                 blockIdx.y * 64, x, xrow, acc);
+    return true;
+}
+
 // h[slot] = relu2(up_e · x[token of slot]); grid (max tiles, row blocks of 64), 256 threads.
 extern "C" __global__ void __launch_bounds__(256) moe_up_tiles(
     int fmt, const u8* w, const u8* sc, const float* ts, const u32* counts, const u32* starts,
     const u32* tile_base, const u32* order, const float* x, float* h, int rows, int cols, int k,
     int experts) {
-    __shared__ long long xrow[64];
     __shared__ u32 slot_of[64];
-    int e;
-    u32 first;
-    if (!find_tile(tile_base, experts, blockIdx.x, &e, &first)) return;
-    u32 n = min(64u, counts[e] - first);
-    for (int i = threadIdx.x; i < 64; i += blockDim.x) {
-        u32 s = i < (int)n ? order[starts[e] + first + i] : 0u;
-        slot_of[i] = s;
-        xrow[i] = i < (int)n ? (long long)(s / k) * cols : -1;
-    }
-    __syncthreads();
-    u64 rb = row_bytes(fmt, cols);
-    int r0 = blockIdx.y * 64;
+    u32 n;
     float acc[4][4];
-    tile_product(fmt, w + (u64)e * rows * rb, sc + (u64)e * rows * (cols / 16), ts[e], rows, cols,
-                 r0, x, xrow, acc);
+    if (!expert_tile(fmt, w, sc, ts, counts, starts, tile_base, order, x, k, rows, cols, experts,
+                     slot_of, &n, acc))
+        return;
     int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
     for (int i = 0; i < 4; i++) {
-        int r = r0 + ty * 4 + i;
+        int r = blockIdx.y * 64 + ty * 4 + i;
         for (int j = 0; j < 4; j++) {
             int c = tx * 4 + j;
             if (r < rows && c < (int)n) {
@@ -175,26 +188,15 @@ extern "C" __global__ void __launch_bounds__(256) moe_down_tiles(
     int fmt, const u8* w, const u8* sc, const float* ts, const u32* counts, const u32* starts,
     const u32* tile_base, const u32* order, const float* weights, const float* h, float* contrib,
     int rows, int cols, int experts) {
-    __shared__ long long xrow[64];
     __shared__ u32 slot_of[64];
-    int e;
-    u32 first;
-    if (!find_tile(tile_base, experts, blockIdx.x, &e, &first)) return;
-    u32 n = min(64u, counts[e] - first);
-    for (int i = threadIdx.x; i < 64; i += blockDim.x) {
-        u32 s = i < (int)n ? order[starts[e] + first + i] : 0u;
-        slot_of[i] = s;
-        xrow[i] = i < (int)n ? (long long)s * cols : -1;
-    }
-    __syncthreads();
-    u64 rb = row_bytes(fmt, cols);
-    int r0 = blockIdx.y * 64;
+    u32 n;
     float acc[4][4];
-    tile_product(fmt, w + (u64)e * rows * rb, sc + (u64)e * rows * (cols / 16), ts[e], rows, cols,
-                 r0, h, xrow, acc);
+    if (!expert_tile(fmt, w, sc, ts, counts, starts, tile_base, order, h, 1, rows, cols, experts,
+                     slot_of, &n, acc))
+        return;
     int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
     for (int i = 0; i < 4; i++) {
-        int r = r0 + ty * 4 + i;
+        int r = blockIdx.y * 64 + ty * 4 + i;
         for (int j = 0; j < 4; j++) {
             int c = tx * 4 + j;
             if (r < rows && c < (int)n) {

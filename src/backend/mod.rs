@@ -12,8 +12,9 @@ pub mod wgpu;
 use std::any::Any;
 use std::sync::Arc;
 
+use crate::checkpoint::DType;
 use crate::error::Result;
-use crate::weights::StoredLinear;
+use crate::weights::{LinearData, StoredLinear};
 
 /// Element type of an activation tensor. Routing ids are the only integer activations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -283,6 +284,40 @@ pub trait Backend: Send + Sync {
     -> Result<Tensor>;
     /// Index of the first maximum of each row.
     fn argmax(&self, logits: &Tensor) -> Result<Vec<u32>>;
+}
+
+/// Stored-format codes as the GPU kernels number them (`FORMAT` in shaders/decode.wgsl,
+/// `FMT_*` in cuda/common.cuh).
+pub(crate) const FMT_F32: u32 = 0;
+pub(crate) const FMT_BF16: u32 = 1;
+pub(crate) const FMT_F16: u32 = 2;
+pub(crate) const FMT_FP8: u32 = 3;
+pub(crate) const FMT_NVFP4: u32 = 4;
+
+/// A stored weight as GPU kernels read it: format code, tensor scale (FP8 / NVFP4; 1 for dense
+/// formats), data bytes and NVFP4 block-scale bytes (empty for the other formats).
+pub(crate) fn gpu_parts(w: &StoredLinear) -> (u32, f32, &[u8], &[u8]) {
+    match &w.data {
+        LinearData::Dense { dtype, data } => {
+            let f = match dtype {
+                DType::BF16 => FMT_BF16,
+                DType::F16 => FMT_F16,
+                _ => FMT_F32,
+            };
+            (f, 1.0, data.bytes(), &[])
+        }
+        LinearData::Fp8 { data, scale } => (FMT_FP8, *scale, data.bytes(), &[]),
+        LinearData::Nvfp4 {
+            packed,
+            block_scales,
+            tensor_scale,
+        } => (
+            FMT_NVFP4,
+            *tensor_scale,
+            packed.bytes(),
+            block_scales.bytes(),
+        ),
+    }
 }
 
 /// `(F, L)` of a layer's experts, checking every `up` is `[F, L]` and every `down` `[L, F]`.

@@ -4,16 +4,11 @@
 //! addresses expert `e` by index and the chosen ids never leave the device.
 
 use super::device::{Buf, Device};
-use crate::checkpoint::DType;
 use crate::error::Result;
-use crate::weights::{LinearData, StoredLinear};
+use crate::weights::StoredLinear;
 
-/// Kernel-side format codes (`FMT_*` in cuda/common.cuh).
-pub(crate) const FMT_F32: i32 = 0;
-pub(crate) const FMT_BF16: i32 = 1;
-pub(crate) const FMT_F16: i32 = 2;
-pub(crate) const FMT_FP8: i32 = 3;
-pub(crate) const FMT_NVFP4: i32 = 4;
+/// The NVFP4 format code as the kernels take it (`FMT_NVFP4` in cuda/common.cuh).
+pub(crate) const FMT_NVFP4: i32 = crate::backend::FMT_NVFP4 as i32;
 
 pub(crate) struct CudaLinear {
     pub rows: usize,
@@ -29,29 +24,10 @@ pub(crate) struct CudaLinear {
     pub input_scale: Option<f32>,
 }
 
-/// Format code, tensor scale, data bytes and block-scale bytes of a stored weight.
-pub(crate) fn parts(w: &StoredLinear) -> (i32, f32, &[u8], &[u8]) {
-    match &w.data {
-        LinearData::Dense { dtype, data } => {
-            let f = match dtype {
-                DType::BF16 => FMT_BF16,
-                DType::F16 => FMT_F16,
-                _ => FMT_F32,
-            };
-            (f, 1.0, data.bytes(), &[])
-        }
-        LinearData::Fp8 { data, scale } => (FMT_FP8, *scale, data.bytes(), &[]),
-        LinearData::Nvfp4 {
-            packed,
-            block_scales,
-            tensor_scale,
-        } => (
-            FMT_NVFP4,
-            *tensor_scale,
-            packed.bytes(),
-            block_scales.bytes(),
-        ),
-    }
+/// Format code (as the kernels' `int fmt`), tensor scale, data and block-scale bytes.
+fn parts(w: &StoredLinear) -> (i32, f32, &[u8], &[u8]) {
+    let (f, ts, d, s) = crate::backend::gpu_parts(w);
+    (f as i32, ts, d, s)
 }
 
 impl CudaLinear {
