@@ -95,6 +95,17 @@ struct ModelArgs {
     /// reference (its agreement is measured in docs/benchmarks.md).
     #[arg(long, value_enum, default_value = "f32")]
     cpu_activations: CpuActivations,
+    /// CUDA: the device ordinal (see `nemotron-rt devices`).
+    #[arg(long, default_value_t = 0)]
+    device: usize,
+    /// CUDA: the W4A4 FP4 tensor-core path for NVFP4 linears (auto = on sm_120 Blackwell only;
+    /// off = exact weight-only decode everywhere).
+    #[arg(long, value_enum, default_value = "auto")]
+    cuda_fp4: Fp4Mode,
+    /// CUDA: keep the KV cache in FP8 where the checkpoint asks for it (changes results: the
+    /// reference keeps it in f32).
+    #[arg(long)]
+    cuda_fp8_kv: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -103,6 +114,13 @@ enum CpuActivations {
     F32,
     /// int8 activations with a scale per 16 values, integer dot products.
     Q8,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Fp4Mode {
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(Args)]
@@ -208,6 +226,13 @@ fn load(args: &ModelArgs) -> anyhow::Result<Model> {
         threads: args.threads,
         adapter: args.adapter.clone(),
         cpu_q8_activations: q8,
+        device: args.device,
+        cuda_fp4: match args.cuda_fp4 {
+            Fp4Mode::Auto => None,
+            Fp4Mode::On => Some(true),
+            Fp4Mode::Off => Some(false),
+        },
+        cuda_fp8_kv: args.cuda_fp8_kv,
     };
     let be = backend::create_with(args.backend, &opts)?;
     let model = Model::load(&args.model, be, LoadOptions { progress: true })
@@ -545,7 +570,23 @@ fn run_devices() -> anyhow::Result<()> {
             a.subgroups
         );
     }
-    println!("cuda   not built into this version (the CUDA backend is planned)");
+    match nemotron_rt::backend::cuda::devices() {
+        Err(why) => println!("cuda   {why}"),
+        Ok(devs) if devs.is_empty() => println!("cuda   no device (the driver reports none)"),
+        Ok(devs) => {
+            for d in devs {
+                let (ma, mi) = d.compute_capability;
+                println!(
+                    "cuda   {} {} [sm_{ma}{mi}] memory {} ({} free); 4-bit path: {}",
+                    d.ordinal,
+                    d.name,
+                    bytes(d.total_bytes as f64),
+                    bytes(d.free_bytes as f64),
+                    d.fp4_path
+                );
+            }
+        }
+    }
     Ok(())
 }
 
@@ -565,7 +606,13 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
             0
         },
     };
-    let r = nemotron_rt::bench::run(&model, &opts)?;
+    let mut r = nemotron_rt::bench::run(&model, &opts)?;
+    if a.model.backend == BackendKind::Cuda {
+        // The roofline on a GPU is its own memory bandwidth, probed the way decode reads.
+        let gb_s = nemotron_rt::backend::cuda::measure_bandwidth(a.model.device)?;
+        r.machine_gb_s = Some(gb_s);
+        r.roofline_fraction = Some(r.achieved_gb_s / gb_s);
+    }
     if a.json {
         #[derive(Serialize)]
         struct Out<'a> {

@@ -39,6 +39,10 @@ fn backends() -> Vec<Arc<dyn Backend>> {
         Ok(b) => v.push(b),
         Err(e) => eprintln!("golden: wgpu skipped: {e}"),
     }
+    match backend::cuda::CudaBackend::exact(0) {
+        Ok(b) => v.push(Arc::new(b)),
+        Err(e) => eprintln!("golden: cuda skipped: {e}"),
+    }
     v
 }
 

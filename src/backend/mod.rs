@@ -6,13 +6,15 @@
 //! Every op has the same name in `src/backend/cpu/`, `shaders/<op>.wgsl` and `cuda/<op>.cu`.
 
 pub mod cpu;
+pub mod cuda;
 pub mod wgpu;
 
 use std::any::Any;
 use std::sync::Arc;
 
+use crate::checkpoint::DType;
 use crate::error::Result;
-use crate::weights::StoredLinear;
+use crate::weights::{LinearData, StoredLinear};
 
 /// Element type of an activation tensor. Routing ids are the only integer activations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,6 +201,13 @@ pub trait Backend: Send + Sync {
     /// SSM state `[heads, head_dim, state]`, zeroed, always f32.
     fn new_ssm_state(&self, dims: SsmDims) -> Result<Tensor>;
     fn new_kv_cache(&self, dims: AttnDims) -> Result<Tensor>;
+    /// A KV cache the checkpoint asks to keep in FP8 with these per-tensor scales. A backend
+    /// may honour it (CUDA does when told to) or keep the exact f32 cache, as the reference's
+    /// fake quantization computes; that is the default.
+    fn new_kv_cache_fp8(&self, dims: AttnDims, k_scale: f32, v_scale: f32) -> Result<Tensor> {
+        let _ = (k_scale, v_scale);
+        self.new_kv_cache(dims)
+    }
     /// Number of positions held by a KV cache.
     fn kv_len(&self, cache: &Tensor) -> Result<usize>;
     /// Drops cached positions from `len` on (rejecting drafts, restoring snapshots).
@@ -293,6 +302,40 @@ pub trait Backend: Send + Sync {
     }
 }
 
+/// Stored-format codes as the GPU kernels number them (`FORMAT` in shaders/decode.wgsl,
+/// `FMT_*` in cuda/common.cuh).
+pub(crate) const FMT_F32: u32 = 0;
+pub(crate) const FMT_BF16: u32 = 1;
+pub(crate) const FMT_F16: u32 = 2;
+pub(crate) const FMT_FP8: u32 = 3;
+pub(crate) const FMT_NVFP4: u32 = 4;
+
+/// A stored weight as GPU kernels read it: format code, tensor scale (FP8 / NVFP4; 1 for dense
+/// formats), data bytes and NVFP4 block-scale bytes (empty for the other formats).
+pub(crate) fn gpu_parts(w: &StoredLinear) -> (u32, f32, &[u8], &[u8]) {
+    match &w.data {
+        LinearData::Dense { dtype, data } => {
+            let f = match dtype {
+                DType::BF16 => FMT_BF16,
+                DType::F16 => FMT_F16,
+                _ => FMT_F32,
+            };
+            (f, 1.0, data.bytes(), &[])
+        }
+        LinearData::Fp8 { data, scale } => (FMT_FP8, *scale, data.bytes(), &[]),
+        LinearData::Nvfp4 {
+            packed,
+            block_scales,
+            tensor_scale,
+        } => (
+            FMT_NVFP4,
+            *tensor_scale,
+            packed.bytes(),
+            block_scales.bytes(),
+        ),
+    }
+}
+
 /// `(F, L)` of a layer's experts, checking every `up` is `[F, L]` and every `down` `[L, F]`.
 pub(crate) fn expert_shapes(
     name: &str,
@@ -336,6 +379,7 @@ pub struct Candidates {
 pub enum BackendKind {
     Cpu,
     Wgpu,
+    Cuda,
 }
 
 /// How to build a backend.
@@ -348,6 +392,13 @@ pub struct BackendOptions {
     /// CPU: NVFP4 decode GEMVs against int8-quantized activations (opt-in; faster, not
     /// bit-faithful to the reference).
     pub cpu_q8_activations: bool,
+    /// CUDA: the device ordinal.
+    pub device: usize,
+    /// CUDA: the W4A4 FP4 tensor-core path (`None` = where the GPU has it; see
+    /// [`cuda::CudaOptions::fp4_mma`]).
+    pub cuda_fp4: Option<bool>,
+    /// CUDA: keep the KV cache in FP8 where the checkpoint asks for it.
+    pub cuda_fp8_kv: bool,
 }
 
 /// Builds a backend by kind; `threads = 0` means one per core.
@@ -368,5 +419,10 @@ pub fn create_with(kind: BackendKind, opts: &BackendOptions) -> Result<Arc<dyn B
             opts.cpu_q8_activations,
         )?)),
         BackendKind::Wgpu => Ok(Arc::new(wgpu::WgpuBackend::new(opts.adapter.as_deref())?)),
+        BackendKind::Cuda => cuda::create(cuda::CudaOptions {
+            device: opts.device,
+            fp4_mma: opts.cuda_fp4,
+            fp8_kv_cache: opts.cuda_fp8_kv,
+        }),
     }
 }

@@ -42,7 +42,10 @@ impl Attention {
     }
 
     pub fn new_cache(&self, be: &dyn Backend) -> Result<Tensor> {
-        be.new_kv_cache(self.dims)
+        match (self.k_scale, self.v_scale) {
+            (Some(k), Some(v)) => be.new_kv_cache_fp8(self.dims, k, v),
+            _ => be.new_kv_cache(self.dims),
+        }
     }
 
     pub fn forward(&self, be: &dyn Backend, x: &Tensor, cache: &mut Tensor) -> Result<Tensor> {

@@ -36,6 +36,11 @@ pub fn others() -> Vec<Arc<dyn Backend>> {
             if has_subgroups && let Ok(b) = WgpuBackend::with_options(&plain) {
                 v.push(Arc::new(b));
             }
+            // The exact path: the FP4 tensor-core one is W4A4 and compared separately.
+            match backend::cuda::CudaBackend::exact(0) {
+                Ok(b) => v.push(Arc::new(b) as Arc<dyn Backend>),
+                Err(e) => eprintln!("conformance: cuda skipped: {e}"),
+            }
             v
         })
         .clone()

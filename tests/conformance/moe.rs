@@ -246,6 +246,10 @@ fn moe_experts_match_cpu_in_every_format() {
                 (5, 33, 16, 5, 7),
                 (5, 33, 16, 2, 1),
                 (9, 96, 80, 3, 3),
+                // Prefill sizes: backends may group slots by expert (CUDA does past 8
+                // tokens); 70 tokens give every expert more than one tile of 64 slots.
+                (16, 48, 32, 4, 40),
+                (5, 33, 16, 5, 70),
             ] {
                 let f = if matches!(fmt, Fmt::Nvfp4) {
                     f.next_multiple_of(16)

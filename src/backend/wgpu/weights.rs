@@ -4,18 +4,13 @@
 //! fits in device memory loads. The bytes are uploaded as stored: packed E2M1 nibbles, E4M3
 //! scales, BF16 halves; shaders decode them.
 
-use crate::checkpoint::DType;
 use crate::error::Result;
-use crate::weights::{LinearData, StoredLinear};
+use crate::weights::StoredLinear;
 
 use super::gpu::Gpu;
 
-/// Shader-side format codes (`FORMAT` in `shaders/linear.wgsl` and friends).
-pub(crate) const FMT_F32: u32 = 0;
-pub(crate) const FMT_BF16: u32 = 1;
-pub(crate) const FMT_F16: u32 = 2;
-pub(crate) const FMT_FP8: u32 = 3;
-pub(crate) const FMT_NVFP4: u32 = 4;
+use crate::backend::gpu_parts as parts;
+use crate::backend::{FMT_BF16, FMT_F16, FMT_F32, FMT_FP8};
 
 /// Rows `row0 .. row0 + rows` of a weight.
 pub(crate) struct LinearChunk {
@@ -45,31 +40,6 @@ fn row_bytes(format: u32, cols: usize) -> (usize, usize) {
         FMT_BF16 | FMT_F16 => (cols * 2, 0),
         FMT_FP8 => (cols, 0),
         _ => (cols / 2, cols / 16),
-    }
-}
-
-/// Format code, tensor scale, data bytes and block-scale bytes of a stored weight.
-fn parts(w: &StoredLinear) -> (u32, f32, &[u8], &[u8]) {
-    match &w.data {
-        LinearData::Dense { dtype, data } => {
-            let f = match dtype {
-                DType::BF16 => FMT_BF16,
-                DType::F16 => FMT_F16,
-                _ => FMT_F32,
-            };
-            (f, 1.0, data.bytes(), &[])
-        }
-        LinearData::Fp8 { data, scale } => (FMT_FP8, *scale, data.bytes(), &[]),
-        LinearData::Nvfp4 {
-            packed,
-            block_scales,
-            tensor_scale,
-        } => (
-            FMT_NVFP4,
-            *tensor_scale,
-            packed.bytes(),
-            block_scales.bytes(),
-        ),
     }
 }
 

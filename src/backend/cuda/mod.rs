@@ -1,0 +1,511 @@
+//! The CUDA backend: every op a kernel in `cuda/<op>.cu`, compiled at run time with NVRTC (once
+//! per device) and launched through cudarc on one stream. Weights stay on the device as stored
+//! (NVFP4, FP8, BF16, F16, F32) and are decoded in registers; activations, accumulation, the SSM
+//! state and the KV cache are f32, so the exact path computes what the CPU reference computes.
+//! On sm_120-class Blackwell, NVFP4 linears can instead take the W4A4 FP4 tensor-core path
+//! (`cuda/linear_nvfp4_mma.cu`), which is not bit-faithful and off when asked for exactness.
+//!
+//! CUDA is loaded at run time (cudarc's `dynamic-loading`): without libcuda the backend reports
+//! "no driver found" as an ordinary error, and nothing here panics.
+
+mod device;
+pub mod kernels;
+mod ops;
+mod weights;
+
+use std::sync::Arc;
+
+use self::device::{Buf, Device};
+pub use self::device::{DeviceSummary, devices, driver_present, fp4_path_for};
+use self::weights::{CudaExperts, CudaLinear, ExpertStack};
+use crate::backend::{
+    AttnDims, Backend, BackendInfo, ElemType, ExpertWeights, RouterParams, Routing, SsmDims,
+    Tensor, Weight,
+};
+use crate::error::Result;
+use crate::weights::StoredLinear;
+
+/// An activation or state buffer (f32, or u32 routing ids); element count from the shape.
+pub(crate) struct CudaTensor {
+    pub buf: Buf,
+}
+
+/// A growable KV cache: `[cap, width]` buffers of which `len` rows are filled; f32, or E4M3
+/// bytes with per-tensor `(k_scale, v_scale)` when `fp8` is set.
+pub(crate) struct CudaKv {
+    pub k: Buf,
+    pub v: Buf,
+    pub len: usize,
+    pub cap: usize,
+    pub width: usize,
+    pub fp8: Option<(f32, f32)>,
+}
+
+impl CudaKv {
+    pub(crate) fn elem_bytes(&self) -> usize {
+        if self.fp8.is_some() { 1 } else { 4 }
+    }
+}
+
+pub(crate) enum CudaWeight {
+    Linear(CudaLinear),
+    Vector { buf: Buf, len: usize },
+}
+
+/// How to open the CUDA backend.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CudaOptions {
+    /// Device ordinal, as `nemotron-rt devices` lists them.
+    pub device: usize,
+    /// The W4A4 FP4 tensor-core path for NVFP4 linears: `None` = where the device has it
+    /// (sm_120-class Blackwell), `Some(false)` = never (exact everywhere), `Some(true)` =
+    /// required (an error on devices without it).
+    pub fp4_mma: Option<bool>,
+    /// Keep the KV cache in FP8 where the checkpoint asks for it (its `k_scale`/`v_scale`).
+    /// Off by default: the reference keeps the cache in f32, so this changes results.
+    pub fp8_kv_cache: bool,
+}
+
+pub struct CudaBackend {
+    pub(crate) dev: Device,
+    pub(crate) fp4_mma: bool,
+    pub(crate) fp8_kv_cache: bool,
+}
+
+impl CudaBackend {
+    pub fn new(opts: CudaOptions) -> Result<CudaBackend> {
+        let dev = Device::open(opts.device)?;
+        let has = dev.cc.0 == 12;
+        let fp4_mma = match opts.fp4_mma {
+            None => has,
+            Some(false) => false,
+            Some(true) if has => true,
+            Some(true) => {
+                return Err(dev.err(format!(
+                    "the FP4 tensor-core path needs an sm_120-class GPU; this one is sm_{}{}",
+                    dev.cc.0, dev.cc.1
+                )));
+            }
+        };
+        Ok(CudaBackend {
+            dev,
+            fp4_mma,
+            fp8_kv_cache: opts.fp8_kv_cache,
+        })
+    }
+
+    /// The exact path on any device: what the conformance and golden tests compare.
+    pub fn exact(device: usize) -> Result<CudaBackend> {
+        Self::new(CudaOptions {
+            device,
+            fp4_mma: Some(false),
+            fp8_kv_cache: false,
+        })
+    }
+
+    /// `(major, minor)` of the device.
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.dev.cc
+    }
+
+    /// Whether NVFP4 linears take the W4A4 FP4 tensor-core path.
+    pub fn uses_fp4_mma(&self) -> bool {
+        self.fp4_mma
+    }
+
+    pub(crate) fn buf<'a>(&self, t: &'a Tensor) -> Result<&'a Buf> {
+        t.inner::<CudaTensor>()
+            .map(|g| &g.buf)
+            .ok_or_else(|| self.dev.err("expected a tensor made by the CUDA backend"))
+    }
+
+    pub(crate) fn linear_of<'a>(&self, w: &'a Weight) -> Result<&'a CudaLinear> {
+        match w.inner::<CudaWeight>() {
+            Some(CudaWeight::Linear(l)) => Ok(l),
+            _ => Err(self
+                .dev
+                .err(format!("`{}` is not a CUDA matrix weight", w.name))),
+        }
+    }
+
+    pub(crate) fn vector_of<'a>(&self, w: &'a Weight) -> Result<(&'a Buf, usize)> {
+        match w.inner::<CudaWeight>() {
+            Some(CudaWeight::Vector { buf, len }) => Ok((buf, *len)),
+            _ => Err(self
+                .dev
+                .err(format!("`{}` is not a CUDA vector weight", w.name))),
+        }
+    }
+
+    /// A new f32 tensor of `shape`, contents unspecified (every op overwrites its output).
+    pub(crate) fn output(&self, shape: Vec<usize>, what: &str) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let buf = self.dev.alloc(n * 4, what)?;
+        Ok(Tensor::new(
+            shape,
+            ElemType::F32,
+            Box::new(CudaTensor { buf }),
+        ))
+    }
+
+    pub(crate) fn output_u32(&self, shape: Vec<usize>, what: &str) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let buf = self.dev.alloc(n * 4, what)?;
+        Ok(Tensor::new(
+            shape,
+            ElemType::U32,
+            Box::new(CudaTensor { buf }),
+        ))
+    }
+
+    fn kv_cache(&self, dims: AttnDims, fp8: Option<(f32, f32)>) -> Result<Tensor> {
+        let width = dims.kv_heads * dims.head_dim;
+        let c = CudaKv {
+            k: self.dev.alloc(4, "kv cache")?,
+            v: self.dev.alloc(4, "kv cache")?,
+            len: 0,
+            cap: 0,
+            width,
+            fp8,
+        };
+        Ok(Tensor::new(vec![0, width], ElemType::F32, Box::new(c)))
+    }
+
+    pub(crate) fn check_cols(&self, x: &Tensor, cols: usize, what: &str) -> Result<()> {
+        if x.cols() != cols {
+            return Err(self.dev.err(format!(
+                "{what}: input has {} columns, expected {cols}",
+                x.cols()
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Backend for CudaBackend {
+    fn info(&self) -> BackendInfo {
+        let (ma, mi) = self.dev.cc;
+        BackendInfo {
+            name: "cuda".into(),
+            device: format!(
+                "{} (device {}, sm_{ma}{mi}, {})",
+                self.dev.name,
+                self.dev.ordinal,
+                if self.fp4_mma {
+                    "FP4 tensor cores"
+                } else {
+                    "exact weight-only 4-bit"
+                }
+            ),
+            threads: 0,
+        }
+    }
+
+    fn upload(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        if n != data.len() {
+            return Err(self
+                .dev
+                .err(format!("upload: {} values for shape {shape:?}", data.len())));
+        }
+        let buf = self.dev.upload_f32(data, "activation")?;
+        Ok(Tensor::new(
+            shape.to_vec(),
+            ElemType::F32,
+            Box::new(CudaTensor { buf }),
+        ))
+    }
+
+    fn download(&self, t: &Tensor) -> Result<Vec<f32>> {
+        if t.elem() != ElemType::F32 {
+            return Err(self.dev.err("download: not an f32 tensor"));
+        }
+        let bytes = self.dev.read(self.buf(t)?, t.numel() * 4)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    fn download_u32(&self, t: &Tensor) -> Result<Vec<u32>> {
+        if t.elem() != ElemType::U32 {
+            return Err(self.dev.err("download_u32: not a u32 tensor"));
+        }
+        let bytes = self.dev.read(self.buf(t)?, t.numel() * 4)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    fn copy(&self, t: &Tensor) -> Result<Tensor> {
+        if let Some(kv) = t.inner::<CudaKv>() {
+            let bytes = kv.cap * kv.width * kv.elem_bytes();
+            let mut k = self.dev.alloc(bytes, "kv cache")?;
+            let mut v = self.dev.alloc(bytes, "kv cache")?;
+            let used = kv.len * kv.width * kv.elem_bytes();
+            self.dev.copy(&kv.k, 0, &mut k, 0, used)?;
+            self.dev.copy(&kv.v, 0, &mut v, 0, used)?;
+            let c = CudaKv {
+                k,
+                v,
+                len: kv.len,
+                cap: kv.cap,
+                width: kv.width,
+                fp8: kv.fp8,
+            };
+            return Ok(Tensor::new(t.shape().to_vec(), t.elem(), Box::new(c)));
+        }
+        let src = self.buf(t)?;
+        let mut buf = self.dev.alloc(src.bytes, "copy")?;
+        self.dev.copy(src, 0, &mut buf, 0, src.bytes)?;
+        Ok(Tensor::new(
+            t.shape().to_vec(),
+            t.elem(),
+            Box::new(CudaTensor { buf }),
+        ))
+    }
+
+    fn load_linear(&self, w: &StoredLinear) -> Result<Weight> {
+        let l = CudaLinear::upload(&self.dev, w)?;
+        Ok(Weight::new(
+            &w.name,
+            w.rows,
+            w.cols,
+            w.format_name(),
+            Box::new(CudaWeight::Linear(l)),
+        ))
+    }
+
+    fn load_vector(&self, name: &str, v: &[f32]) -> Result<Weight> {
+        let buf = self.dev.upload_f32(v, name)?;
+        Ok(Weight::new(
+            name,
+            1,
+            v.len(),
+            "F32",
+            Box::new(CudaWeight::Vector { buf, len: v.len() }),
+        ))
+    }
+
+    fn load_experts(
+        &self,
+        name: &str,
+        up: &[StoredLinear],
+        down: &[StoredLinear],
+    ) -> Result<ExpertWeights> {
+        let (hidden, latent) = super::expert_shapes(name, up, down).map_err(|m| self.dev.err(m))?;
+        let ex = CudaExperts {
+            up: ExpertStack::upload(&self.dev, &format!("{name}.up_proj"), up)?,
+            down: ExpertStack::upload(&self.dev, &format!("{name}.down_proj"), down)?,
+        };
+        Ok(ExpertWeights::new(
+            name,
+            up.len(),
+            hidden,
+            latent,
+            Box::new(ex),
+        ))
+    }
+
+    fn new_conv_state(&self, channels: usize, kernel: usize) -> Result<Tensor> {
+        let hist = kernel.saturating_sub(1);
+        let buf = self.dev.zeros(hist * channels * 4, "conv state")?;
+        Ok(Tensor::new(
+            vec![hist, channels],
+            ElemType::F32,
+            Box::new(CudaTensor { buf }),
+        ))
+    }
+
+    fn new_ssm_state(&self, dims: SsmDims) -> Result<Tensor> {
+        let n = dims.heads * dims.head_dim * dims.state;
+        let buf = self.dev.zeros(n * 4, "ssm state")?;
+        Ok(Tensor::new(
+            vec![dims.heads, dims.head_dim, dims.state],
+            ElemType::F32,
+            Box::new(CudaTensor { buf }),
+        ))
+    }
+
+    fn new_kv_cache(&self, dims: AttnDims) -> Result<Tensor> {
+        self.kv_cache(dims, None)
+    }
+
+    fn new_kv_cache_fp8(&self, dims: AttnDims, k_scale: f32, v_scale: f32) -> Result<Tensor> {
+        let usable = k_scale.is_finite() && k_scale > 0.0 && v_scale.is_finite() && v_scale > 0.0;
+        if !self.fp8_kv_cache || !usable {
+            return self.kv_cache(dims, None);
+        }
+        self.kv_cache(dims, Some((k_scale, v_scale)))
+    }
+
+    fn kv_len(&self, cache: &Tensor) -> Result<usize> {
+        cache
+            .inner::<CudaKv>()
+            .map(|c| c.len)
+            .ok_or_else(|| self.dev.err("not a CUDA KV cache"))
+    }
+
+    fn kv_truncate(&self, cache: &mut Tensor, len: usize) -> Result<()> {
+        let c = cache
+            .inner_mut::<CudaKv>()
+            .ok_or_else(|| self.dev.err("not a CUDA KV cache"))?;
+        c.len = c.len.min(len);
+        let (len, width) = (c.len, c.width);
+        cache.set_shape(vec![len, width]);
+        Ok(())
+    }
+
+    fn embed(&self, table: &Weight, ids: &[u32]) -> Result<Tensor> {
+        self.op_embed(table, ids)
+    }
+
+    fn rms_norm(&self, x: &Tensor, w: &Weight, eps: f32) -> Result<Tensor> {
+        self.op_rms_norm(x, w, eps)
+    }
+
+    fn add_rms_norm(
+        &self,
+        residual: &mut Tensor,
+        delta: &Tensor,
+        w: &Weight,
+        eps: f32,
+    ) -> Result<Tensor> {
+        self.op_add_rms_norm(residual, delta, w, eps)
+    }
+
+    fn linear(&self, x: &Tensor, w: &Weight) -> Result<Tensor> {
+        self.op_linear(x, w)
+    }
+
+    fn relu2(&self, x: &Tensor) -> Result<Tensor> {
+        self.op_relu2(x)
+    }
+
+    fn add(&self, a: &mut Tensor, b: &Tensor) -> Result<()> {
+        self.op_add(a, b)
+    }
+
+    fn split_columns(&self, x: &Tensor, widths: &[usize]) -> Result<Vec<Tensor>> {
+        self.op_split_columns(x, widths)
+    }
+
+    fn last_row(&self, x: &Tensor) -> Result<Tensor> {
+        self.op_last_row(x)
+    }
+
+    fn conv1d_silu(
+        &self,
+        x: &Tensor,
+        w: &Weight,
+        b: Option<&Weight>,
+        state: &mut Tensor,
+    ) -> Result<Tensor> {
+        self.op_conv1d_silu(x, w, b, state)
+    }
+
+    fn ssm_scan(
+        &self,
+        xbc: &Tensor,
+        dt: &Tensor,
+        a_log: &Weight,
+        d: &Weight,
+        dt_bias: &Weight,
+        state: &mut Tensor,
+        dims: SsmDims,
+        dt_min: Option<f32>,
+    ) -> Result<Tensor> {
+        self.op_ssm_scan(xbc, dt, a_log, d, dt_bias, state, dims, dt_min)
+    }
+
+    fn gated_group_rms_norm(
+        &self,
+        y: &Tensor,
+        z: &Tensor,
+        w: &Weight,
+        groups: usize,
+        eps: f32,
+    ) -> Result<Tensor> {
+        self.op_gated_group_rms_norm(y, z, w, groups, eps)
+    }
+
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        cache: &mut Tensor,
+        dims: AttnDims,
+    ) -> Result<Tensor> {
+        self.op_attention(q, k, v, cache, dims)
+    }
+
+    fn router(&self, logits: &Tensor, bias: &Weight, p: &RouterParams) -> Result<Routing> {
+        self.op_router(logits, bias, p)
+    }
+
+    fn moe_experts(
+        &self,
+        x: &Tensor,
+        experts: &ExpertWeights,
+        routing: &Routing,
+    ) -> Result<Tensor> {
+        self.op_moe_experts(x, experts, routing)
+    }
+
+    fn argmax(&self, logits: &Tensor) -> Result<Vec<u32>> {
+        self.op_argmax(logits)
+    }
+}
+
+/// Device-memory read bandwidth of CUDA device `device` in GB/s (best of five passes over 1 GiB,
+/// 16-byte loads as the decode kernels issue them): the bench's roofline.
+pub fn measure_bandwidth(device: usize) -> Result<f64> {
+    use cudarc::driver::sys::CUevent_flags;
+    let dev = Device::open(device)?;
+    let bytes = 1usize << 30;
+    let data = dev.zeros(bytes, "bandwidth probe")?;
+    let sink = dev.zeros(4, "bandwidth probe")?;
+    let sms = dev
+        .ctx
+        .attribute(
+            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+        )
+        .map_err(|e| dev.driver("reading the SM count", e))?;
+    let event = || {
+        dev.ctx
+            .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(|e| dev.driver("creating an event", e))
+    };
+    let (start, end) = (event()?, event()?);
+    let mut best = 0.0f64;
+    for pass in 0..6 {
+        start
+            .record(&dev.stream)
+            .map_err(|e| dev.driver("recording an event", e))?;
+        dev.launch(
+            &kernels::BANDWIDTH,
+            "read_bandwidth",
+            (sms.max(1) as u32 * 8, 1, 1),
+            256,
+            0,
+            &[
+                (&data).into(),
+                device::Arg::U64((bytes / 16) as u64),
+                (&sink).into(),
+            ],
+        )?;
+        end.record(&dev.stream)
+            .map_err(|e| dev.driver("recording an event", e))?;
+        end.synchronize()
+            .map_err(|e| dev.driver("waiting for the probe", e))?;
+        let ms = start
+            .elapsed_ms(&end)
+            .map_err(|e| dev.driver("timing the probe", e))? as f64;
+        // The first pass also compiles and loads the kernel's module.
+        if pass > 0 && ms > 0.0 {
+            best = best.max(bytes as f64 / (ms * 1e-3) / 1e9);
+        }
+    }
+    Ok(best)
+}
+
+/// Shared handle for tests and the CLI.
+pub fn create(opts: CudaOptions) -> Result<Arc<dyn Backend>> {
+    Ok(Arc::new(CudaBackend::new(opts)?))
+}

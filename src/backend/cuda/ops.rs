@@ -1,0 +1,850 @@
+//! Every op of the trait as launches of the `cuda/<op>.cu` kernels: shape checks here, math
+//! there. Launch shapes are chosen per op; see each kernel file for why.
+
+use super::device::{Arg, blocks};
+use super::kernels as k;
+use super::weights::{CudaExperts, FMT_NVFP4};
+use super::{CudaBackend, CudaKv};
+use crate::backend::{
+    AttnDims, ElemType, ExpertWeights, RouterParams, Routing, SsmDims, Tensor, Weight,
+};
+use crate::error::Result;
+
+/// Batches up to this many tokens take the GEMV kernel (each weight byte read once per four
+/// tokens from DRAM); larger ones the tiled GEMM, which reuses a decoded tile 64 times.
+const GEMV_MAX_TOKENS: usize = 8;
+/// Rows per block of `linear_gemv` and the expert kernels: four warps of four rows
+/// (`GEMV_NR` in cuda/linear.cu, `MOE_NR` in cuda/moe_experts.cu).
+const GEMV_ROWS: usize = 16;
+const GEMV_THREADS: u32 = 128;
+/// Rows of one `moe_down` block (`MOE_NR` in cuda/moe_experts.cu).
+const MOE_NR: usize = 4;
+
+impl CudaBackend {
+    pub(crate) fn op_embed(&self, table: &Weight, ids: &[u32]) -> Result<Tensor> {
+        let t = self.linear_of(table)?;
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= t.rows) {
+            return Err(self.dev.err(format!(
+                "token id {bad} is outside the vocabulary of `{}` ({} rows)",
+                table.name, t.rows
+            )));
+        }
+        let out = self.output(vec![ids.len(), t.cols], "embeddings")?;
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let idb = self
+            .dev
+            .upload_bytes(bytemuck::cast_slice(ids), "token ids")?;
+        self.dev.launch(
+            &k::EMBED,
+            "embed",
+            (ids.len() as u32, blocks(t.cols, 256).min(65535), 1),
+            256,
+            0,
+            &[
+                Arg::I32(t.format),
+                (&t.data).into(),
+                (&t.scales).into(),
+                Arg::F32(t.tensor_scale),
+                (&idb).into(),
+                self.buf(&out)?.into(),
+                Arg::I32(t.cols as i32),
+            ],
+        )?;
+        Ok(out)
+    }
+
+    pub(crate) fn op_rms_norm(&self, x: &Tensor, w: &Weight, eps: f32) -> Result<Tensor> {
+        let (wb, n) = self.vector_of(w)?;
+        self.check_cols(x, n, "rms_norm")?;
+        let out = self.output(vec![x.rows(), n], "rms_norm output")?;
+        if x.rows() > 0 {
+            self.dev.launch(
+                &k::RMS_NORM,
+                "rms_norm",
+                (x.rows() as u32, 1, 1),
+                256,
+                0,
+                &[
+                    self.buf(x)?.into(),
+                    wb.into(),
+                    self.buf(&out)?.into(),
+                    Arg::I32(n as i32),
+                    Arg::F32(eps),
+                ],
+            )?;
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn op_add_rms_norm(
+        &self,
+        residual: &mut Tensor,
+        delta: &Tensor,
+        w: &Weight,
+        eps: f32,
+    ) -> Result<Tensor> {
+        let (wb, n) = self.vector_of(w)?;
+        if residual.shape() != delta.shape() {
+            return Err(self.dev.err(format!(
+                "add_rms_norm: shapes {:?} and {:?} differ",
+                residual.shape(),
+                delta.shape()
+            )));
+        }
+        self.check_cols(residual, n, "add_rms_norm")?;
+        let rows = residual.rows();
+        let out = self.output(vec![rows, n], "add_rms_norm output")?;
+        if rows > 0 {
+            self.dev.launch(
+                &k::ADD_RMS_NORM,
+                "add_rms_norm",
+                (rows as u32, 1, 1),
+                256,
+                0,
+                &[
+                    self.buf(residual)?.into(),
+                    self.buf(delta)?.into(),
+                    wb.into(),
+                    self.buf(&out)?.into(),
+                    Arg::I32(n as i32),
+                    Arg::F32(eps),
+                ],
+            )?;
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn op_linear(&self, x: &Tensor, w: &Weight) -> Result<Tensor> {
+        let l = self.linear_of(w)?;
+        self.check_cols(x, l.cols, &w.name)?;
+        let tokens = x.rows();
+        let y = self.output(vec![tokens, l.rows], "linear output")?;
+        if tokens == 0 || l.rows == 0 {
+            return Ok(y);
+        }
+        let (bias, has_bias) = match &l.bias {
+            Some(b) => (Arg::Ptr(b.ptr), 1),
+            None => (Arg::Ptr(l.data.ptr), 0),
+        };
+        if self.fp4_mma
+            && l.format == FMT_NVFP4
+            && l.cols.is_multiple_of(64)
+            && let Some(input_scale) = l.input_scale
+        {
+            return self.linear_fp4_mma(x, l, input_scale, bias, has_bias, y);
+        }
+        let args = [
+            Arg::I32(l.format),
+            (&l.data).into(),
+            (&l.scales).into(),
+            Arg::F32(l.tensor_scale),
+            bias,
+            Arg::I32(has_bias),
+            self.buf(x)?.into(),
+            self.buf(&y)?.into(),
+            Arg::I32(l.rows as i32),
+            Arg::I32(l.cols as i32),
+            Arg::I32(tokens as i32),
+        ];
+        if tokens <= GEMV_MAX_TOKENS {
+            self.dev.launch(
+                &k::LINEAR,
+                "linear_gemv",
+                (blocks(l.rows, GEMV_ROWS), tokens.div_ceil(4) as u32, 1),
+                GEMV_THREADS,
+                0,
+                &args,
+            )?;
+        } else {
+            self.dev.launch(
+                &k::LINEAR,
+                "linear_gemm",
+                (l.rows.div_ceil(64) as u32, tokens.div_ceil(64) as u32, 1),
+                256,
+                0,
+                &args,
+            )?;
+        }
+        Ok(y)
+    }
+
+    /// W4A4 on sm_120 Blackwell: quantize the activations to NVFP4 with the checkpoint's input
+    /// scale, then the block-scaled FP4 MMA.
+    fn linear_fp4_mma(
+        &self,
+        x: &Tensor,
+        l: &super::weights::CudaLinear,
+        input_scale: f32,
+        bias: Arg,
+        has_bias: i32,
+        y: Tensor,
+    ) -> Result<Tensor> {
+        let tokens = x.rows();
+        let xq = self.dev.alloc(tokens * l.cols / 2, "NVFP4 activations")?;
+        let xs = self
+            .dev
+            .alloc(tokens * l.cols / 16, "NVFP4 activation scales")?;
+        self.dev.launch(
+            &k::LINEAR_NVFP4_MMA,
+            "quantize_nvfp4",
+            (blocks(tokens * l.cols / 16, 256), 1, 1),
+            256,
+            0,
+            &[
+                self.buf(x)?.into(),
+                (&xq).into(),
+                (&xs).into(),
+                Arg::I32(tokens as i32),
+                Arg::I32(l.cols as i32),
+                Arg::F32(input_scale),
+            ],
+        )?;
+        self.dev.launch(
+            &k::LINEAR_NVFP4_MMA,
+            "linear_nvfp4_mma",
+            (l.rows.div_ceil(64) as u32, tokens.div_ceil(8) as u32, 1),
+            128,
+            0,
+            &[
+                (&l.data).into(),
+                (&l.scales).into(),
+                Arg::F32(l.tensor_scale),
+                (&xq).into(),
+                (&xs).into(),
+                Arg::F32(input_scale),
+                bias,
+                Arg::I32(has_bias),
+                self.buf(&y)?.into(),
+                Arg::I32(l.rows as i32),
+                Arg::I32(l.cols as i32),
+                Arg::I32(tokens as i32),
+            ],
+        )?;
+        Ok(y)
+    }
+
+    pub(crate) fn op_relu2(&self, x: &Tensor) -> Result<Tensor> {
+        let n = x.numel();
+        let y = self.output(x.shape().to_vec(), "relu2 output")?;
+        if n > 0 {
+            self.dev.launch(
+                &k::RELU2,
+                "relu2",
+                (blocks(n, 256), 1, 1),
+                256,
+                0,
+                &[
+                    self.buf(x)?.into(),
+                    self.buf(&y)?.into(),
+                    Arg::U64(n as u64),
+                ],
+            )?;
+        }
+        Ok(y)
+    }
+
+    pub(crate) fn op_add(&self, a: &mut Tensor, b: &Tensor) -> Result<()> {
+        if a.shape() != b.shape() {
+            return Err(self.dev.err(format!(
+                "add: shapes {:?} and {:?} differ",
+                a.shape(),
+                b.shape()
+            )));
+        }
+        let n = a.numel();
+        if n > 0 {
+            self.dev.launch(
+                &k::ADD,
+                "add",
+                (blocks(n, 256), 1, 1),
+                256,
+                0,
+                &[self.buf(a)?.into(), self.buf(b)?.into(), Arg::U64(n as u64)],
+            )?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn op_split_columns(&self, x: &Tensor, widths: &[usize]) -> Result<Vec<Tensor>> {
+        let total: usize = widths.iter().sum();
+        self.check_cols(x, total, "split_columns")?;
+        let rows = x.rows();
+        let mut out = Vec::with_capacity(widths.len());
+        let mut offset = 0;
+        for &w in widths {
+            let part = self.output(vec![rows, w], "split_columns output")?;
+            if rows * w > 0 {
+                self.dev.launch(
+                    &k::SPLIT_COLUMNS,
+                    "split_columns",
+                    (blocks(rows * w, 256), 1, 1),
+                    256,
+                    0,
+                    &[
+                        self.buf(x)?.into(),
+                        self.buf(&part)?.into(),
+                        Arg::I32(rows as i32),
+                        Arg::I32(total as i32),
+                        Arg::I32(offset as i32),
+                        Arg::I32(w as i32),
+                    ],
+                )?;
+            }
+            out.push(part);
+            offset += w;
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn op_last_row(&self, x: &Tensor) -> Result<Tensor> {
+        let (rows, cols) = (x.rows(), x.cols());
+        if rows == 0 {
+            return Err(self.dev.err("last_row of an empty tensor"));
+        }
+        let out = self.output(vec![1, cols], "last_row output")?;
+        if cols > 0 {
+            self.dev.launch(
+                &k::LAST_ROW,
+                "last_row",
+                (blocks(cols, 256), 1, 1),
+                256,
+                0,
+                &[
+                    self.buf(x)?.into(),
+                    self.buf(&out)?.into(),
+                    Arg::I32(rows as i32),
+                    Arg::I32(cols as i32),
+                ],
+            )?;
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn op_conv1d_silu(
+        &self,
+        x: &Tensor,
+        w: &Weight,
+        b: Option<&Weight>,
+        state: &mut Tensor,
+    ) -> Result<Tensor> {
+        let wl = self.linear_of(w)?;
+        let (hist, channels) = (state.rows(), state.cols());
+        let kernel = hist + 1;
+        self.check_cols(x, channels, "conv1d_silu")?;
+        if wl.rows != channels || wl.cols != kernel {
+            return Err(self.dev.err(format!(
+                "conv1d_silu: weight `{}` is [{}, {}], state expects [{channels}, {kernel}]",
+                w.name, wl.rows, wl.cols
+            )));
+        }
+        if kernel > 8 {
+            return Err(self.dev.err(format!(
+                "conv1d_silu: kernel width {kernel} is over the supported 8"
+            )));
+        }
+        let bias = b.map(|b| self.vector_of(b)).transpose()?;
+        if let Some((_, n)) = bias
+            && n != channels
+        {
+            return Err(self.dev.err(format!(
+                "conv1d_silu: bias has {n} values for {channels} channels"
+            )));
+        }
+        let tokens = x.rows();
+        let y = self.output(vec![tokens, channels], "conv1d output")?;
+        if tokens > 0 && channels > 0 {
+            let (bias_arg, has_bias) = match bias {
+                Some((bb, _)) => (bb.into(), 1),
+                None => ((&wl.data).into(), 0),
+            };
+            self.dev.launch(
+                &k::CONV1D_SILU,
+                "conv1d_silu",
+                (blocks(channels, 128), 1, 1),
+                128,
+                0,
+                &[
+                    self.buf(x)?.into(),
+                    Arg::I32(wl.format),
+                    (&wl.data).into(),
+                    (&wl.scales).into(),
+                    Arg::F32(wl.tensor_scale),
+                    bias_arg,
+                    Arg::I32(has_bias),
+                    self.buf(state)?.into(),
+                    self.buf(&y)?.into(),
+                    Arg::I32(tokens as i32),
+                    Arg::I32(channels as i32),
+                    Arg::I32(kernel as i32),
+                ],
+            )?;
+        }
+        Ok(y)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn op_ssm_scan(
+        &self,
+        xbc: &Tensor,
+        dt: &Tensor,
+        a_log: &Weight,
+        d: &Weight,
+        dt_bias: &Weight,
+        state: &mut Tensor,
+        dims: SsmDims,
+        dt_min: Option<f32>,
+    ) -> Result<Tensor> {
+        let inner = dims.heads * dims.head_dim;
+        self.check_cols(xbc, inner + 2 * dims.groups * dims.state, "ssm_scan (xBC)")?;
+        self.check_cols(dt, dims.heads, "ssm_scan (dt)")?;
+        if state.shape() != [dims.heads, dims.head_dim, dims.state] {
+            return Err(self.dev.err(format!(
+                "ssm_scan: state is {:?}, dims say [{}, {}, {}]",
+                state.shape(),
+                dims.heads,
+                dims.head_dim,
+                dims.state
+            )));
+        }
+        if dims.state > 256 || dims.groups == 0 || !dims.heads.is_multiple_of(dims.groups) {
+            return Err(self.dev.err(format!(
+                "ssm_scan: unsupported dims {dims:?} (state <= 256, heads a multiple of groups)"
+            )));
+        }
+        let (a, _) = self.vector_of(a_log)?;
+        let (dv, _) = self.vector_of(d)?;
+        let (db, _) = self.vector_of(dt_bias)?;
+        let tokens = xbc.rows();
+        let y = self.output(vec![tokens, inner], "ssm_scan output")?;
+        if tokens > 0 && inner > 0 {
+            self.dev.launch(
+                &k::SSM_SCAN,
+                "ssm_scan",
+                (blocks(inner, 4), 1, 1),
+                128,
+                0,
+                &[
+                    self.buf(xbc)?.into(),
+                    self.buf(dt)?.into(),
+                    a.into(),
+                    dv.into(),
+                    db.into(),
+                    self.buf(state)?.into(),
+                    self.buf(&y)?.into(),
+                    Arg::I32(tokens as i32),
+                    Arg::I32(dims.heads as i32),
+                    Arg::I32(dims.head_dim as i32),
+                    Arg::I32(dims.groups as i32),
+                    Arg::I32(dims.state as i32),
+                    Arg::I32(dt_min.is_some() as i32),
+                    Arg::F32(dt_min.unwrap_or(0.0)),
+                ],
+            )?;
+        }
+        Ok(y)
+    }
+
+    pub(crate) fn op_gated_group_rms_norm(
+        &self,
+        y: &Tensor,
+        z: &Tensor,
+        w: &Weight,
+        groups: usize,
+        eps: f32,
+    ) -> Result<Tensor> {
+        let (wb, n) = self.vector_of(w)?;
+        self.check_cols(y, n, "gated_group_rms_norm (y)")?;
+        self.check_cols(z, n, "gated_group_rms_norm (z)")?;
+        if groups == 0 || !n.is_multiple_of(groups) {
+            return Err(self.dev.err(format!(
+                "gated_group_rms_norm: {n} columns do not split into {groups} groups"
+            )));
+        }
+        let out = self.output(vec![y.rows(), n], "gated norm output")?;
+        if y.rows() > 0 {
+            self.dev.launch(
+                &k::GATED_GROUP_RMS_NORM,
+                "gated_group_rms_norm",
+                (y.rows() as u32, groups as u32, 1),
+                256,
+                0,
+                &[
+                    self.buf(y)?.into(),
+                    self.buf(z)?.into(),
+                    wb.into(),
+                    self.buf(&out)?.into(),
+                    Arg::I32(n as i32),
+                    Arg::I32(groups as i32),
+                    Arg::F32(eps),
+                ],
+            )?;
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn op_attention(
+        &self,
+        q: &Tensor,
+        kt: &Tensor,
+        v: &Tensor,
+        cache: &mut Tensor,
+        dims: AttnDims,
+    ) -> Result<Tensor> {
+        let AttnDims {
+            heads,
+            kv_heads,
+            head_dim: hd,
+        } = dims;
+        self.check_cols(q, heads * hd, "attention (q)")?;
+        self.check_cols(kt, kv_heads * hd, "attention (k)")?;
+        self.check_cols(v, kv_heads * hd, "attention (v)")?;
+        if hd > 256 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+            return Err(self.dev.err(format!(
+                "attention: unsupported dims {dims:?} (head_dim <= 256, heads a multiple of kv heads)"
+            )));
+        }
+        let tokens = q.rows();
+        let (kb, vb) = (self.buf(kt)?, self.buf(v)?);
+        let c = cache
+            .inner_mut::<CudaKv>()
+            .ok_or_else(|| self.dev.err("attention: not a CUDA KV cache"))?;
+        let start = c.len;
+        let need = start + tokens;
+        let eb = c.elem_bytes();
+        if need > c.cap {
+            // Doubling keeps appends amortised O(1) without knowing the context length ahead.
+            let cap = need.max(c.cap * 2).max(16);
+            let bytes = cap * c.width * eb;
+            let mut k2 = self.dev.alloc(bytes, "kv cache")?;
+            let mut v2 = self.dev.alloc(bytes, "kv cache")?;
+            let used = c.len * c.width * eb;
+            self.dev.copy(&c.k, 0, &mut k2, 0, used)?;
+            self.dev.copy(&c.v, 0, &mut v2, 0, used)?;
+            c.k = k2;
+            c.v = v2;
+            c.cap = cap;
+        }
+        let n = tokens * c.width;
+        match c.fp8 {
+            None => {
+                self.dev.copy(kb, 0, &mut c.k, start * c.width * 4, n * 4)?;
+                self.dev.copy(vb, 0, &mut c.v, start * c.width * 4, n * 4)?;
+            }
+            Some((ks, vs)) if n > 0 => {
+                for (src, dst, s) in [(kb, &c.k, ks), (vb, &c.v, vs)] {
+                    self.dev.launch(
+                        &k::ATTENTION,
+                        "kv_append_fp8",
+                        (blocks(n, 256), 1, 1),
+                        256,
+                        0,
+                        &[
+                            src.into(),
+                            dst.into(),
+                            Arg::U64((start * c.width) as u64),
+                            Arg::U64(n as u64),
+                            Arg::F32(s),
+                        ],
+                    )?;
+                }
+            }
+            Some(_) => {}
+        }
+        c.len = need;
+        let (kc, vc, width, fp8) = (c.k.ptr, c.v.ptr, c.width, c.fp8);
+        cache.set_shape(vec![need, width]);
+        let out = self.output(vec![tokens, heads * hd], "attention output")?;
+        if tokens > 0 && heads > 0 {
+            let mut args = vec![
+                self.buf(q)?.into(),
+                Arg::Ptr(kc),
+                Arg::Ptr(vc),
+                self.buf(&out)?.into(),
+                Arg::I32(tokens as i32),
+                Arg::I32(start as i32),
+                Arg::I32(heads as i32),
+                Arg::I32(kv_heads as i32),
+                Arg::I32(hd as i32),
+                Arg::F32((hd as f32).powf(-0.5)),
+            ];
+            let entry = match fp8 {
+                Some((ks, vs)) => {
+                    args.extend([Arg::F32(ks), Arg::F32(vs)]);
+                    "attention_fp8"
+                }
+                None => "attention",
+            };
+            self.dev.launch(
+                &k::ATTENTION,
+                entry,
+                (tokens as u32, heads as u32, 1),
+                128,
+                0,
+                &args,
+            )?;
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn op_router(
+        &self,
+        logits: &Tensor,
+        bias: &Weight,
+        p: &RouterParams,
+    ) -> Result<Routing> {
+        let (bb, experts) = self.vector_of(bias)?;
+        self.check_cols(logits, experts, "router")?;
+        if p.top_k == 0 || p.top_k > experts {
+            return Err(self.dev.err(format!(
+                "router: top_k {} is outside 1..={experts}",
+                p.top_k
+            )));
+        }
+        if p.n_group > 1 && (p.n_group > 64 || !experts.is_multiple_of(p.n_group)) {
+            return Err(self.dev.err(format!(
+                "router: {experts} experts in {} groups is not supported (at most 64 equal groups)",
+                p.n_group
+            )));
+        }
+        let tokens = logits.rows();
+        let ids = self.output_u32(vec![tokens, p.top_k], "routing ids")?;
+        let weights = self.output(vec![tokens, p.top_k], "routing weights")?;
+        if tokens > 0 {
+            let shared = (experts * 9).next_multiple_of(4) as u32;
+            self.dev.launch(
+                &k::ROUTER,
+                "router",
+                (tokens as u32, 1, 1),
+                256,
+                shared,
+                &[
+                    self.buf(logits)?.into(),
+                    bb.into(),
+                    self.buf(&ids)?.into(),
+                    self.buf(&weights)?.into(),
+                    Arg::I32(experts as i32),
+                    Arg::I32(p.top_k as i32),
+                    Arg::I32(p.n_group as i32),
+                    Arg::I32(p.topk_group as i32),
+                    Arg::I32(p.norm_topk_prob as i32),
+                    Arg::F32(p.scaling),
+                ],
+            )?;
+        }
+        Ok(Routing { ids, weights })
+    }
+
+    pub(crate) fn op_moe_experts(
+        &self,
+        x: &Tensor,
+        experts: &ExpertWeights,
+        routing: &Routing,
+    ) -> Result<Tensor> {
+        let ex = experts.inner::<CudaExperts>().ok_or_else(|| {
+            self.dev
+                .err(format!("`{}` is not a CUDA expert set", experts.name))
+        })?;
+        self.check_cols(x, experts.latent, &experts.name)?;
+        if routing.ids.elem() != ElemType::U32 {
+            return Err(self
+                .dev
+                .err("moe_experts: routing ids are not a u32 tensor"));
+        }
+        let tokens = x.rows();
+        let k = routing.ids.cols();
+        if routing.ids.rows() != tokens || routing.weights.shape() != routing.ids.shape() {
+            return Err(self.dev.err(format!(
+                "moe_experts: routing {:?} / {:?} does not match {tokens} tokens",
+                routing.ids.shape(),
+                routing.weights.shape()
+            )));
+        }
+        let (f, l) = (experts.hidden, experts.latent);
+        let out = self.output(vec![tokens, l], "moe output")?;
+        if tokens == 0 || k == 0 {
+            return Ok(out);
+        }
+        let ids = self.buf(&routing.ids)?;
+        if tokens > GEMV_MAX_TOKENS {
+            return self.moe_experts_grouped(x, ex, experts.experts, routing, (f, l), out);
+        }
+        // Slot activations [T·k, F] stay on the device between the two launches.
+        let h = self.dev.alloc(tokens * k * f * 4, "expert activations")?;
+        self.dev.launch(
+            &k::MOE_EXPERTS,
+            "moe_up",
+            ((tokens * k) as u32, blocks(f, GEMV_ROWS), 1),
+            GEMV_THREADS,
+            0,
+            &[
+                Arg::I32(ex.up.format),
+                (&ex.up.data).into(),
+                (&ex.up.scales).into(),
+                (&ex.up.tensor_scales).into(),
+                ids.into(),
+                self.buf(x)?.into(),
+                (&h).into(),
+                Arg::I32(f as i32),
+                Arg::I32(l as i32),
+                Arg::I32(k as i32),
+            ],
+        )?;
+        // One warp per slot (up to 8): a token's k experts are read in parallel.
+        let down_threads = 32 * k.clamp(1, 8) as u32;
+        self.dev.launch(
+            &k::MOE_EXPERTS,
+            "moe_down",
+            (tokens as u32, blocks(l, MOE_NR), 1),
+            down_threads,
+            (k * MOE_NR * 4) as u32,
+            &[
+                Arg::I32(ex.down.format),
+                (&ex.down.data).into(),
+                (&ex.down.scales).into(),
+                (&ex.down.tensor_scales).into(),
+                ids.into(),
+                self.buf(&routing.weights)?.into(),
+                (&h).into(),
+                self.buf(&out)?.into(),
+                Arg::I32(l as i32),
+                Arg::I32(f as i32),
+                Arg::I32(k as i32),
+            ],
+        )?;
+        Ok(out)
+    }
+
+    /// Prefill: slots grouped by expert on the device, then one tiled GEMM per (expert, 64
+    /// slots) for up and for down, and an ordered sum of the contributions.
+    fn moe_experts_grouped(
+        &self,
+        x: &Tensor,
+        ex: &CudaExperts,
+        n_experts: usize,
+        routing: &Routing,
+        (f, l): (usize, usize),
+        out: Tensor,
+    ) -> Result<Tensor> {
+        let (tokens, k) = (x.rows(), routing.ids.cols());
+        let slots = tokens * k;
+        let ids = self.buf(&routing.ids)?;
+        let counts = self.dev.alloc(n_experts * 4, "expert counts")?;
+        let starts = self.dev.alloc(n_experts * 4, "expert starts")?;
+        let tile_base = self.dev.alloc((n_experts + 1) * 4, "expert tiles")?;
+        let order = self.dev.alloc(slots * 4, "slots by expert")?;
+        let h = self.dev.alloc(slots * f * 4, "expert activations")?;
+        let contrib = self.dev.alloc(slots * l * 4, "expert outputs")?;
+        self.dev.launch(
+            &k::MOE_EXPERTS,
+            "moe_group",
+            (1, 1, 1),
+            1024,
+            0,
+            &[
+                ids.into(),
+                Arg::I32(slots as i32),
+                Arg::I32(n_experts as i32),
+                (&counts).into(),
+                (&starts).into(),
+                (&tile_base).into(),
+                (&order).into(),
+            ],
+        )?;
+        // An upper bound on the tiles (Σ ceil(count/64)); blocks past the last one exit.
+        let max_tiles = (slots / 64 + n_experts) as u32;
+        let group: [Arg; 4] = [
+            (&counts).into(),
+            (&starts).into(),
+            (&tile_base).into(),
+            (&order).into(),
+        ];
+        let mut up_args = vec![
+            Arg::I32(ex.up.format),
+            (&ex.up.data).into(),
+            (&ex.up.scales).into(),
+            (&ex.up.tensor_scales).into(),
+        ];
+        up_args.extend(group);
+        up_args.extend([
+            self.buf(x)?.into(),
+            (&h).into(),
+            Arg::I32(f as i32),
+            Arg::I32(l as i32),
+            Arg::I32(k as i32),
+            Arg::I32(n_experts as i32),
+        ]);
+        self.dev.launch(
+            &k::MOE_EXPERTS,
+            "moe_up_tiles",
+            (max_tiles, f.div_ceil(64) as u32, 1),
+            256,
+            0,
+            &up_args,
+        )?;
+        let mut down_args = vec![
+            Arg::I32(ex.down.format),
+            (&ex.down.data).into(),
+            (&ex.down.scales).into(),
+            (&ex.down.tensor_scales).into(),
+        ];
+        down_args.extend(group);
+        down_args.extend([
+            self.buf(&routing.weights)?.into(),
+            (&h).into(),
+            (&contrib).into(),
+            Arg::I32(l as i32),
+            Arg::I32(f as i32),
+            Arg::I32(n_experts as i32),
+        ]);
+        self.dev.launch(
+            &k::MOE_EXPERTS,
+            "moe_down_tiles",
+            (max_tiles, l.div_ceil(64) as u32, 1),
+            256,
+            0,
+            &down_args,
+        )?;
+        self.dev.launch(
+            &k::MOE_EXPERTS,
+            "moe_combine",
+            (blocks(tokens * l, 256), 1, 1),
+            256,
+            0,
+            &[
+                (&contrib).into(),
+                self.buf(&out)?.into(),
+                Arg::I32(tokens as i32),
+                Arg::I32(l as i32),
+                Arg::I32(k as i32),
+            ],
+        )?;
+        Ok(out)
+    }
+
+    pub(crate) fn op_argmax(&self, logits: &Tensor) -> Result<Vec<u32>> {
+        let (rows, cols) = (logits.rows(), logits.cols());
+        if cols == 0 {
+            return Err(self.dev.err("argmax of empty logits"));
+        }
+        let out = self.output_u32(vec![rows, 1], "argmax")?;
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        self.dev.launch(
+            &k::ARGMAX,
+            "argmax",
+            (rows as u32, 1, 1),
+            1024,
+            0,
+            &[
+                self.buf(logits)?.into(),
+                self.buf(&out)?.into(),
+                Arg::I32(cols as i32),
+            ],
+        )?;
+        let bytes = self.dev.read(self.buf(&out)?, rows * 4)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+}

@@ -1,0 +1,97 @@
+//! Every CUDA kernel (`cuda/<op>.cu`) compiles with NVRTC for Hopper (sm_90) and for Blackwell
+//! (sm_100a, sm_120a; the FP4 tensor-core kernel for sm_120a only), so a broken kernel fails the
+//! tests on machines without a GPU.
+//! Needs only libnvrtc (`pip install nvidia-cuda-nvrtc-cu12`, then point LD_LIBRARY_PATH at
+//! its `nvidia/cuda_nvrtc/lib`, as `.ci/run` does); without it the test says it skipped, unless
+//! `NEMOTRON_REQUIRE_NVRTC` is set (CI), where that is a failure.
+
+use nemotron_rt::backend::cuda::kernels;
+
+const ARCHS: [&str; 3] = ["sm_90", "sm_100a", "sm_120a"];
+
+#[test]
+fn every_kernel_compiles_for_hopper_and_blackwell() {
+    if !kernels::nvrtc_present() {
+        assert!(
+            std::env::var_os("NEMOTRON_REQUIRE_NVRTC").is_none(),
+            "NEMOTRON_REQUIRE_NVRTC is set (as .ci/run does) but libnvrtc cannot be loaded"
+        );
+        eprintln!(
+            "skipped: libnvrtc not found (install nvidia-cuda-nvrtc-cu12 from PyPI and put its \
+             nvidia/cuda_nvrtc/lib on LD_LIBRARY_PATH)"
+        );
+        return;
+    }
+    // A real architecture (sm_*, not compute_*) makes NVRTC run ptxas too, so inline PTX is
+    // checked as well. One thread per architecture: NVRTC takes about a second per file.
+    let results: Vec<(usize, Vec<String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = ARCHS
+            .iter()
+            .map(|&arch| {
+                s.spawn(move || {
+                    let (mut built, mut failures) = (0, Vec::new());
+                    for k in kernels::ALL {
+                        if k.sm120_only && arch != "sm_120a" {
+                            continue;
+                        }
+                        match kernels::compile(k, arch) {
+                            Ok(ptx) if ptx.contains(".entry") => built += 1,
+                            Ok(_) => {
+                                failures.push(format!("cuda/{}.cu: no kernel in the PTX", k.name))
+                            }
+                            Err(e) => failures.push(e),
+                        }
+                    }
+                    (built, failures)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let built: usize = results.iter().map(|r| r.0).sum();
+    let failures: Vec<String> = results.into_iter().flat_map(|r| r.1).collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    // 16 kernel files for each of the three architectures, plus the sm_120a-only FP4 one.
+    assert_eq!(built, 49, "every kernel file must be compiled");
+    eprintln!("compiled {built} kernel/architecture pairs");
+}
+
+/// Without libcuda, asking for the CUDA backend is an ordinary error naming the reason (never a
+/// panic from the dynamic loader); with it, a device either opens or says why not.
+#[test]
+fn cuda_backend_without_a_driver_is_an_error_not_a_panic() {
+    use nemotron_rt::backend::{self, BackendKind, BackendOptions};
+    let r = backend::create_with(BackendKind::Cuda, &BackendOptions::default());
+    if nemotron_rt::backend::cuda::driver_present() {
+        match r {
+            Ok(be) => eprintln!("cuda opened: {}", be.info().device),
+            Err(e) => eprintln!("cuda driver present but no usable device: {e}"),
+        }
+        return;
+    }
+    let e = r.err().expect("no driver, yet the CUDA backend opened");
+    assert!(
+        e.to_string()
+            .contains("no driver found (libcuda not present)"),
+        "unexpected error: {e}"
+    );
+    let listed = nemotron_rt::backend::cuda::devices().unwrap_err();
+    assert!(listed.contains("libcuda not present"), "{listed}");
+}
+
+/// A kernel that does not compile is reported with its file name and NVRTC's log.
+#[test]
+fn a_compile_error_names_the_kernel_and_carries_the_log() {
+    if !kernels::nvrtc_present() {
+        eprintln!("skipped: libnvrtc not found");
+        return;
+    }
+    let broken = kernels::Kernel {
+        name: "broken",
+        source: "extern \"C\" __global__ void f(float* y) { y[0] = no_such_value; }",
+        sm120_only: false,
+    };
+    let e = kernels::compile(&broken, "compute_90").unwrap_err();
+    assert!(e.contains("cuda/broken.cu"), "{e}");
+    assert!(e.contains("no_such_value"), "the log is missing: {e}");
+}
