@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use nemotron_rt::backend::{self, Backend, BackendKind, RouterParams, SsmDims, Tensor, Weight};
+use nemotron_rt::backend::{Backend, RouterParams, SsmDims, Tensor, Weight};
 use nemotron_rt::checkpoint::{ByteView, DType};
 use nemotron_rt::codec::nvfp4;
 use nemotron_rt::weights::{LinearData, StoredLinear};
@@ -110,6 +110,14 @@ fn thread_counts() -> Vec<usize> {
         .unwrap_or_else(|| vec![1, 2])
 }
 
+/// The CPU backend on `t` threads; `KERNELS_Q8=1` measures `--cpu-activations q8`.
+fn cpu(t: usize) -> Arc<dyn Backend> {
+    let q8 = std::env::var("KERNELS_Q8").is_ok_and(|v| v == "1");
+    Arc::new(
+        nemotron_rt::backend::cpu::CpuBackend::with_q8_activations(t, q8).expect("cpu backend"),
+    )
+}
+
 fn gemv(c: &mut Criterion) {
     let threads = thread_counts();
     let simd = std::env::var("NEMOTRON_CPU_SIMD").map_or("auto".to_string(), |v| v);
@@ -141,7 +149,7 @@ fn gemv(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("gemv_{label}_{cols}x{rows}"));
         group.throughput(Throughput::Bytes(bytes as u64));
         for &t in &threads {
-            let be: Arc<dyn Backend> = backend::create(BackendKind::Cpu, t).expect("cpu backend");
+            let be = cpu(t);
             let ws: Vec<Weight> = stored
                 .iter()
                 .map(|s| be.load_linear(s).expect("load"))
@@ -225,7 +233,7 @@ fn moe_layer(c: &mut Criterion) {
     let mut group = c.benchmark_group("moe_layer_one_token");
     group.throughput(Throughput::Bytes(bytes as u64));
     for t in thread_counts() {
-        let be: Arc<dyn Backend> = backend::create(BackendKind::Cpu, t).expect("cpu backend");
+        let be = cpu(t);
         let ex = be.load_experts("experts", &up, &down).expect("experts");
         let [gate, fc1, fc2, sh_up, sh_down] =
             [&gate, &fc1, &fc2, &sh_up, &sh_down].map(|w| be.load_linear(w).expect("load"));
@@ -291,7 +299,7 @@ fn mamba_step(c: &mut Criterion) {
     let mut group = c.benchmark_group("mamba2_decode_step");
     group.throughput(Throughput::Bytes(bytes as u64));
     for t in thread_counts() {
-        let be: Arc<dyn Backend> = backend::create(BackendKind::Cpu, t).expect("cpu backend");
+        let be = cpu(t);
         let [in_w, out_w, conv_w] =
             [&in_proj, &out_proj, &conv].map(|w| be.load_linear(w).expect("load"));
         let vec_of = |name: &str, n: usize, v: f32| be.load_vector(name, &vec![v; n]).expect(name);

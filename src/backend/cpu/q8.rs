@@ -9,38 +9,59 @@
 
 use crate::codec::fp8::e4m3_to_f32;
 
-/// An activation row quantized per 16-element block.
+/// An activation row quantized per 16-element block, laid out the way the packed weights'
+/// nibbles unpack: within each pair of blocks (A, B), `q` holds A's even elements, B's even
+/// elements, A's odd elements, B's odd elements (8 each); a trailing unpaired block keeps its
+/// natural order. [`Q8Row::at`] maps an element to its place.
 #[derive(Default)]
 pub(crate) struct Q8Row {
     pub q: Vec<i8>,
     /// `x ≈ q · scale[c / 16]`.
     pub scale: Vec<f32>,
+    /// `12 · Σ q` per block: the SIMD kernel multiplies `2·e2m1 + 12` (unsigned) and takes
+    /// this back out.
+    pub offset: Vec<f32>,
 }
 
 impl Q8Row {
     /// Quantizes `x` (length a multiple of 16) into `self`, reusing its buffers.
     pub(crate) fn quantize(&mut self, x: &[f32]) {
         debug_assert!(x.len().is_multiple_of(16));
+        let blocks = x.len() / 16;
         self.q.clear();
+        self.q.resize(x.len(), 0);
         self.scale.clear();
-        for block in x.chunks_exact(16) {
+        self.offset.clear();
+        for (b, block) in x.chunks_exact(16).enumerate() {
             let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             if amax == 0.0 || !amax.is_finite() {
                 // Zeros quantize to zeros; a non-finite input poisons the block's sum the way
                 // the exact path would.
                 self.scale
                     .push(if amax == 0.0 { 0.0 } else { amax * f32::NAN });
-                self.q.extend(std::iter::repeat_n(0i8, 16));
+                self.offset.push(0.0);
                 continue;
             }
             let inv = 127.0 / amax;
             self.scale.push(amax / 127.0);
-            self.q.extend(
-                block
-                    .iter()
-                    .map(|v| (v * inv).round().clamp(-127.0, 127.0) as i8),
-            );
+            let mut sum = 0i32;
+            for (e, v) in block.iter().enumerate() {
+                let q = (v * inv).round().clamp(-127.0, 127.0) as i8;
+                sum += q as i32;
+                self.q[Self::at(b, e, blocks)] = q;
+            }
+            self.offset.push(12.0 * sum as f32);
         }
+    }
+
+    /// Where element `e` of block `b` (of `blocks`) lives in `q`.
+    #[inline]
+    pub(crate) fn at(b: usize, e: usize, blocks: usize) -> usize {
+        let pair = 32 * (b / 2);
+        if b + 1 == blocks && blocks % 2 == 1 {
+            return pair + e;
+        }
+        pair + 16 * (e % 2) + 8 * (b % 2) + e / 2
     }
 }
 
@@ -60,21 +81,22 @@ pub(crate) fn dot_nvfp4(packed: &[u8], scales: &[u8], tensor_scale: f32, x: &Q8R
         // checked above.
         return unsafe { avx2::dot_nvfp4(packed, scales, x) } * (0.5 * tensor_scale);
     }
-    scalar_dot(packed, scales, &x.q, &x.scale) * (0.5 * tensor_scale)
+    scalar_dot(packed, scales, x, 0, blocks) * (0.5 * tensor_scale)
 }
 
 /// The reference for the SIMD kernel: the same integer block sums, the same per-block scaling,
-/// accumulated in order.
-fn scalar_dot(packed: &[u8], scales: &[u8], q: &[i8], xs: &[f32]) -> f32 {
+/// accumulated in order, over blocks `b0..` of a row of `blocks`.
+fn scalar_dot(packed: &[u8], scales: &[u8], x: &Q8Row, b0: usize, blocks: usize) -> f32 {
     let mut acc = 0.0f32;
-    for (b, &s) in scales.iter().enumerate() {
+    for b in b0..blocks {
         let mut isum = 0i32;
         for (j, &byte) in packed[b * 8..b * 8 + 8].iter().enumerate() {
             let lo = E2M1_X2[(byte & 0xf) as usize] as i32;
             let hi = E2M1_X2[(byte >> 4) as usize] as i32;
-            isum += lo * q[b * 16 + 2 * j] as i32 + hi * q[b * 16 + 2 * j + 1] as i32;
+            isum += lo * x.q[Q8Row::at(b, 2 * j, blocks)] as i32
+                + hi * x.q[Q8Row::at(b, 2 * j + 1, blocks)] as i32;
         }
-        acc += isum as f32 * (e4m3_to_f32(s) * xs[b]);
+        acc += isum as f32 * (e4m3_to_f32(scales[b]) * x.scale[b]);
     }
     acc
 }
@@ -83,12 +105,15 @@ fn scalar_dot(packed: &[u8], scales: &[u8], q: &[i8], xs: &[f32]) -> f32 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{E2M1_X2, Q8Row};
+    use super::Q8Row;
+    use crate::backend::cpu::simd::avx2::e4m3x8;
 
-    use crate::codec::fp8::e4m3_to_f32;
+    /// `2·e2m1 + 12` per code: unsigned, as `maddubs` wants its first operand.
+    const E2M1_X2_PLUS_12: [u8; 16] = [12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0];
 
-    /// Integer sums of two 16-element blocks (16 packed bytes against 32 activations) as
-    /// eight i32 lanes: lanes 0..4 the first block, 4..8 the second.
+    /// `Σ (2·e2m1 + 12)·q` over two blocks (16 packed bytes against their 32 activations, in
+    /// [`Q8Row`]'s layout) as eight i32 lanes: lanes 0, 1, 4, 5 the first block, 2, 3, 6, 7
+    /// the second.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn pair_sums(p: *const u8, q: *const i8, table: __m256i) -> __m256i {
@@ -98,51 +123,63 @@ mod avx2 {
             let mask = _mm_set1_epi8(0x0f);
             let lo = _mm_and_si128(bytes, mask);
             let hi = _mm_and_si128(_mm_srli_epi16::<4>(bytes), mask);
-            // Byte j holds elements 2j (low nibble) and 2j + 1 (high nibble).
-            let first = _mm_unpacklo_epi8(lo, hi);
-            let second = _mm_unpackhi_epi8(lo, hi);
-            let codes = _mm256_set_m128i(second, first);
-            let w = _mm256_shuffle_epi8(table, codes);
-            let xq = _mm256_loadu_si256(q.cast());
-            // maddubs wants one unsigned operand: |w| against q carrying w's sign.
-            let prod = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xq, w));
+            let w = _mm256_shuffle_epi8(table, _mm256_set_m128i(hi, lo));
+            let prod = _mm256_maddubs_epi16(w, _mm256_loadu_si256(q.cast()));
             _mm256_madd_epi16(prod, _mm256_set1_epi16(1))
         }
     }
+
+    /// Lane pattern selecting pair j's two block factors for [`pair_sums`]' lanes.
+    const PAIR_LANES: [[i32; 8]; 4] = [
+        [0, 0, 1, 1, 0, 0, 1, 1],
+        [2, 2, 3, 3, 2, 2, 3, 3],
+        [4, 4, 5, 5, 4, 4, 5, 5],
+        [6, 6, 7, 7, 6, 6, 7, 7],
+    ];
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_nvfp4(packed: &[u8], scales: &[u8], x: &Q8Row) -> f32 {
         let blocks = scales.len();
         // SAFETY: the table holds 16 bytes.
-        let table =
-            unsafe { _mm256_loadu2_m128i(E2M1_X2.as_ptr().cast(), E2M1_X2.as_ptr().cast()) };
-        let mut acc = _mm256_setzero_ps();
-        let pairs = blocks / 2;
-        for i in 0..pairs {
-            let b = 2 * i;
-            let fa = e4m3_to_f32(scales[b]) * x.scale[b];
-            let fb = e4m3_to_f32(scales[b + 1]) * x.scale[b + 1];
-            // SAFETY: blocks b and b + 1 lie inside `packed` and `x.q` (checked by the caller).
-            let sums =
-                unsafe { pair_sums(packed.as_ptr().add(8 * b), x.q.as_ptr().add(16 * b), table) };
-            let f = _mm256_set_m128(_mm_set1_ps(fb), _mm_set1_ps(fa));
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), f, acc);
+        let table = unsafe {
+            _mm256_loadu2_m128i(
+                E2M1_X2_PLUS_12.as_ptr().cast(),
+                E2M1_X2_PLUS_12.as_ptr().cast(),
+            )
+        };
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut offset = _mm256_setzero_ps();
+        // Eight blocks (128 elements) per step: their eight factors (block scale x activation
+        // scale) in one vector, then four pairs of integer block sums; the +12 of the weights
+        // comes back out as factor x 12·Σq per block.
+        let steps = blocks / 8;
+        for i in 0..steps {
+            let b0 = 8 * i;
+            // SAFETY: blocks b0 .. b0 + 8 lie inside `scales`, `x.scale`, `x.offset`, `packed`
+            // (8 bytes per block) and `x.q` (16 per block), checked by the caller.
+            unsafe {
+                let ws = e4m3x8(_mm_loadl_epi64(scales.as_ptr().add(b0).cast()));
+                let f = _mm256_mul_ps(ws, _mm256_loadu_ps(x.scale.as_ptr().add(b0)));
+                offset = _mm256_fmadd_ps(f, _mm256_loadu_ps(x.offset.as_ptr().add(b0)), offset);
+                for (j, lanes) in PAIR_LANES.iter().enumerate() {
+                    let b = b0 + 2 * j;
+                    let sums =
+                        pair_sums(packed.as_ptr().add(8 * b), x.q.as_ptr().add(16 * b), table);
+                    let fj = _mm256_permutevar8x32_ps(f, _mm256_loadu_si256(lanes.as_ptr().cast()));
+                    acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), fj, acc[j]);
+                }
+            }
         }
+        let total = _mm256_sub_ps(
+            _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])),
+            offset,
+        );
         let mut lanes = [0.0f32; 8];
         // SAFETY: `lanes` holds eight floats.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
-        let mut sum = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), total) };
+        let sum = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
             + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
-        if blocks % 2 == 1 {
-            let b = blocks - 1;
-            sum += super::scalar_dot(
-                &packed[8 * b..],
-                &scales[b..],
-                &x.q[16 * b..16 * blocks],
-                &x.scale[b..blocks],
-            );
-        }
-        sum
+        sum + super::scalar_dot(packed, scales, x, 8 * steps, blocks)
     }
 }
 
@@ -163,7 +200,7 @@ mod tests {
     #[test]
     fn q8_dot_matches_scalar_and_approximates_exact() {
         let mut seed = 7u64;
-        for &cols in &[16usize, 32, 48, 1024, 2688] {
+        for &cols in &[16usize, 32, 48, 160, 176, 1024, 2688] {
             let packed: Vec<u8> = (0..cols / 2).map(|_| lcg(&mut seed) as u8).collect();
             // Finite E4M3 scales (exponent field 4..=8).
             let scales: Vec<u8> = (0..cols / 16)
@@ -176,7 +213,7 @@ mod tests {
             q.quantize(&x);
             let ts = 0.37;
             let fast = dot_nvfp4(&packed, &scales, ts, &q);
-            let slow = scalar_dot(&packed, &scales, &q.q, &q.scale) * 0.5 * ts;
+            let slow = scalar_dot(&packed, &scales, &q, 0, cols / 16) * 0.5 * ts;
             assert!(
                 (fast - slow).abs() <= 1e-5 * slow.abs().max(1.0),
                 "{cols}: {fast} vs {slow}"
@@ -214,3 +251,4 @@ mod tests {
         assert!(dot_nvfp4(&packed, &scales, 1.0, &q).is_nan());
     }
 }
+

@@ -397,7 +397,7 @@ mod scalar {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(crate) mod avx2 {
     //! Every function needs AVX2, FMA and F16C; callers check with [`super::level`].
 
     use std::arch::x86_64::*;
@@ -444,7 +444,7 @@ mod avx2 {
     /// for normals and subnormals alike, and the multiply by 2^120 is exact.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn e4m3x8(b: __m128i) -> __m256 {
+    pub(crate) fn e4m3x8(b: __m128i) -> __m256 {
         let b = _mm256_cvtepu8_epi32(b);
         let mag = _mm256_and_si256(b, _mm256_set1_epi32(0x7f));
         let sign = _mm256_slli_epi32::<24>(_mm256_and_si256(b, _mm256_set1_epi32(0x80)));
