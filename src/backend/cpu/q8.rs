@@ -251,4 +251,3 @@ mod tests {
         assert!(dot_nvfp4(&packed, &scales, 1.0, &q).is_nan());
     }
 }
-
