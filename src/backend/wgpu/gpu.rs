@@ -7,8 +7,6 @@ use std::collections::HashMap;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use wgpu::util::DeviceExt;
-
 use crate::error::{Error, Result};
 
 /// A WGSL source file, one per op (`shaders/<op>.wgsl`).
@@ -44,6 +42,11 @@ pub(crate) struct Gpu {
     pipelines: Mutex<HashMap<PipelineKey, (wgpu::ComputePipeline, wgpu::BindGroupLayout)>>,
     encoder: Mutex<Option<wgpu::CommandEncoder>>,
     recorded: Mutex<usize>,
+    /// Every dispatch's parameters, one `param_stride` slot each, in one uniform buffer bound
+    /// at a dynamic offset: written once per submission instead of a buffer per dispatch.
+    params: Mutex<Vec<u8>>,
+    param_buf: wgpu::Buffer,
+    param_stride: u64,
     errors: Arc<Mutex<Vec<String>>>,
     lost: Arc<Mutex<Option<String>>>,
     pub weight_cap: Option<u64>,
@@ -55,6 +58,9 @@ pub(crate) struct Gpu {
 /// Dispatches recorded before the encoder is submitted even without a read-back, to bound the
 /// memory held by their parameter buffers.
 const SUBMIT_EVERY: usize = 1024;
+
+/// Bytes of the uniform binding each dispatch sees (the largest shader `Params` is 48).
+const PARAM_BYTES: u64 = 64;
 
 impl Gpu {
     pub(crate) fn new(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Gpu {
@@ -70,6 +76,13 @@ impl Gpu {
         });
         let limits = device.limits();
         let features = device.features();
+        let param_stride = PARAM_BYTES.max(limits.min_uniform_buffer_offset_alignment as u64);
+        let param_buf = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("params"),
+            size: param_stride * SUBMIT_EVERY as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
         Gpu {
             device,
             queue,
@@ -80,6 +93,9 @@ impl Gpu {
             pipelines: Mutex::default(),
             encoder: Mutex::default(),
             recorded: Mutex::new(0),
+            params: Mutex::default(),
+            param_buf,
+            param_stride,
             errors,
             lost,
             weight_cap: None,
@@ -248,7 +264,7 @@ impl Gpu {
             visibility: wgpu::ShaderStages::COMPUTE,
             ty: wgpu::BindingType::Buffer {
                 ty: wgpu::BufferBindingType::Uniform,
-                has_dynamic_offset: false,
+                has_dynamic_offset: true,
                 min_binding_size: None,
             },
             count: None,
@@ -316,21 +332,21 @@ impl Gpu {
     ) -> Result<()> {
         let writable: Vec<bool> = buffers.iter().map(|b| b.1).collect();
         let (pipeline, layout) = self.pipeline(shader, entry, constants, &writable)?;
-        let mut words = params.to_vec();
-        // Uniform structs are padded to 16 bytes.
-        while words.is_empty() || !words.len().is_multiple_of(4) {
-            words.push(0);
+        let bytes: &[u8] = bytemuck::cast_slice(params);
+        if bytes.len() as u64 > PARAM_BYTES {
+            return Err(self.err(format!(
+                "{}::{entry}: {} bytes of parameters, at most {PARAM_BYTES}",
+                shader.name,
+                bytes.len()
+            )));
         }
-        let ubuf = self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("params"),
-                contents: bytemuck::cast_slice(&words),
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
-            resource: ubuf.as_entire_binding(),
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &self.param_buf,
+                offset: 0,
+                size: wgpu::BufferSize::new(PARAM_BYTES),
+            }),
         }];
         for (i, (b, _)) in buffers.iter().enumerate() {
             entries.push(wgpu::BindGroupEntry {
@@ -343,7 +359,17 @@ impl Gpu {
             layout: &layout,
             entries: &entries,
         });
+        // The encoder lock is held from reserving the parameter slot until the dispatch is
+        // recorded (and submitted, if it is): another thread's submission in between would
+        // clear the slot before the dispatch that reads it runs.
         let mut enc = self.encoder.lock().unwrap();
+        let offset = {
+            let mut ring = self.params.lock().unwrap();
+            let offset = ring.len();
+            ring.extend_from_slice(bytes);
+            ring.resize(offset + self.param_stride as usize, 0);
+            offset as u32
+        };
         let e = enc.get_or_insert_with(|| {
             self.device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -356,14 +382,14 @@ impl Gpu {
                 timestamp_writes: None,
             });
             pass.set_pipeline(&pipeline);
-            pass.set_bind_group(0, &bind, &[]);
+            pass.set_bind_group(0, &bind, &[offset]);
             pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         }
         if let Some(prof) = &self.profile {
             let cmd = enc.take().expect("encoder exists").finish();
-            drop(enc);
             let start = std::time::Instant::now();
-            self.queue.submit([cmd]);
+            self.submit(cmd);
+            drop(enc);
             self.device
                 .poll(wgpu::PollType::wait_indefinitely())
                 .map_err(|e| self.err(format!("waiting for the device: {e}")))?;
@@ -378,8 +404,8 @@ impl Gpu {
         if *n >= SUBMIT_EVERY {
             *n = 0;
             let cmd = enc.take().expect("encoder exists").finish();
-            drop(enc);
-            self.queue.submit([cmd]);
+            drop(n);
+            self.submit(cmd);
         }
         Ok(())
     }
@@ -406,11 +432,26 @@ impl Gpu {
         e.copy_buffer_to_buffer(src, src_off, dst, dst_off, bytes);
     }
 
+    /// Submits `cmd` after the parameters its dispatches read (queue writes land before the
+    /// next submission's commands and after the previous submission's). Called with the
+    /// encoder lock held, so no dispatch can reserve a slot in between.
+    fn submit(&self, cmd: wgpu::CommandBuffer) {
+        let mut ring = self.params.lock().unwrap();
+        if !ring.is_empty() {
+            self.queue.write_buffer(&self.param_buf, 0, &ring);
+            ring.clear();
+        }
+        drop(ring);
+        self.queue.submit([cmd]);
+    }
+
     /// Submits everything recorded so far.
     pub(crate) fn flush(&self) -> Result<()> {
-        if let Some(enc) = self.encoder.lock().unwrap().take() {
-            self.queue.submit([enc.finish()]);
+        let mut enc = self.encoder.lock().unwrap();
+        if let Some(e) = enc.take() {
+            self.submit(e.finish());
         }
+        drop(enc);
         *self.recorded.lock().unwrap() = 0;
         self.check()
     }
