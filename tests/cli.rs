@@ -418,6 +418,27 @@ fn bad_model_path_is_named_without_a_panic() {
 }
 
 #[test]
+fn q8_activations_on_a_gpu_backend_are_refused() {
+    let model = hf("nemotronh_tiny_grouped_nvfp4");
+    let model = model.to_str().unwrap();
+    let args = ["--model", model, "--prompt-ids", "1", "--max-tokens", "1"];
+    let out = run(&[
+        &["generate", "--backend", "wgpu", "--cpu-activations", "q8"][..],
+        &args,
+    ]
+    .concat());
+    assert!(!out.status.success(), "q8 on wgpu must fail");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--cpu-activations q8"),
+        "names the flag: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "no panic: {stderr}");
+    // On the CPU it runs and generates.
+    ok(&[&["generate", "--cpu-activations", "q8"][..], &args].concat());
+}
+
+#[test]
 fn prompt_longer_than_max_context_is_refused() {
     let model = hf(GROUPED);
     let out = run(&[
