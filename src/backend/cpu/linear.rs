@@ -211,6 +211,34 @@ impl CpuLinear {
         }
     }
 
+    /// One-token outputs of rows `r0 .. r0 + y.len()` of a BF16 weight, two rows per pass
+    /// (they share the input's loads; each value is bit-identical to [`Self::dot_row`]'s).
+    /// `false`, with nothing written, where the weight is not BF16 or the level has no paired
+    /// kernel.
+    fn bf16_pairs(&self, lv: Level, r0: usize, y: &mut [f32], xp: &[f32]) -> bool {
+        let Format::Bf16(s) = &self.format else {
+            return false;
+        };
+        let (w, c) = (s.slice(), self.cols);
+        let row = |r: usize| &w[r * c..(r + 1) * c];
+        let mut i = 0;
+        while i < y.len() {
+            let r = r0 + i;
+            if i + 1 < y.len() {
+                let Some((a, b)) = simd::dot_bf16_pair(lv, row(r), row(r + 1), xp) else {
+                    return false;
+                };
+                y[i] = a + self.bias(r);
+                y[i + 1] = b + self.bias(r + 1);
+                i += 2;
+            } else {
+                y[i] = self.dot_row(lv, r, xp) + self.bias(r);
+                i += 1;
+            }
+        }
+        true
+    }
+
     fn bias(&self, r: usize) -> f32 {
         self.bias.as_ref().map_or(0.0, |b| b[r])
     }
@@ -266,6 +294,9 @@ impl CpuLinear {
             };
             let mut yt = vec![0.0f32; rows * tokens];
             par::chunks_mut(&mut yt, per * tokens, par, |b, chunk| {
+                if tokens == 1 && !self.q8 && self.bf16_pairs(lv, b * per, chunk, &xp) {
+                    return;
+                }
                 for (i, o) in chunk.chunks_exact_mut(tokens).enumerate() {
                     let r = b * per + i;
                     for (t, v) in o.iter_mut().enumerate() {

@@ -206,6 +206,21 @@ pub(crate) fn dot_bf16(level: Level, row: &[u16], xp: &[f32]) -> f32 {
     }
 }
 
+/// [`dot_bf16`] of two rows against the same input, sharing its loads; each result is
+/// bit-identical to [`dot_bf16`]'s. `None` where the level has no paired kernel.
+pub(crate) fn dot_bf16_pair(level: Level, a: &[u16], b: &[u16], xp: &[f32]) -> Option<(f32, f32)> {
+    assert!(
+        a.len() == b.len() && xp.len() >= x_len(level, Kind::Bf16, a.len()),
+        "BF16 row pair: lengths disagree"
+    );
+    match level {
+        Level::Scalar => None,
+        // SAFETY: this level is only chosen when the CPU has AVX2, FMA and F16C.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => Some(unsafe { avx2::dot_bf16_pair(a, b, xp) }),
+    }
+}
+
 /// `Σ_c w[c]·x[c]` for one F16 row.
 pub(crate) fn dot_f16(level: Level, row: &[u16], x: &[f32]) -> f32 {
     let x = &x[..row.len()];
@@ -761,6 +776,85 @@ pub(crate) mod avx2 {
         }
     }
 
+    /// Two rows' [`bf16_chunk`]s against the same 16 inputs, loaded once.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn bf16_chunk_pair(
+        pa: *const u16,
+        pb: *const u16,
+        x: *const f32,
+        acc_a: &mut [__m256],
+        acc_b: &mut [__m256],
+    ) {
+        // SAFETY: the caller guarantees 16 values at `pa` and `pb` and 16 floats at `x`.
+        unsafe {
+            let (x0, x1) = (_mm256_loadu_ps(x), _mm256_loadu_ps(x.add(8)));
+            let (va, vb) = (_mm256_loadu_si256(pa.cast()), _mm256_loadu_si256(pb.cast()));
+            acc_a[0] = _mm256_fmadd_ps(even_words(va), x0, acc_a[0]);
+            acc_a[1] = _mm256_fmadd_ps(odd_words(va), x1, acc_a[1]);
+            acc_b[0] = _mm256_fmadd_ps(even_words(vb), x0, acc_b[0]);
+            acc_b[1] = _mm256_fmadd_ps(odd_words(vb), x1, acc_b[1]);
+        }
+    }
+
+    /// See [`super::dot_bf16_pair`]: [`dot_bf16`]'s loop for two rows at once, each with the
+    /// same accumulators in the same order, so each result equals `dot_bf16`'s bit for bit.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_bf16_pair(a: &[u16], b: &[u16], xp: &[f32]) -> (f32, f32) {
+        let n = a.len();
+        let mut acc_a = [_mm256_setzero_ps(); 4];
+        let mut acc_b = [_mm256_setzero_ps(); 4];
+        let (pa, pb, xq) = (a.as_ptr(), b.as_ptr(), xp.as_ptr());
+        let mut c = 0;
+        // SAFETY: as in `dot_bf16`, for each row.
+        unsafe {
+            while c + 2 * BF16_STEP <= n {
+                _mm_prefetch::<_MM_HINT_T0>(pa.wrapping_add(c + PF_DENSE / 2).cast());
+                _mm_prefetch::<_MM_HINT_T0>(pb.wrapping_add(c + PF_DENSE / 2).cast());
+                let (xa, xb) = (xq.add(c), xq.add(c + 16));
+                bf16_chunk_pair(pa.add(c), pb.add(c), xa, &mut acc_a[..2], &mut acc_b[..2]);
+                bf16_chunk_pair(
+                    pa.add(c + 16),
+                    pb.add(c + 16),
+                    xb,
+                    &mut acc_a[2..],
+                    &mut acc_b[2..],
+                );
+                c += 2 * BF16_STEP;
+            }
+            if c + BF16_STEP <= n {
+                bf16_chunk_pair(
+                    pa.add(c),
+                    pb.add(c),
+                    xq.add(c),
+                    &mut acc_a[..2],
+                    &mut acc_b[..2],
+                );
+                c += BF16_STEP;
+            }
+            if c < n {
+                let (mut ta, mut tb) = ([0u16; BF16_STEP], [0u16; BF16_STEP]);
+                ta[..n - c].copy_from_slice(&a[c..]);
+                tb[..n - c].copy_from_slice(&b[c..]);
+                let x = xq.add(c);
+                bf16_chunk_pair(
+                    ta.as_ptr(),
+                    tb.as_ptr(),
+                    x,
+                    &mut acc_a[2..],
+                    &mut acc_b[2..],
+                );
+            }
+        }
+        let sum = |acc: [__m256; 4]| {
+            hsum(_mm256_add_ps(
+                _mm256_add_ps(acc[0], acc[1]),
+                _mm256_add_ps(acc[2], acc[3]),
+            ))
+        };
+        (sum(acc_a), sum(acc_b))
+    }
+
     /// See [`super::dot_bf16`]: each dword of 16 loaded values holds an even column in its low
     /// word (a shift makes it an f32) and an odd one in its high word (a mask does).
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -1093,6 +1187,32 @@ mod tests {
         {
             assert_eq!(detect(None), Level::Avx2);
         }
+    }
+
+    /// The paired BF16 kernel gives each row exactly what the single-row kernel gives, for
+    /// every length class (whole double steps, a single step, a padded tail).
+    #[test]
+    fn bf16_pair_equals_two_single_rows_bit_for_bit() {
+        let mut rng = Rng(0x0b_f16_0002);
+        for level in simd_levels() {
+            for n in [1usize, 15, 16, 17, 31, 32, 48, 100, 4096] {
+                let row = |rng: &mut Rng| -> Vec<u16> {
+                    (0..n)
+                        .map(|_| half::bf16::from_f32(rng.f32()).to_bits())
+                        .collect()
+                };
+                let (a, b) = (row(&mut rng), row(&mut rng));
+                let x: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
+                let xp = prepared(level, Kind::Bf16, &x);
+                let (pa, pb) = dot_bf16_pair(level, &a, &b, &xp).expect("a paired kernel");
+                let (sa, sb) = (dot_bf16(level, &a, &xp), dot_bf16(level, &b, &xp));
+                assert!(
+                    bits_eq(pa, sa) && bits_eq(pb, sb),
+                    "n={n}: ({pa}, {pb}) vs ({sa}, {sb})"
+                );
+            }
+        }
+        assert_eq!(dot_bf16_pair(Level::Scalar, &[0], &[0], &[0.0; 8]), None);
     }
 
     /// A random NVFP4 row: codes, block scales (every non-NaN E4M3 byte, subnormals and zero
