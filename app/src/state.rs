@@ -452,19 +452,16 @@ impl AppState {
 
     /// Starts generating from the prompt with the current settings.
     pub fn generate(&mut self) {
-        if self.busy.is_some() {
-            self.error("wait for the running job to finish (or stop it) first");
+        if !self.idle() {
             return;
         }
         let Some(loaded) = self.loaded.clone() else {
             self.error("open a model first");
             return;
         };
-        let params = self.settings.params();
-        if let Err(e) = params.sampling.validate() {
-            self.error(e.to_string());
+        let Some(params) = self.valid_params() else {
             return;
-        }
+        };
         let job = self.next_job();
         let cancel = Arc::new(AtomicBool::new(false));
         self.busy = Some(Busy::Generating {
@@ -486,6 +483,25 @@ impl AppState {
         );
     }
 
+    /// Whether no job is running; says so in the app when one is.
+    fn idle(&mut self) -> bool {
+        if self.busy.is_some() {
+            self.error("wait for the running job to finish (or stop it) first");
+            return false;
+        }
+        true
+    }
+
+    /// The generation settings, or `None` after showing why they are invalid.
+    fn valid_params(&mut self) -> Option<GenerateParams> {
+        let params = self.settings.params();
+        if let Err(e) = params.sampling.validate() {
+            self.error(e.to_string());
+            return None;
+        }
+        Some(params)
+    }
+
     /// Asks the running generation or comparison to stop after the current token.
     pub fn stop(&mut self) {
         if let Some(Busy::Generating { cancel } | Busy::Comparing { cancel, .. }) = &self.busy {
@@ -495,8 +511,7 @@ impl AppState {
 
     /// Runs the prompt on every picked device in turn.
     pub fn run_compare(&mut self) {
-        if self.busy.is_some() {
-            self.error("wait for the running job to finish (or stop it) first");
+        if !self.idle() {
             return;
         }
         let Some(dir) = self.loaded.as_ref().map(|l| l.summary.dir.clone()) else {
@@ -514,11 +529,9 @@ impl AppState {
             self.error("pick at least one backend to compare");
             return;
         }
-        let params = self.settings.params();
-        if let Err(e) = params.sampling.validate() {
-            self.error(e.to_string());
+        let Some(params) = self.valid_params() else {
             return;
-        }
+        };
         let job = self.next_job();
         let cancel = Arc::new(AtomicBool::new(false));
         self.busy = Some(Busy::Comparing {
