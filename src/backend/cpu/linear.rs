@@ -101,6 +101,21 @@ impl CpuLinear {
                 tensor_scale: *tensor_scale,
             },
         };
+        match &format {
+            Format::F32(Store::Mapped(v))
+            | Format::Bf16(Store::Mapped(v))
+            | Format::F16(Store::Mapped(v))
+            | Format::Fp8 { data: v, .. } => v.populate(),
+            Format::Nvfp4 {
+                packed,
+                block_scales,
+                ..
+            } => {
+                packed.populate();
+                block_scales.populate();
+            }
+            _ => {}
+        }
         Ok(CpuLinear {
             rows: w.rows,
             cols: w.cols,
@@ -114,6 +129,34 @@ impl CpuLinear {
     pub(crate) fn with_q8_activations(mut self, on: bool) -> CpuLinear {
         self.q8 = on && matches!(self.format, Format::Nvfp4 { .. });
         self
+    }
+
+    /// `W[r] · x` for rows `r0 .. r0 + out.len()` against a quantized activation row, plus
+    /// the bias (NVFP4 weights only).
+    fn q8_rows(&self, r0: usize, x: &Q8Row, out: &mut [f32]) {
+        let c = self.cols;
+        let Format::Nvfp4 {
+            packed,
+            block_scales,
+            tensor_scale,
+        } = &self.format
+        else {
+            unreachable!("q8 is only set on NVFP4 weights")
+        };
+        let r1 = r0 + out.len();
+        q8::dot_nvfp4_rows(
+            &packed.bytes()[r0 * c / 2..r1 * c / 2],
+            &block_scales.bytes()[r0 * c / 16..r1 * c / 16],
+            *tensor_scale,
+            c,
+            x,
+            out,
+        );
+        if self.bias.is_some() {
+            for (i, v) in out.iter_mut().enumerate() {
+                *v += self.bias(r0 + i);
+            }
+        }
     }
 
     /// `W[r] · x` against a quantized activation row (NVFP4 weights only).
@@ -294,7 +337,11 @@ impl CpuLinear {
             };
             let mut yt = vec![0.0f32; rows * tokens];
             par::chunks_mut(&mut yt, per * tokens, par, |b, chunk| {
-                if tokens == 1 && !self.q8 && self.bf16_pairs(lv, b * per, chunk, &xp) {
+                if tokens == 1 && self.q8 {
+                    self.q8_rows(b * per, &q8[0], chunk);
+                    return;
+                }
+                if tokens == 1 && self.bf16_pairs(lv, b * per, chunk, &xp) {
                     return;
                 }
                 for (i, o) in chunk.chunks_exact_mut(tokens).enumerate() {
@@ -342,9 +389,7 @@ impl CpuLinear {
         if self.q8 {
             Q8_SCRATCH.with_borrow_mut(|q| {
                 q.quantize(&x[..self.cols]);
-                for (r, v) in y[..self.rows].iter_mut().enumerate() {
-                    *v = self.q8_dot(r, q) + self.bias(r);
-                }
+                self.q8_rows(0, q, &mut y[..self.rows]);
             });
             return;
         }

@@ -10,8 +10,9 @@
 use crate::codec::fp8::e4m3_to_f32;
 
 /// An activation row quantized per 16-element block, laid out the way the packed weights'
-/// nibbles unpack: within each pair of blocks (A, B), `q` holds A's even elements, B's even
-/// elements, A's odd elements, B's odd elements (8 each); a trailing unpaired block keeps its
+/// nibbles unpack: each whole group of four blocks (64 elements, 32 packed bytes) holds its 32
+/// even elements, then its 32 odd ones, so the low and high nibbles of one 32-byte load meet
+/// their activations in two aligned loads; the blocks after the last whole group keep their
 /// natural order. [`Q8Row::at`] maps an element to its place.
 #[derive(Default)]
 pub(crate) struct Q8Row {
@@ -57,13 +58,17 @@ impl Q8Row {
     /// Where element `e` of block `b` (of `blocks`) lives in `q`.
     #[inline]
     pub(crate) fn at(b: usize, e: usize, blocks: usize) -> usize {
-        let pair = 32 * (b / 2);
-        if b + 1 == blocks && blocks % 2 == 1 {
-            return pair + e;
+        let group = b / GROUP_BLOCKS;
+        if (group + 1) * GROUP_BLOCKS > blocks {
+            return 16 * b + e;
         }
-        pair + 16 * (e % 2) + 8 * (b % 2) + e / 2
+        let i = 16 * (b % GROUP_BLOCKS) + e;
+        64 * group + 32 * (i % 2) + i / 2
     }
 }
+
+/// Blocks per 32-byte load of packed codes.
+const GROUP_BLOCKS: usize = 4;
 
 /// Twice the E2M1 value of each 4-bit code (code 8, "-0", is 0).
 const E2M1_X2: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
@@ -82,6 +87,41 @@ pub(crate) fn dot_nvfp4(packed: &[u8], scales: &[u8], tensor_scale: f32, x: &Q8R
         return unsafe { avx2::dot_nvfp4(packed, scales, x) } * (0.5 * tensor_scale);
     }
     scalar_dot(packed, scales, x, 0, blocks) * (0.5 * tensor_scale)
+}
+
+/// [`dot_nvfp4`] for `out.len()` consecutive rows of `cols` columns, whose codes and block
+/// scales start at `packed` and `scales`: `out[i]` is row `i`'s dot with `x`.
+pub(crate) fn dot_nvfp4_rows(
+    packed: &[u8],
+    scales: &[u8],
+    tensor_scale: f32,
+    cols: usize,
+    x: &Q8Row,
+    out: &mut [f32],
+) {
+    let (rows, blocks) = (out.len(), cols / 16);
+    assert!(
+        cols.is_multiple_of(16)
+            && packed.len() >= rows * blocks * 8
+            && scales.len() >= rows * blocks
+            && x.q.len() >= cols
+            && x.scale.len() >= blocks,
+        "NVFP4 q8 rows: lengths disagree"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::level() == super::simd::Level::Avx2 {
+        // SAFETY: this level is only chosen when the CPU has AVX2, FMA and F16C; lengths are
+        // checked above.
+        unsafe { avx2::dot_rows(packed, scales, blocks, x, 0.5 * tensor_scale, out) };
+        return;
+    }
+    for (r, o) in out.iter_mut().enumerate() {
+        let (p, s) = (
+            &packed[r * blocks * 8..(r + 1) * blocks * 8],
+            &scales[r * blocks..(r + 1) * blocks],
+        );
+        *o = scalar_dot(p, s, x, 0, blocks) * (0.5 * tensor_scale);
+    }
 }
 
 /// The reference for the SIMD kernel: the same integer block sums, the same per-block scaling,
@@ -106,39 +146,68 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::Q8Row;
-    use crate::backend::cpu::simd::avx2::e4m3x8;
+    use crate::backend::cpu::simd::avx2::{TWO_POW_120, e4m3x8_scaled};
 
     /// `2·e2m1 + 12` per code: unsigned, as `maddubs` wants its first operand.
     const E2M1_X2_PLUS_12: [u8; 16] = [12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0];
 
-    /// `Σ (2·e2m1 + 12)·q` over two blocks (16 packed bytes against their 32 activations, in
-    /// [`Q8Row`]'s layout) as eight i32 lanes: lanes 0, 1, 4, 5 the first block, 2, 3, 6, 7
-    /// the second.
+    /// How far ahead (in bytes of packed codes) the kernel prefetches; as in the exact kernels,
+    /// the hardware prefetcher alone leaves the loads waiting on DRAM.
+    const PREFETCH: usize = 4096;
+
+    /// `Σ (2·e2m1 + 12)·q` over four blocks: 32 packed bytes at `p` against their 64
+    /// activations at `q` (even elements, then odd, as [`Q8Row`] lays them out). Lane `l` of
+    /// the result sums elements `8l .. 8l + 8`: block `b` is lanes `2b` and `2b + 1`.
+    ///
+    /// Each `maddubs` pairs two products of one nibble half into an i16 (at most 2·24·127);
+    /// adding the low- and high-nibble halves stays below 2^15, and `madd` widens to i32.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn pair_sums(p: *const u8, q: *const i8, table: __m256i) -> __m256i {
-        // SAFETY: the caller guarantees 16 bytes at `p` and 32 at `q`.
+    unsafe fn group_sums(p: *const u8, q: *const i8, table: __m256i) -> __m256i {
+        // SAFETY: the caller guarantees 32 bytes at `p` and 64 at `q`.
         unsafe {
-            let bytes = _mm_loadu_si128(p.cast());
-            let mask = _mm_set1_epi8(0x0f);
-            let lo = _mm_and_si128(bytes, mask);
-            let hi = _mm_and_si128(_mm_srli_epi16::<4>(bytes), mask);
-            let w = _mm256_shuffle_epi8(table, _mm256_set_m128i(hi, lo));
-            let prod = _mm256_maddubs_epi16(w, _mm256_loadu_si256(q.cast()));
-            _mm256_madd_epi16(prod, _mm256_set1_epi16(1))
+            let bytes = _mm256_loadu_si256(p.cast());
+            let mask = _mm256_set1_epi8(0x0f);
+            let lo = _mm256_shuffle_epi8(table, _mm256_and_si256(bytes, mask));
+            let hi =
+                _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), mask));
+            let even = _mm256_maddubs_epi16(lo, _mm256_loadu_si256(q.cast()));
+            let odd = _mm256_maddubs_epi16(hi, _mm256_loadu_si256(q.add(32).cast()));
+            _mm256_madd_epi16(_mm256_add_epi16(even, odd), _mm256_set1_epi16(1))
         }
     }
 
-    /// Lane pattern selecting pair j's two block factors for [`pair_sums`]' lanes.
-    const PAIR_LANES: [[i32; 8]; 4] = [
-        [0, 0, 1, 1, 0, 0, 1, 1],
-        [2, 2, 3, 3, 2, 2, 3, 3],
-        [4, 4, 5, 5, 4, 4, 5, 5],
-        [6, 6, 7, 7, 6, 6, 7, 7],
-    ];
+    /// [`dot_nvfp4`] over consecutive rows: `out[i]` from the i-th `blocks`-block row of
+    /// `packed` / `scales`, times `ts_half`. One call for many rows keeps the constants in
+    /// registers and the prefetches running from one row into the next, which short rows
+    /// (an expert's 1024 columns) otherwise pay for per row.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_rows(
+        packed: &[u8],
+        scales: &[u8],
+        blocks: usize,
+        x: &Q8Row,
+        ts_half: f32,
+        out: &mut [f32],
+    ) {
+        for (r, o) in out.iter_mut().enumerate() {
+            let (p, s) = (
+                &packed[r * blocks * 8..(r + 1) * blocks * 8],
+                &scales[r * blocks..(r + 1) * blocks],
+            );
+            // SAFETY: the caller's guarantees, for each row.
+            *o = unsafe { dot_nvfp4(p, s, x) } * ts_half;
+        }
+    }
 
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_nvfp4(packed: &[u8], scales: &[u8], x: &Q8Row) -> f32 {
+        // NaN scales are not decoded by the loop (see `e4m3x8_scaled`); a NaN factor would
+        // make the sum NaN, as the exact path's would.
+        if scales.iter().fold(false, |a, &b| a | (b & 0x7f == 0x7f)) {
+            return f32::NAN;
+        }
         let blocks = scales.len();
         // SAFETY: the table holds 16 bytes.
         let table = unsafe {
@@ -147,33 +216,38 @@ mod avx2 {
                 E2M1_X2_PLUS_12.as_ptr().cast(),
             )
         };
-        let mut acc = [_mm256_setzero_ps(); 4];
+        // Lanes of the eight block factors that line up with `group_sums` of blocks 0-3 / 4-7.
+        let first = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+        let second = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
+        let mut acc = [_mm256_setzero_ps(); 2];
         let mut offset = _mm256_setzero_ps();
         // Eight blocks (128 elements) per step: their eight factors (block scale x activation
-        // scale) in one vector, then four pairs of integer block sums; the +12 of the weights
+        // scale) in one vector, then two groups of integer block sums; the +12 of the weights
         // comes back out as factor x 12·Σq per block.
         let steps = blocks / 8;
+        let (p, q) = (packed.as_ptr(), x.q.as_ptr());
         for i in 0..steps {
             let b0 = 8 * i;
             // SAFETY: blocks b0 .. b0 + 8 lie inside `scales`, `x.scale`, `x.offset`, `packed`
-            // (8 bytes per block) and `x.q` (16 per block), checked by the caller.
+            // (8 bytes per block) and `x.q` (16 per block), checked by the caller; both groups
+            // are whole, so `x.q` holds them in the grouped layout. Prefetches never fault.
             unsafe {
-                let ws = e4m3x8(_mm_loadl_epi64(scales.as_ptr().add(b0).cast()));
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(8 * b0 + PREFETCH).cast());
+                let ws = _mm256_mul_ps(
+                    e4m3x8_scaled(_mm_loadl_epi64(scales.as_ptr().add(b0).cast())),
+                    _mm256_set1_ps(TWO_POW_120),
+                );
                 let f = _mm256_mul_ps(ws, _mm256_loadu_ps(x.scale.as_ptr().add(b0)));
                 offset = _mm256_fmadd_ps(f, _mm256_loadu_ps(x.offset.as_ptr().add(b0)), offset);
-                for (j, lanes) in PAIR_LANES.iter().enumerate() {
-                    let b = b0 + 2 * j;
-                    let sums =
-                        pair_sums(packed.as_ptr().add(8 * b), x.q.as_ptr().add(16 * b), table);
-                    let fj = _mm256_permutevar8x32_ps(f, _mm256_loadu_si256(lanes.as_ptr().cast()));
-                    acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), fj, acc[j]);
-                }
+                let s0 = group_sums(p.add(8 * b0), q.add(16 * b0), table);
+                let s1 = group_sums(p.add(8 * b0 + 32), q.add(16 * b0 + 64), table);
+                let f0 = _mm256_permutevar8x32_ps(f, first);
+                let f1 = _mm256_permutevar8x32_ps(f, second);
+                acc[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), f0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), f1, acc[1]);
             }
         }
-        let total = _mm256_sub_ps(
-            _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])),
-            offset,
-        );
+        let total = _mm256_sub_ps(_mm256_add_ps(acc[0], acc[1]), offset);
         let mut lanes = [0.0f32; 8];
         // SAFETY: `lanes` holds eight floats.
         unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), total) };

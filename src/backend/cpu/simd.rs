@@ -443,7 +443,7 @@ pub(crate) mod avx2 {
     const PF_NV: usize = 4096;
     const PF_DENSE: usize = 4096;
 
-    const TWO_POW_120: f32 = f32::from_bits((127 + 120) << 23);
+    pub(crate) const TWO_POW_120: f32 = f32::from_bits((127 + 120) << 23);
 
     /// Horizontal sum in a fixed order.
     #[inline]
@@ -475,7 +475,7 @@ pub(crate) mod avx2 {
     /// at 27-31; the mask keeps the sign at bit 31 only.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn e4m3x8_scaled(b: __m128i) -> __m256 {
+    pub(crate) fn e4m3x8_scaled(b: __m128i) -> __m256 {
         let w = _mm256_srai_epi32::<4>(_mm256_slli_epi32::<24>(_mm256_cvtepu8_epi32(b)));
         _mm256_castsi256_ps(_mm256_and_si256(
             w,
