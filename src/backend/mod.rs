@@ -179,6 +179,14 @@ pub struct BackendInfo {
 pub trait Backend: Send + Sync {
     fn info(&self) -> BackendInfo;
 
+    /// Runs `f`, one whole forward pass, wherever this backend's ops are cheapest to call
+    /// from. The CPU backend runs it on its own worker pool, so each parallel op inside starts
+    /// on a thread that is already awake rather than being handed over (and back) from the
+    /// caller's thread; the others just call it.
+    fn enter(&self, f: &mut (dyn FnMut() + Send)) {
+        f()
+    }
+
     // ---- memory ----
     fn upload(&self, data: &[f32], shape: &[usize]) -> Result<Tensor>;
     fn download(&self, t: &Tensor) -> Result<Vec<f32>>;

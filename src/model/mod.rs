@@ -287,6 +287,23 @@ impl Model {
         ids: &[u32],
         opts: ForwardOptions,
     ) -> Result<ForwardOutput> {
+        let mut out = None;
+        self.backend
+            .enter(&mut || out = Some(self.forward_here(seq, ids, opts)));
+        out.unwrap_or_else(|| {
+            Err(Error::Invalid(
+                "the backend returned without running the forward pass".into(),
+            ))
+        })
+    }
+
+    /// [`Self::forward`] on the calling thread.
+    fn forward_here(
+        &self,
+        seq: &mut Sequence,
+        ids: &[u32],
+        opts: ForwardOptions,
+    ) -> Result<ForwardOutput> {
         if ids.is_empty() {
             return Err(Error::Invalid("forward: no tokens given".into()));
         }

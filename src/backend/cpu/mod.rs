@@ -130,6 +130,15 @@ fn check_cols(x: &Tensor, cols: usize, what: &str) -> Result<()> {
 }
 
 impl Backend for CpuBackend {
+    fn enter(&self, f: &mut (dyn FnMut() + Send)) {
+        if self.threads > 1 {
+            // Inside the pool, `run`'s `install` is a plain call.
+            self.pool.install(f)
+        } else {
+            f()
+        }
+    }
+
     fn info(&self) -> BackendInfo {
         BackendInfo {
             name: "cpu".into(),

@@ -310,6 +310,44 @@ mod tests {
         }
     }
 
+    /// The many-row entry point returns exactly what the one-row one does for every row, NaN
+    /// block scales included.
+    #[test]
+    fn rows_equal_single_rows() {
+        let mut seed = 11u64;
+        for &(rows, cols) in &[(1usize, 16usize), (2, 48), (5, 1024), (7, 176), (4, 2688)] {
+            let packed: Vec<u8> = (0..rows * cols / 2).map(|_| lcg(&mut seed) as u8).collect();
+            let mut scales: Vec<u8> = (0..rows * cols / 16)
+                .map(|_| ((4 + lcg(&mut seed) % 5) << 3) as u8 | (lcg(&mut seed) % 8) as u8)
+                .collect();
+            if rows > 2 {
+                // A NaN scale in row 2 (paired with row 3, which stays finite).
+                scales[2 * cols / 16 + 1] = 0x7f;
+            }
+            let x: Vec<f32> = (0..cols)
+                .map(|_| (lcg(&mut seed) % 2001) as f32 / 1000.0 - 1.0)
+                .collect();
+            let mut q = Q8Row::default();
+            q.quantize(&x);
+            let mut out = vec![0.0f32; rows];
+            dot_nvfp4_rows(&packed, &scales, 0.37, cols, &q, &mut out);
+            for (r, &v) in out.iter().enumerate() {
+                let one = dot_nvfp4(
+                    &packed[r * cols / 2..(r + 1) * cols / 2],
+                    &scales[r * cols / 16..(r + 1) * cols / 16],
+                    0.37,
+                    &q,
+                );
+                assert_eq!(
+                    v.to_bits(),
+                    one.to_bits(),
+                    "{rows}x{cols} row {r}: {v} vs {one}"
+                );
+                assert_eq!(v.is_nan(), rows > 2 && r == 2, "{rows}x{cols} row {r}");
+            }
+        }
+    }
+
     #[test]
     fn zero_and_non_finite_blocks() {
         let mut q = Q8Row::default();
