@@ -809,8 +809,13 @@ pub(crate) mod avx2 {
         // SAFETY: as in `dot_bf16`, for each row.
         unsafe {
             while c + 2 * BF16_STEP <= n {
-                _mm_prefetch::<_MM_HINT_T0>(pa.wrapping_add(c + PF_DENSE / 2).cast());
-                _mm_prefetch::<_MM_HINT_T0>(pb.wrapping_add(c + PF_DENSE / 2).cast());
+                // Past the end of the rows, fetch the next pair's (rows of one weight are
+                // contiguous, pairs consecutive): plain `c + PF` past `a`'s end would land in
+                // `b`, already on its way, and the next pair's second row would start cold.
+                let ahead = c + PF_DENSE / 2;
+                let ahead = if ahead >= n { ahead + n } else { ahead };
+                _mm_prefetch::<_MM_HINT_T0>(pa.wrapping_add(ahead).cast());
+                _mm_prefetch::<_MM_HINT_T0>(pb.wrapping_add(ahead).cast());
                 let (xa, xb) = (xq.add(c), xq.add(c + 16));
                 bf16_chunk_pair(pa.add(c), pb.add(c), xa, &mut acc_a[..2], &mut acc_b[..2]);
                 bf16_chunk_pair(
