@@ -10,10 +10,6 @@ use super::par;
 use super::q8::{self, Q8Row};
 use super::simd::{self, Kind, Level};
 
-thread_local! {
-    /// Each worker's quantized activation row for [`CpuLinear::matvec`].
-    static Q8_SCRATCH: std::cell::RefCell<Q8Row> = std::cell::RefCell::new(Q8Row::default());
-}
 use crate::checkpoint::{ByteView, DType};
 use crate::error::{Error, Result};
 use crate::weights::{LinearData, StoredLinear};
@@ -62,6 +58,19 @@ pub(crate) enum Format {
         block_scales: ByteView,
         tensor_scale: f32,
     },
+}
+
+/// One token's input laid out once for every weight of a given format and width (the chosen
+/// experts of a MoE layer share theirs), as [`CpuLinear::rows_into`] reads it.
+pub(crate) struct PreparedInput {
+    raw: Vec<f32>,
+    /// `prepare_x`'s layout for this kind at this level, or the int8 row.
+    form: PreparedForm,
+}
+
+enum PreparedForm {
+    Exact { kind: Kind, xp: Vec<f32> },
+    Q8(Q8Row),
 }
 
 pub(crate) struct CpuLinear {
@@ -129,6 +138,43 @@ impl CpuLinear {
     pub(crate) fn with_q8_activations(mut self, on: bool) -> CpuLinear {
         self.q8 = on && matches!(self.format, Format::Nvfp4 { .. });
         self
+    }
+
+    /// `x` (one token, `cols` wide) laid out for this weight's kernel, reusable by any weight
+    /// of the same format and width.
+    pub(crate) fn prepare_input(&self, x: &[f32]) -> PreparedInput {
+        let raw = x[..self.cols].to_vec();
+        let form = if self.q8 {
+            let mut q = Q8Row::default();
+            q.quantize(&raw);
+            PreparedForm::Q8(q)
+        } else {
+            let mut xp = Vec::new();
+            self.prepare(simd::level(), &raw, 1, &mut xp);
+            PreparedForm::Exact {
+                kind: self.kind(),
+                xp,
+            }
+        };
+        PreparedInput { raw, form }
+    }
+
+    /// Rows `r0 .. r0 + out.len()` of `W x + b` for one prepared token, each value exactly
+    /// what [`Self::forward`] gives for it. An input prepared for another format is laid out
+    /// again here (correct, only slower).
+    pub(crate) fn rows_into(&self, r0: usize, x: &PreparedInput, out: &mut [f32]) {
+        let lv = simd::level();
+        match &x.form {
+            PreparedForm::Q8(q) if self.q8 && q.q.len() == self.cols => self.q8_rows(r0, q, out),
+            PreparedForm::Exact { kind, xp } if !self.q8 && *kind == self.kind() => {
+                if !self.bf16_pairs(lv, r0, out, xp) {
+                    for (i, v) in out.iter_mut().enumerate() {
+                        *v = self.dot_row(lv, r0 + i, xp) + self.bias(r0 + i);
+                    }
+                }
+            }
+            _ => self.rows_into(r0, &self.prepare_input(&x.raw), out),
+        }
     }
 
     /// `W[r] · x` for rows `r0 .. r0 + out.len()` against a quantized activation row, plus
@@ -381,23 +427,6 @@ impl CpuLinear {
             }
         }
         y
-    }
-
-    /// Single-threaded `y = W x + b` for one token (used inside already-parallel loops);
-    /// `scratch` holds the prepared input.
-    pub(crate) fn matvec(&self, x: &[f32], y: &mut [f32], scratch: &mut Vec<f32>) {
-        if self.q8 {
-            Q8_SCRATCH.with_borrow_mut(|q| {
-                q.quantize(&x[..self.cols]);
-                self.q8_rows(0, q, &mut y[..self.rows]);
-            });
-            return;
-        }
-        let lv = simd::level();
-        let stride = self.prepare(lv, x, 1, scratch);
-        for (r, v) in y[..self.rows].iter_mut().enumerate() {
-            *v = self.dot_row(lv, r, &scratch[..stride]) + self.bias(r);
-        }
     }
 }
 

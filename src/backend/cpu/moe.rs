@@ -91,11 +91,10 @@ pub(crate) fn experts(
     par: bool,
 ) -> Vec<f32> {
     let latent = ex.up[0].cols;
-    let contributions = if tokens == 1 {
-        one_token(x, ex, ids, weights, par)
-    } else {
-        by_expert(x, tokens, ex, ids, weights, k, par)
-    };
+    if tokens == 1 {
+        return one_token(x, ex, ids, weights, par);
+    }
+    let contributions = by_expert(x, tokens, ex, ids, weights, k, par);
     let mut out = vec![0.0f32; tokens * latent];
     for (slot, c) in contributions.iter().enumerate() {
         let t = slot / k;
@@ -106,20 +105,42 @@ pub(crate) fn experts(
     out
 }
 
-/// Decode: the `k` chosen experts of one token, in parallel.
-fn one_token(x: &[f32], ex: &CpuExperts, ids: &[u32], weights: &[f32], par: bool) -> Vec<Vec<f32>> {
+/// Output rows per decode task: small enough that both threads stay busy to the end of each
+/// phase (22 experts do not split evenly), large enough that a task streams well.
+const UP_TASK_ROWS: usize = 256;
+const DOWN_TASK_ROWS: usize = 128;
+
+/// Decode: the `k` chosen experts of one token in three phases (all up projections, then
+/// relu², then all down projections), each split into blocks of rows over the threads rather
+/// than one expert per task. The input is laid out once for every up projection. Every value
+/// is computed by the same row kernels as in [`CpuLinear::forward`], so the result does not
+/// depend on the split.
+fn one_token(x: &[f32], ex: &CpuExperts, ids: &[u32], weights: &[f32], par: bool) -> Vec<f32> {
+    let k = ids.len();
     let (latent, hidden) = (ex.up[0].cols, ex.up[0].rows);
-    par::map(ids.len(), par, |slot| {
-        let (scratch, h) = (&mut Vec::new(), &mut vec![0.0f32; hidden]);
-        let e = ids[slot] as usize;
-        ex.up[e].matvec(&x[..latent], h, scratch);
-        relu2(h);
-        let mut o = vec![0.0f32; latent];
-        ex.down[e].matvec(h, &mut o, scratch);
-        let w = weights[slot];
-        o.iter_mut().for_each(|v| *v *= w);
-        o
-    })
+    let first = ids.first().map_or(0, |&e| e as usize);
+    let input = ex.up[first].prepare_input(&x[..latent]);
+    let mut h = vec![0.0f32; k * hidden];
+    par::row_blocks(&mut h, hidden, UP_TASK_ROWS, par, |slot, r0, out| {
+        ex.up[ids[slot] as usize].rows_into(r0, &input, out);
+    });
+    let hidden_in: Vec<_> = par::map(k, par, |slot| {
+        let mut hs = h[slot * hidden..(slot + 1) * hidden].to_vec();
+        relu2(&mut hs);
+        ex.down[ids[slot] as usize].prepare_input(&hs)
+    });
+    let mut o = vec![0.0f32; k * latent];
+    par::row_blocks(&mut o, latent, DOWN_TASK_ROWS, par, |slot, r0, out| {
+        ex.down[ids[slot] as usize].rows_into(r0, &hidden_in[slot], out);
+        out.iter_mut().for_each(|v| *v *= weights[slot]);
+    });
+    let mut sum = vec![0.0f32; latent];
+    for c in o.chunks_exact(latent) {
+        for (s, v) in sum.iter_mut().zip(c) {
+            *s += v;
+        }
+    }
+    sum
 }
 
 /// Prefill: each chosen expert runs once over all the tokens routed to it, so its weights are

@@ -60,3 +60,28 @@ pub(crate) fn zip_chunks_mut<A, B, F>(
             .for_each(|(i, (x, y))| f(i, x, y));
     }
 }
+
+/// `f(item, r0, block)` over `data` seen as items of `item_len` values each, every item cut
+/// into blocks of at most `block_len` values starting at offset `r0` within it.
+pub(crate) fn row_blocks<T, F>(data: &mut [T], item_len: usize, block_len: usize, par: bool, f: F)
+where
+    T: Send,
+    F: Fn(usize, usize, &mut [T]) + Sync + Send,
+{
+    let block_len = block_len.max(1);
+    let mut tasks: Vec<(usize, usize, &mut [T])> = Vec::new();
+    for (item, chunk) in data.chunks_mut(item_len.max(1)).enumerate() {
+        for (b, block) in chunk.chunks_mut(block_len).enumerate() {
+            tasks.push((item, b * block_len, block));
+        }
+    }
+    if par {
+        tasks
+            .into_par_iter()
+            .for_each(|(item, r0, block)| f(item, r0, block));
+    } else {
+        for (item, r0, block) in tasks {
+            f(item, r0, block);
+        }
+    }
+}

@@ -233,6 +233,7 @@ mod avx2 {
             // are whole, so `x.q` holds them in the grouped layout. Prefetches never fault.
             unsafe {
                 _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(8 * b0 + PREFETCH).cast());
+                _mm_prefetch::<_MM_HINT_T0>(scales.as_ptr().wrapping_add(b0 + PREFETCH / 8).cast());
                 let ws = _mm256_mul_ps(
                     e4m3x8_scaled(_mm_loadl_epi64(scales.as_ptr().add(b0).cast())),
                     _mm256_set1_ps(TWO_POW_120),
