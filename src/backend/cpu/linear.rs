@@ -223,6 +223,20 @@ impl CpuLinear {
         }
     }
 
+    /// Bytes of the stored weight (codes and scales), what one pass over every row reads.
+    pub(crate) fn stored_bytes(&self) -> usize {
+        match &self.format {
+            Format::F32(s) => s.slice().len() * 4,
+            Format::Bf16(s) | Format::F16(s) => s.slice().len() * 2,
+            Format::Fp8 { data, .. } => data.len(),
+            Format::Nvfp4 {
+                packed,
+                block_scales,
+                ..
+            } => packed.len() + block_scales.len(),
+        }
+    }
+
     fn kind(&self) -> Kind {
         match self.format {
             Format::F32(_) => Kind::F32,

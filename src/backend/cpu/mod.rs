@@ -6,6 +6,7 @@ mod linear;
 mod mamba;
 mod moe;
 mod par;
+mod profile;
 mod q8;
 mod simd;
 
@@ -24,6 +25,7 @@ pub struct CpuBackend {
     threads: usize,
     /// NVFP4 decode GEMVs against int8-quantized activations (opt-in, not bit-faithful).
     q8_activations: bool,
+    profile: Option<profile::Profile>,
 }
 
 enum CpuWeight {
@@ -59,6 +61,7 @@ impl CpuBackend {
             pool,
             threads,
             q8_activations: false,
+            profile: profile::Profile::from_env(),
         })
     }
 
@@ -71,11 +74,35 @@ impl CpuBackend {
     }
 
     /// Runs `f(parallel)`: on the pool when `work` is worth splitting, else right here.
-    fn run<T: Send>(&self, work: usize, f: impl FnOnce(bool) -> T + Send) -> T {
-        if self.threads > 1 && work >= par::PAR_MIN_WORK {
+    fn run<T: Send>(&self, op: &str, work: usize, f: impl FnOnce(bool) -> T + Send) -> T {
+        self.run_reading(op, 0, work, f)
+    }
+
+    /// [`Self::run`] for an op that reads `bytes` of stored weights (for the profile).
+    fn run_reading<T: Send>(
+        &self,
+        op: &str,
+        bytes: u64,
+        work: usize,
+        f: impl FnOnce(bool) -> T + Send,
+    ) -> T {
+        let start = self.profile.as_ref().map(|_| std::time::Instant::now());
+        let out = if self.threads > 1 && work >= par::PAR_MIN_WORK {
             self.pool.install(|| f(true))
         } else {
             f(false)
+        };
+        if let (Some(p), Some(t)) = (&self.profile, start) {
+            p.record(op, t.elapsed(), bytes);
+        }
+        out
+    }
+}
+
+impl Drop for CpuBackend {
+    fn drop(&mut self) {
+        if let Some(p) = &self.profile {
+            eprint!("{}", p.report());
         }
     }
 }
@@ -339,7 +366,13 @@ impl Backend for CpuBackend {
         check_cols(x, l.cols, &w.name)?;
         let xs = f32s(x)?;
         let work = x.rows() * l.rows * l.cols;
-        let y = self.run(work, |par| l.forward(xs, x.rows(), par));
+        let role = match self.profile {
+            Some(_) => format!("linear {}", profile::role(&w.name)),
+            None => String::new(),
+        };
+        let y = self.run_reading(&role, l.stored_bytes() as u64, work, |par| {
+            l.forward(xs, x.rows(), par)
+        });
         Ok(matrix(y, x.rows(), l.rows))
     }
 
@@ -421,7 +454,7 @@ impl Backend for CpuBackend {
         }
         let xs = f32s(x)?;
         let (channels, kernel) = (s.channels, s.kernel);
-        let y = self.run(x.rows() * channels * kernel, |par| {
+        let y = self.run("conv1d_silu", x.rows() * channels * kernel, |par| {
             mamba::conv1d_silu(xs, x.rows(), channels, kernel, &wv, bias, &mut s.data, par)
         });
         Ok(matrix(y, x.rows(), channels))
@@ -449,7 +482,7 @@ impl Backend for CpuBackend {
         let dts = f32s(dt)?;
         let tokens = xbc.rows();
         let work = tokens * inner * dims.state * 4;
-        let y = self.run(work, |par| {
+        let y = self.run("ssm_scan", work, |par| {
             mamba::ssm_scan(xs, dts, tokens, a, dv, db, &mut s.data, dims, dt_min, par)
         });
         Ok(matrix(y, tokens, inner))
@@ -467,7 +500,7 @@ impl Backend for CpuBackend {
         check_cols(y, wv.len(), "gated_group_rms_norm (y)")?;
         check_cols(z, wv.len(), "gated_group_rms_norm (z)")?;
         let (ys, zs) = (f32s(y)?, f32s(z)?);
-        let out = self.run(y.rows() * wv.len() * 8, |par| {
+        let out = self.run("gated_group_rms_norm", y.rows() * wv.len() * 8, |par| {
             mamba::gated_group_rms_norm(ys, zs, wv, y.rows(), wv.len(), groups, eps, par)
         });
         Ok(matrix(out, y.rows(), wv.len()))
@@ -490,7 +523,7 @@ impl Backend for CpuBackend {
             .inner_mut::<KvCache>()
             .ok_or_else(|| err("attention: not a CPU KV cache"))?;
         let work = tokens * (c.len + tokens) * dims.heads * dims.head_dim * 2;
-        let out = self.run(work, |par| {
+        let out = self.run("attention", work, |par| {
             attention::attention(qs, ks, vs, tokens, c, dims, par)
         });
         let (len, width) = (c.len, c.width);
@@ -511,7 +544,9 @@ impl Backend for CpuBackend {
         let ls = f32s(logits)?;
         let tokens = logits.rows();
         let work = tokens * experts * 16;
-        let (ids, ws) = self.run(work, |par| moe::route(ls, tokens, experts, b, p, par));
+        let (ids, ws) = self.run("router", work, |par| {
+            moe::route(ls, tokens, experts, b, p, par)
+        });
         Ok(Routing {
             ids: Tensor::new(vec![tokens, p.top_k], ElemType::U32, Box::new(ids)),
             weights: matrix(ws, tokens, p.top_k),
@@ -543,7 +578,22 @@ impl Backend for CpuBackend {
         let xs = f32s(x)?;
         let tokens = x.rows();
         let work = tokens * k * experts.hidden * experts.latent * 2;
-        let y = self.run(work, |par| moe::experts(xs, tokens, ex, ids, ws, k, par));
+        // Each chosen expert's weights are read once per call (prefill groups tokens by expert).
+        let bytes = match self.profile {
+            Some(_) => {
+                let mut chosen = ids.clone();
+                chosen.sort_unstable();
+                chosen.dedup();
+                chosen
+                    .iter()
+                    .map(|&e| ex.up[e as usize].stored_bytes() + ex.down[e as usize].stored_bytes())
+                    .sum::<usize>() as u64
+            }
+            None => 0,
+        };
+        let y = self.run_reading("moe_experts", bytes, work, |par| {
+            moe::experts(xs, tokens, ex, ids, ws, k, par)
+        });
         Ok(matrix(y, tokens, experts.latent))
     }
 

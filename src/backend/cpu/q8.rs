@@ -254,6 +254,9 @@ mod avx2 {
         unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), total) };
         let sum = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
             + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+        if 8 * steps == blocks {
+            return sum;
+        }
         sum + super::scalar_dot(packed, scales, x, 8 * steps, blocks)
     }
 }
