@@ -65,9 +65,16 @@ pub struct BenchReport {
     pub bytes_per_token: f64,
     /// `bytes_per_token × median decode tok/s`.
     pub achieved_gb_s: f64,
-    /// Streaming-read bandwidth measured on the same threads, in the same run.
+    /// Streaming-read bandwidth measured on the same threads, in the same run (the median of
+    /// one probe after each repeat).
     pub machine_gb_s: Option<f64>,
+    /// `achieved_gb_s / machine_gb_s`: the median over repeats of each repeat's decode GB/s
+    /// over the bandwidth probed right after it, so a machine whose bandwidth drifts between
+    /// repeats is compared with itself.
     pub roofline_fraction: Option<f64>,
+    /// The probes' spread, and the per-repeat fractions' (absent when not probed per repeat).
+    pub machine_gb_s_range: Option<Stats>,
+    pub roofline_fraction_range: Option<Stats>,
     pub peak_rss_bytes: Option<u64>,
 }
 
@@ -140,7 +147,11 @@ pub fn run(model: &Model, opts: &BenchOptions) -> Result<BenchReport> {
             .sum::<f64>()
             / decoded.len() as f64
     };
+    let probe = (opts.bandwidth_threads > 0)
+        .then(|| BandwidthProbe::new(opts.bandwidth_threads, 1 << 30))
+        .flatten();
     let (mut prefill, mut decode, mut ttft) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut machine, mut fractions) = (Vec::new(), Vec::new());
     for _ in 0..opts.repeat {
         let start = Instant::now();
         let mut first: Option<f64> = None;
@@ -153,11 +164,19 @@ pub fn run(model: &Model, opts: &BenchOptions) -> Result<BenchReport> {
         prefill.push(g.prefill_tok_s());
         decode.push(g.decode_tok_s());
         ttft.push(first.unwrap_or(g.prefill_ms));
+        if let Some(p) = &probe {
+            let gb_s = p.measure(3);
+            machine.push(gb_s);
+            fractions.push(bytes_per_token * g.decode_tok_s() / 1e9 / gb_s);
+        }
     }
     let decode_tok_s = Stats::of(&decode);
     let achieved_gb_s = bytes_per_token * decode_tok_s.median / 1e9;
-    let machine_gb_s =
-        (opts.bandwidth_threads > 0).then(|| measure_bandwidth(opts.bandwidth_threads, 1 << 30));
+    let (machine_gb_s_range, roofline_fraction_range) = if machine.is_empty() {
+        (None, None)
+    } else {
+        (Some(Stats::of(&machine)), Some(Stats::of(&fractions)))
+    };
     let info = model.backend.info();
     Ok(BenchReport {
         backend: info.name,
@@ -171,42 +190,71 @@ pub fn run(model: &Model, opts: &BenchOptions) -> Result<BenchReport> {
         ttft_ms: Stats::of(&ttft),
         bytes_per_token,
         achieved_gb_s,
-        machine_gb_s,
-        roofline_fraction: machine_gb_s.map(|m| achieved_gb_s / m),
+        machine_gb_s: machine_gb_s_range.map(|m| m.median),
+        roofline_fraction: roofline_fraction_range.map(|f| f.median),
+        machine_gb_s_range,
+        roofline_fraction_range,
         peak_rss_bytes: peak_rss(),
     })
 }
 
 /// Streaming-read bandwidth in GB/s: `threads` threads summing disjoint parts of a `bytes`
-/// buffer (far larger than any cache), best of five passes.
+/// buffer (far larger than any cache), best of five passes; 0 where the probe cannot run.
 pub fn measure_bandwidth(threads: usize, bytes: usize) -> f64 {
-    let n = bytes / 8;
-    let pool = match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
-        Ok(p) => p,
-        Err(_) => return 0.0,
-    };
-    let data: Vec<u64> = pool.install(|| (0..n as u64).into_par_iter().collect());
-    let mut best = 0.0f64;
-    for _ in 0..5 {
-        let start = Instant::now();
-        let sum: u64 = pool.install(|| {
-            data.par_chunks(n.div_ceil(threads))
-                .map(|c| {
-                    // Four independent lanes so the add chain is not the limit.
-                    let mut acc = [0u64; 4];
-                    for q in c.chunks_exact(4) {
-                        for l in 0..4 {
-                            acc[l] = acc[l].wrapping_add(q[l]);
-                        }
-                    }
-                    acc.iter().fold(0u64, |a, &b| a.wrapping_add(b))
-                })
-                .reduce(|| 0, u64::wrapping_add)
-        });
-        std::hint::black_box(sum);
-        best = best.max(bytes as f64 / start.elapsed().as_secs_f64() / 1e9);
+    BandwidthProbe::new(threads, bytes).map_or(0.0, |p| p.measure(5))
+}
+
+/// A buffer far larger than any cache and the threads that stream it, kept so that bandwidth
+/// can be probed again (after every bench repeat) without paying for the allocation again.
+pub struct BandwidthProbe {
+    pool: rayon::ThreadPool,
+    threads: usize,
+    data: Vec<u64>,
+}
+
+impl BandwidthProbe {
+    /// `None` where the threads cannot be started.
+    pub fn new(threads: usize, bytes: usize) -> Option<BandwidthProbe> {
+        let threads = threads.max(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .ok()?;
+        let n = (bytes / 8).max(threads * 4);
+        let data: Vec<u64> = pool.install(|| (0..n as u64).into_par_iter().collect());
+        Some(BandwidthProbe {
+            pool,
+            threads,
+            data,
+        })
     }
-    best
+
+    /// GB/s, the best of `passes` streaming reads of the whole buffer.
+    pub fn measure(&self, passes: usize) -> f64 {
+        let n = self.data.len();
+        let mut best = 0.0f64;
+        for _ in 0..passes.max(1) {
+            let start = Instant::now();
+            let sum: u64 = self.pool.install(|| {
+                self.data
+                    .par_chunks(n.div_ceil(self.threads))
+                    .map(|c| {
+                        // Four independent lanes so the add chain is not the limit.
+                        let mut acc = [0u64; 4];
+                        for q in c.chunks_exact(4) {
+                            for l in 0..4 {
+                                acc[l] = acc[l].wrapping_add(q[l]);
+                            }
+                        }
+                        acc.iter().fold(0u64, |a, &b| a.wrapping_add(b))
+                    })
+                    .reduce(|| 0, u64::wrapping_add)
+            });
+            std::hint::black_box(sum);
+            best = best.max((n * 8) as f64 / start.elapsed().as_secs_f64() / 1e9);
+        }
+        best
+    }
 }
 
 /// Peak resident set size of this process (Linux `VmHWM`).

@@ -667,11 +667,23 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
     );
     println!("decode bandwidth    {:.2} GB/s", r.achieved_gb_s);
     if let (Some(m), Some(f)) = (r.machine_gb_s, r.roofline_fraction) {
-        println!(
-            "machine bandwidth   {m:.2} GB/s (streaming read, {} threads) -> {:.0}% of the roofline",
-            r.threads,
-            f * 100.0
-        );
+        match (r.machine_gb_s_range, r.roofline_fraction_range) {
+            (Some(mr), Some(fr)) if r.repeat > 1 => println!(
+                "machine bandwidth   {m:.2} GB/s (streaming read, {} threads, median of one probe \
+                 after each repeat: {:.2}-{:.2}) -> {:.0}% of the roofline ({:.0}-{:.0}% per repeat)",
+                r.threads,
+                mr.min,
+                mr.max,
+                f * 100.0,
+                fr.min * 100.0,
+                fr.max * 100.0
+            ),
+            _ => println!(
+                "machine bandwidth   {m:.2} GB/s (streaming read, {} threads) -> {:.0}% of the roofline",
+                r.threads,
+                f * 100.0
+            ),
+        }
     }
     if let Some(rss) = r.peak_rss_bytes {
         println!("peak resident       {}", bytes(rss as f64));
