@@ -110,21 +110,6 @@ impl CpuLinear {
                 tensor_scale: *tensor_scale,
             },
         };
-        match &format {
-            Format::F32(Store::Mapped(v))
-            | Format::Bf16(Store::Mapped(v))
-            | Format::F16(Store::Mapped(v))
-            | Format::Fp8 { data: v, .. } => v.populate(),
-            Format::Nvfp4 {
-                packed,
-                block_scales,
-                ..
-            } => {
-                packed.populate();
-                block_scales.populate();
-            }
-            _ => {}
-        }
         Ok(CpuLinear {
             rows: w.rows,
             cols: w.cols,
@@ -220,6 +205,25 @@ impl CpuLinear {
                 x,
             ),
             _ => unreachable!("q8 is only set on NVFP4 weights"),
+        }
+    }
+
+    /// Maps every page of the weight's file bytes now ([`ByteView::populate`]).
+    pub(crate) fn populate(&self) {
+        match &self.format {
+            Format::F32(Store::Mapped(v))
+            | Format::Bf16(Store::Mapped(v))
+            | Format::F16(Store::Mapped(v))
+            | Format::Fp8 { data: v, .. } => v.populate(),
+            Format::Nvfp4 {
+                packed,
+                block_scales,
+                ..
+            } => {
+                packed.populate();
+                block_scales.populate();
+            }
+            _ => {}
         }
     }
 

@@ -26,6 +26,18 @@ pub struct CpuBackend {
     /// NVFP4 decode GEMVs against int8-quantized activations (opt-in, not bit-faithful).
     q8_activations: bool,
     profile: Option<profile::Profile>,
+    /// Bytes of weights still to be mapped at load ([`CpuLinear::populate`]): what the system
+    /// had available when the backend started, less a quarter. A checkpoint larger than that
+    /// is mapped only as decode touches it, so loading it does not push its own pages out.
+    populate_budget: std::sync::atomic::AtomicU64,
+}
+
+/// `MemAvailable` of Linux's `/proc/meminfo`, in bytes.
+fn available_memory() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 enum CpuWeight {
@@ -62,6 +74,9 @@ impl CpuBackend {
             threads,
             q8_activations: false,
             profile: profile::Profile::from_env(),
+            populate_budget: std::sync::atomic::AtomicU64::new(
+                available_memory().map_or(u64::MAX, |b| b / 4 * 3),
+            ),
         })
     }
 
@@ -71,6 +86,23 @@ impl CpuBackend {
         let mut be = Self::new(threads)?;
         be.q8_activations = q8_activations;
         Ok(be)
+    }
+
+    /// A loaded weight, its pages mapped now while the budget lasts.
+    fn loaded(&self, w: &StoredLinear) -> Result<CpuLinear> {
+        use std::sync::atomic::Ordering;
+        let l = CpuLinear::new(w)?.with_q8_activations(self.q8_activations);
+        let bytes = l.stored_bytes() as u64;
+        let fits = self
+            .populate_budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(bytes)
+            })
+            .is_ok();
+        if fits {
+            l.populate();
+        }
+        Ok(l)
     }
 
     /// Runs `f(parallel)`: on the pool when `work` is worth splitting, else right here.
@@ -225,7 +257,7 @@ impl Backend for CpuBackend {
     }
 
     fn load_linear(&self, w: &StoredLinear) -> Result<Weight> {
-        let l = CpuLinear::new(w)?.with_q8_activations(self.q8_activations);
+        let l = self.loaded(w)?;
         Ok(Weight::new(
             &w.name,
             w.rows,
@@ -253,14 +285,8 @@ impl Backend for CpuBackend {
     ) -> Result<ExpertWeights> {
         let (hidden, latent) = super::expert_shapes(name, up, down).map_err(err)?;
         let ex = CpuExperts {
-            up: up
-                .iter()
-                .map(|w| Ok(CpuLinear::new(w)?.with_q8_activations(self.q8_activations)))
-                .collect::<Result<_>>()?,
-            down: down
-                .iter()
-                .map(|w| Ok(CpuLinear::new(w)?.with_q8_activations(self.q8_activations)))
-                .collect::<Result<_>>()?,
+            up: up.iter().map(|w| self.loaded(w)).collect::<Result<_>>()?,
+            down: down.iter().map(|w| self.loaded(w)).collect::<Result<_>>()?,
         };
         Ok(ExpertWeights::new(
             name,
