@@ -85,3 +85,32 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every value is handed out exactly once, with its item and its offset in the item.
+    #[test]
+    fn row_blocks_cover_every_value_once() {
+        for par in [false, true] {
+            for (len, item, block) in [(10, 10, 3), (22 * 7, 7, 2), (12, 4, 4), (0, 5, 2)] {
+                let mut data = vec![(usize::MAX, usize::MAX); len];
+                row_blocks(&mut data, item, block, par, |it, r0, out| {
+                    assert!(out.len() <= block);
+                    for (j, v) in out.iter_mut().enumerate() {
+                        assert_eq!(*v, (usize::MAX, usize::MAX), "handed out twice");
+                        *v = (it, r0 + j);
+                    }
+                });
+                for (i, v) in data.iter().enumerate() {
+                    assert_eq!(
+                        *v,
+                        (i / item, i % item),
+                        "len {len}, item {item}, block {block}"
+                    );
+                }
+            }
+        }
+    }
+}
