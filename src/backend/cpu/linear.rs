@@ -152,7 +152,7 @@ impl CpuLinear {
         match &x.form {
             PreparedForm::Q8(q) if self.q8 && q.q.len() == self.cols => self.q8_rows(r0, q, out),
             PreparedForm::Exact { kind, xp } if !self.q8 && *kind == self.kind() => {
-                if !self.bf16_pairs(lv, r0, out, xp) {
+                if !self.bf16_pairs(lv, r0, out, xp) && !self.nvfp4_rows(lv, r0, out, xp) {
                     for (i, v) in out.iter_mut().enumerate() {
                         *v = self.dot_row(lv, r0 + i, xp) + self.bias(r0 + i);
                     }
@@ -346,6 +346,34 @@ impl CpuLinear {
         true
     }
 
+    /// One-token outputs of rows `r0 .. r0 + y.len()` of an NVFP4 weight through the many-row
+    /// kernel (each value bit-identical to [`Self::dot_row`]'s). `false`, with nothing
+    /// written, where the weight is not NVFP4 or the level has no such kernel.
+    fn nvfp4_rows(&self, lv: Level, r0: usize, y: &mut [f32], xp: &[f32]) -> bool {
+        let Format::Nvfp4 {
+            packed,
+            block_scales,
+            tensor_scale,
+        } = &self.format
+        else {
+            return false;
+        };
+        let (c, r1) = (self.cols, r0 + y.len());
+        let rows = (
+            &packed.bytes()[r0 * c / 2..r1 * c / 2],
+            &block_scales.bytes()[r0 * c / 16..r1 * c / 16],
+        );
+        if !simd::dot_nvfp4_rows(lv, rows, *tensor_scale, c, xp, y) {
+            return false;
+        }
+        if self.bias.is_some() {
+            for (i, v) in y.iter_mut().enumerate() {
+                *v += self.bias(r0 + i);
+            }
+        }
+        true
+    }
+
     fn bias(&self, r: usize) -> f32 {
         self.bias.as_ref().map_or(0.0, |b| b[r])
     }
@@ -405,7 +433,10 @@ impl CpuLinear {
                     self.q8_rows(b * per, &q8[0], chunk);
                     return;
                 }
-                if tokens == 1 && self.bf16_pairs(lv, b * per, chunk, &xp) {
+                if tokens == 1
+                    && (self.bf16_pairs(lv, b * per, chunk, &xp)
+                        || self.nvfp4_rows(lv, b * per, chunk, &xp))
+                {
                     return;
                 }
                 for (i, o) in chunk.chunks_exact_mut(tokens).enumerate() {

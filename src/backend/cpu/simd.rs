@@ -178,6 +178,36 @@ pub(crate) fn dot_nvfp4(
     }
 }
 
+/// [`dot_nvfp4`] for `out.len()` consecutive rows of `cols` columns starting at `packed` /
+/// `scales`: each result bit-identical to `dot_nvfp4`'s for that row. `false`, with nothing
+/// written, where this level has no many-row kernel.
+pub(crate) fn dot_nvfp4_rows(
+    level: Level,
+    (packed, scales): (&[u8], &[u8]),
+    tensor_scale: f32,
+    cols: usize,
+    xp: &[f32],
+    out: &mut [f32],
+) -> bool {
+    let rows = out.len();
+    assert!(
+        cols.is_multiple_of(16)
+            && packed.len() >= rows * cols / 2
+            && scales.len() >= rows * cols / 16
+            && xp.len() >= x_len(level, Kind::Nvfp4, cols),
+        "NVFP4 rows: lengths disagree"
+    );
+    match level {
+        Level::Scalar => false,
+        // SAFETY: this level is only chosen when the CPU has AVX2, FMA and F16C.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => {
+            unsafe { avx2::dot_nvfp4_rows(packed, scales, tensor_scale, cols, xp, out) };
+            true
+        }
+    }
+}
+
 /// `Σ_c w[c]·x[c]` for one FP8 (E4M3, per-tensor `scale`) row; `xp` from [`prepare_x`].
 pub(crate) fn dot_fp8(level: Level, row: &[u8], scale: f32, xp: &[f32]) -> f32 {
     assert!(
@@ -605,6 +635,78 @@ pub(crate) mod avx2 {
         }
     }
 
+    /// Eight rows at a time where the rows are whole steps and no block scale is NaN: each
+    /// row's lanes are summed by a transposing tree that adds them in exactly [`hsum`]'s order,
+    /// so every result is what [`dot_nvfp4`] gives for its row. Other rows go one by one.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_nvfp4_rows(
+        packed: &[u8],
+        scales: &[u8],
+        ts: f32,
+        cols: usize,
+        xp: &[f32],
+        out: &mut [f32],
+    ) {
+        let (rows, pb, sb) = (out.len(), cols / 2, cols / 16);
+        let row = |r: usize| (&packed[r * pb..(r + 1) * pb], &scales[r * sb..(r + 1) * sb]);
+        let whole = if cols.is_multiple_of(NV_STEP) {
+            rows / 8 * 8
+        } else {
+            0
+        };
+        let ts120 = ts * TWO_POW_120;
+        let nan = scales[..whole * sb]
+            .iter()
+            .fold(false, |a, &b| a | (b & 0x7f == 0x7f));
+        let done = if whole > 0 && !nan {
+            let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+            for r0 in (0..whole).step_by(8) {
+                let mut v = [_mm256_setzero_ps(); 8];
+                for (i, l) in v.iter_mut().enumerate() {
+                    let (p, s) = row(r0 + i);
+                    // SAFETY: the caller's guarantees, for each row.
+                    *l = unsafe {
+                        if ts120.is_finite() {
+                            let t = (_mm256_set1_ps(ts120), _mm256_setzero_ps());
+                            nv_lanes::<false>(p, s, t, xp)
+                        } else {
+                            let t = (_mm256_set1_ps(TWO_POW_120), _mm256_set1_ps(ts));
+                            nv_lanes::<true>(p, s, t, xp)
+                        }
+                    };
+                }
+                // hsum adds lane i to lane i + 4, then lanes 0 + 2 and 1 + 3, then those two.
+                let halves = |a: __m256, b: __m256| {
+                    _mm256_add_ps(
+                        _mm256_permute2f128_ps::<0x20>(a, b),
+                        _mm256_permute2f128_ps::<0x31>(a, b),
+                    )
+                };
+                let (s01, s23) = (halves(v[0], v[1]), halves(v[2], v[3]));
+                let (s45, s67) = (halves(v[4], v[5]), halves(v[6], v[7]));
+                let pairs = |a: __m256, b: __m256| {
+                    _mm256_add_ps(
+                        _mm256_shuffle_ps::<0b01_00_01_00>(a, b),
+                        _mm256_shuffle_ps::<0b11_10_11_10>(a, b),
+                    )
+                };
+                let (c0, c1) = (pairs(s01, s23), pairs(s45, s67));
+                // Lanes: rows 0, 2, 4, 6 | 1, 3, 5, 7.
+                let sums = _mm256_permutevar8x32_ps(_mm256_hadd_ps(c0, c1), order);
+                // SAFETY: rows r0 .. r0 + 8 are inside `out`.
+                unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(r0), sums) };
+            }
+            whole
+        } else {
+            0
+        };
+        for (r, o) in out.iter_mut().enumerate().skip(done) {
+            let (p, s) = row(r);
+            // SAFETY: the caller's guarantees, for each row.
+            *o = unsafe { dot_nvfp4(p, s, ts, xp) };
+        }
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn nv_dot<const SPLIT: bool>(
         packed: &[u8],
@@ -612,6 +714,19 @@ pub(crate) mod avx2 {
         ts: (__m256, __m256),
         xp: &[f32],
     ) -> f32 {
+        // SAFETY: the caller's guarantees.
+        hsum(unsafe { nv_lanes::<SPLIT>(packed, scales, ts, xp) })
+    }
+
+    /// [`nv_dot`] before its horizontal sum.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn nv_lanes<const SPLIT: bool>(
+        packed: &[u8],
+        scales: &[u8],
+        ts: (__m256, __m256),
+        xp: &[f32],
+    ) -> __m256 {
         let cols = scales.len() * 16;
         let steps = cols / NV_STEP;
         let tabs = e2m1_tables();
@@ -639,10 +754,7 @@ pub(crate) mod avx2 {
                 nv_step::<SPLIT>(p.as_ptr(), s.as_ptr(), x, ts, tabs, &mut acc);
             }
         }
-        hsum(_mm256_add_ps(
-            _mm256_add_ps(acc[0], acc[1]),
-            _mm256_add_ps(acc[2], acc[3]),
-        ))
+        _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))
     }
 
     /// Half a step of the FP8 dot: 32 bytes against 32 prepared inputs. Each byte `b` is put
@@ -1160,6 +1272,56 @@ mod tests {
         let mut xp = vec![f32::NAN; x_len(level, kind, x.len()) + 3];
         prepare_x(level, kind, x, &mut xp);
         xp
+    }
+
+    /// The many-row NVFP4 kernel returns, for every row, exactly the one-row kernel's result:
+    /// eight rows at a time and the rows left over, rows that are not whole steps, a NaN block
+    /// scale, and a tensor scale large enough to take the split multiplier.
+    #[test]
+    fn nvfp4_rows_equal_single_rows() {
+        let mut rng = Rng(0x5eed_1234);
+        for level in simd_levels() {
+            for &(rows, cols, ts, nan) in &[
+                (8usize, 1024usize, 0.37f32, false),
+                (19, 2688, 0.011, false),
+                (17, 256, 1000.0, false),
+                (9, 1024, 0.5, true),
+                (11, 176, 0.25, false),
+                (3, 128, 0.25, false),
+            ] {
+                let packed: Vec<u8> = (0..rows * cols / 2).map(|_| rng.byte()).collect();
+                let mut scales: Vec<u8> = (0..rows * cols / 16).map(|_| rng.e4m3()).collect();
+                if nan {
+                    scales[5 * cols / 16 + 2] = 0x7f;
+                }
+                let x: Vec<f32> = (0..cols).map(|_| rng.f32()).collect();
+                let xp = prepared(level, Kind::Nvfp4, &x);
+                let mut out = vec![f32::NAN; rows];
+                assert!(dot_nvfp4_rows(
+                    level,
+                    (&packed, &scales),
+                    ts,
+                    cols,
+                    &xp,
+                    &mut out
+                ));
+                for (r, &v) in out.iter().enumerate() {
+                    let one = dot_nvfp4(
+                        level,
+                        &packed[r * cols / 2..(r + 1) * cols / 2],
+                        &scales[r * cols / 16..(r + 1) * cols / 16],
+                        ts,
+                        &xp,
+                    );
+                    assert_eq!(
+                        v.to_bits(),
+                        one.to_bits(),
+                        "{rows}x{cols} row {r}: {v} vs {one}"
+                    );
+                    assert_eq!(v.is_nan(), nan && r == 5, "{rows}x{cols} row {r}");
+                }
+            }
+        }
     }
 
     /// Both results sum the same exactly-rounded products in different orders (the NVFP4 and
