@@ -73,6 +73,9 @@ enum PreparedForm {
     Q8(Q8Row),
 }
 
+/// Packed codes and block scales of a run of NVFP4 rows.
+type Nvfp4Rows<'a> = (&'a [u8], &'a [u8]);
+
 pub(crate) struct CpuLinear {
     pub rows: usize,
     pub cols: usize,
@@ -152,42 +155,60 @@ impl CpuLinear {
         match &x.form {
             PreparedForm::Q8(q) if self.q8 && q.q.len() == self.cols => self.q8_rows(r0, q, out),
             PreparedForm::Exact { kind, xp } if !self.q8 && *kind == self.kind() => {
-                if !self.bf16_pairs(lv, r0, out, xp) && !self.nvfp4_rows(lv, r0, out, xp) {
-                    for (i, v) in out.iter_mut().enumerate() {
-                        *v = self.dot_row(lv, r0 + i, xp) + self.bias(r0 + i);
-                    }
-                }
+                self.exact_rows(lv, r0, out, xp)
             }
             _ => self.rows_into(r0, &self.prepare_input(&x.raw), out),
         }
     }
 
-    /// `W[r] · x` for rows `r0 .. r0 + out.len()` against a quantized activation row, plus
-    /// the bias (NVFP4 weights only).
-    fn q8_rows(&self, r0: usize, x: &Q8Row, out: &mut [f32]) {
-        let c = self.cols;
+    /// One token's rows `r0 .. r0 + out.len()` of `W x + b` through the exact kernels, `xp`
+    /// from [`Self::prepare`]: BF16 in pairs, NVFP4 eight at a time, anything else row by row.
+    fn exact_rows(&self, lv: Level, r0: usize, out: &mut [f32], xp: &[f32]) {
+        if self.bf16_pairs(lv, r0, out, xp) || self.nvfp4_rows(lv, r0, out, xp) {
+            return;
+        }
+        for (i, v) in out.iter_mut().enumerate() {
+            *v = self.dot_row(lv, r0 + i, xp) + self.bias(r0 + i);
+        }
+    }
+
+    /// The codes, block scales and tensor scale of NVFP4 rows `r0 .. r1`.
+    fn nvfp4_rows_of(&self, r0: usize, r1: usize) -> Option<(Nvfp4Rows<'_>, f32)> {
         let Format::Nvfp4 {
             packed,
             block_scales,
             tensor_scale,
         } = &self.format
         else {
-            unreachable!("q8 is only set on NVFP4 weights")
+            return None;
         };
-        let r1 = r0 + out.len();
-        q8::dot_nvfp4_rows(
-            &packed.bytes()[r0 * c / 2..r1 * c / 2],
-            &block_scales.bytes()[r0 * c / 16..r1 * c / 16],
+        let c = self.cols;
+        Some((
+            (
+                &packed.bytes()[r0 * c / 2..r1 * c / 2],
+                &block_scales.bytes()[r0 * c / 16..r1 * c / 16],
+            ),
             *tensor_scale,
-            c,
-            x,
-            out,
-        );
+        ))
+    }
+
+    /// Adds the bias of rows `r0 ..` to `out`.
+    fn add_bias(&self, r0: usize, out: &mut [f32]) {
         if self.bias.is_some() {
             for (i, v) in out.iter_mut().enumerate() {
                 *v += self.bias(r0 + i);
             }
         }
+    }
+
+    /// `W[r] · x` for rows `r0 .. r0 + out.len()` against a quantized activation row, plus
+    /// the bias (NVFP4 weights only).
+    fn q8_rows(&self, r0: usize, x: &Q8Row, out: &mut [f32]) {
+        let Some(((packed, scales), ts)) = self.nvfp4_rows_of(r0, r0 + out.len()) else {
+            unreachable!("q8 is only set on NVFP4 weights")
+        };
+        q8::dot_nvfp4_rows(packed, scales, ts, self.cols, x, out);
+        self.add_bias(r0, out);
     }
 
     /// `W[r] · x` against a quantized activation row (NVFP4 weights only).
@@ -350,27 +371,13 @@ impl CpuLinear {
     /// kernel (each value bit-identical to [`Self::dot_row`]'s). `false`, with nothing
     /// written, where the weight is not NVFP4 or the level has no such kernel.
     fn nvfp4_rows(&self, lv: Level, r0: usize, y: &mut [f32], xp: &[f32]) -> bool {
-        let Format::Nvfp4 {
-            packed,
-            block_scales,
-            tensor_scale,
-        } = &self.format
-        else {
+        let Some((rows, ts)) = self.nvfp4_rows_of(r0, r0 + y.len()) else {
             return false;
         };
-        let (c, r1) = (self.cols, r0 + y.len());
-        let rows = (
-            &packed.bytes()[r0 * c / 2..r1 * c / 2],
-            &block_scales.bytes()[r0 * c / 16..r1 * c / 16],
-        );
-        if !simd::dot_nvfp4_rows(lv, rows, *tensor_scale, c, xp, y) {
+        if !simd::dot_nvfp4_rows(lv, rows, ts, self.cols, xp, y) {
             return false;
         }
-        if self.bias.is_some() {
-            for (i, v) in y.iter_mut().enumerate() {
-                *v += self.bias(r0 + i);
-            }
-        }
+        self.add_bias(r0, y);
         true
     }
 
@@ -388,12 +395,8 @@ impl CpuLinear {
         }
         let mut out = vec![0.0f32; tokens * n];
         simd::panel_product(lv, &panel, n, x, self.cols, &mut out);
-        if self.bias.is_some() {
-            for o in out.chunks_exact_mut(n) {
-                for (i, v) in o.iter_mut().enumerate() {
-                    *v += self.bias(r0 + i);
-                }
-            }
+        for o in out.chunks_exact_mut(n) {
+            self.add_bias(r0, o);
         }
         out
     }
@@ -429,14 +432,12 @@ impl CpuLinear {
             };
             let mut yt = vec![0.0f32; rows * tokens];
             par::chunks_mut(&mut yt, per * tokens, par, |b, chunk| {
-                if tokens == 1 && self.q8 {
-                    self.q8_rows(b * per, &q8[0], chunk);
-                    return;
-                }
-                if tokens == 1
-                    && (self.bf16_pairs(lv, b * per, chunk, &xp)
-                        || self.nvfp4_rows(lv, b * per, chunk, &xp))
-                {
+                if tokens == 1 {
+                    if self.q8 {
+                        self.q8_rows(b * per, &q8[0], chunk);
+                    } else {
+                        self.exact_rows(lv, b * per, chunk, &xp);
+                    }
                     return;
                 }
                 for (i, o) in chunk.chunks_exact_mut(tokens).enumerate() {

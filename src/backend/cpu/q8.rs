@@ -190,24 +190,23 @@ mod avx2 {
         ts_half: f32,
         out: &mut [f32],
     ) {
-        let rows = out.len();
-        let whole = rows / 8 * 8;
-        if blocks.is_multiple_of(8) && !has_nan(&scales[..whole * blocks]) {
+        let row = |r: usize| {
+            (
+                &packed[r * blocks * 8..(r + 1) * blocks * 8],
+                &scales[r * blocks..(r + 1) * blocks],
+            )
+        };
+        let whole = out.len() / 8 * 8;
+        let done = if blocks.is_multiple_of(8) && !has_nan(&scales[..whole * blocks]) {
             // Eight rows at a time: each row's eight lanes are summed together with the other
             // seven rows' by a transposing `hadd` tree, which adds lanes in exactly the order
             // `dot_nvfp4`'s scalar sum does, so every result is the same, bit for bit.
             let mut lanes = [_mm256_setzero_ps(); 8];
             for r0 in (0..whole).step_by(8) {
                 for (i, l) in lanes.iter_mut().enumerate() {
-                    let r = r0 + i;
+                    let (p, s) = row(r0 + i);
                     // SAFETY: the caller's guarantees, for each row.
-                    *l = unsafe {
-                        lane_sums(
-                            &packed[r * blocks * 8..(r + 1) * blocks * 8],
-                            &scales[r * blocks..(r + 1) * blocks],
-                            x,
-                        )
-                    };
+                    *l = unsafe { lane_sums(p, s, x) };
                 }
                 let h01 = _mm256_hadd_ps(lanes[0], lanes[1]);
                 let h23 = _mm256_hadd_ps(lanes[2], lanes[3]);
@@ -222,22 +221,13 @@ mod avx2 {
                 // SAFETY: rows r0 .. r0 + 8 are inside `out`.
                 unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(r0), v) };
             }
+            whole
         } else {
-            for (r, o) in out[..whole].iter_mut().enumerate() {
-                let (p, s) = (
-                    &packed[r * blocks * 8..(r + 1) * blocks * 8],
-                    &scales[r * blocks..(r + 1) * blocks],
-                );
-                // SAFETY: the caller's guarantees, for each row.
-                *o = unsafe { dot_nvfp4(p, s, x) } * ts_half;
-            }
-        }
-        for (r, o) in out.iter_mut().enumerate().skip(whole) {
-            let (p, s) = (
-                &packed[r * blocks * 8..(r + 1) * blocks * 8],
-                &scales[r * blocks..(r + 1) * blocks],
-            );
-            // SAFETY: as above.
+            0
+        };
+        for (r, o) in out.iter_mut().enumerate().skip(done) {
+            let (p, s) = row(r);
+            // SAFETY: the caller's guarantees, for each row.
             *o = unsafe { dot_nvfp4(p, s, x) } * ts_half;
         }
     }
