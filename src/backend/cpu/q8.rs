@@ -197,16 +197,19 @@ mod avx2 {
             )
         };
         let whole = out.len() / 8 * 8;
-        let done = if blocks.is_multiple_of(8) && !has_nan(&scales[..whole * blocks]) {
+        let done = if blocks.is_multiple_of(8) {
             // Eight rows at a time: each row's eight lanes are summed together with the other
             // seven rows' by a transposing `hadd` tree, which adds lanes in exactly the order
             // `dot_nvfp4`'s scalar sum does, so every result is the same, bit for bit.
             let mut lanes = [_mm256_setzero_ps(); 8];
             for r0 in (0..whole).step_by(8) {
+                let mut nan_rows = 0u32;
                 for (i, l) in lanes.iter_mut().enumerate() {
                     let (p, s) = row(r0 + i);
                     // SAFETY: the caller's guarantees, for each row.
-                    *l = unsafe { lane_sums(p, s, x) };
+                    let (sums, nan) = unsafe { lane_sums(p, s, x) };
+                    *l = sums;
+                    nan_rows |= u32::from(nan) << i;
                 }
                 let h01 = _mm256_hadd_ps(lanes[0], lanes[1]);
                 let h23 = _mm256_hadd_ps(lanes[2], lanes[3]);
@@ -220,6 +223,12 @@ mod avx2 {
                 let v = _mm256_mul_ps(sums, _mm256_set1_ps(ts_half));
                 // SAFETY: rows r0 .. r0 + 8 are inside `out`.
                 unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(r0), v) };
+                if nan_rows != 0 {
+                    // A NaN block scale was not decoded; the row's result is NaN.
+                    for i in (0..8).filter(|i| nan_rows & (1 << i) != 0) {
+                        out[r0 + i] = f32::NAN;
+                    }
+                }
             }
             whole
         } else {
@@ -232,37 +241,35 @@ mod avx2 {
         }
     }
 
-    fn has_nan(scales: &[u8]) -> bool {
-        scales.iter().fold(false, |a, &b| a | (b & 0x7f == 0x7f))
-    }
-
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_nvfp4(packed: &[u8], scales: &[u8], x: &Q8Row) -> f32 {
-        // NaN scales are not decoded by the loop (see `e4m3x8_scaled`); a NaN factor would
-        // make the sum NaN, as the exact path's would.
-        if has_nan(scales) {
+        // SAFETY: the caller's guarantees.
+        let (total, nan) = unsafe { lane_sums(packed, scales, x) };
+        let (blocks, done) = (scales.len(), scales.len() / 8 * 8);
+        // NaN block scales are not decoded by the loop (see `e4m3x8_scaled`); a NaN factor
+        // would make the sum NaN, as the exact path's would.
+        if nan || scales[done..].iter().any(|&b| b & 0x7f == 0x7f) {
             return f32::NAN;
         }
-        // SAFETY: the caller's guarantees.
-        let total = unsafe { lane_sums(packed, scales, x) };
         let mut lanes = [0.0f32; 8];
         // SAFETY: `lanes` holds eight floats.
         unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), total) };
         let sum = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
             + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
-        let (blocks, done) = (scales.len(), scales.len() / 8 * 8);
         if done == blocks {
             return sum;
         }
         sum + super::scalar_dot(packed, scales, x, done, blocks)
     }
 
-    /// The whole steps (eight blocks each) of a row's dot as eight lane sums; the blocks past
-    /// the last whole step are left out. NaN block scales are not decoded (the caller checks).
+    /// The whole steps (eight blocks each) of a row's dot as eight lane sums, and whether any of
+    /// their block scales is NaN (those are not decoded, so the sums are then meaningless); the
+    /// blocks past the last whole step are left out. Checking in the loop, on scales already
+    /// loaded, saves a separate pass that would wait on DRAM for every row's scales.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn lane_sums(packed: &[u8], scales: &[u8], x: &Q8Row) -> __m256 {
+    unsafe fn lane_sums(packed: &[u8], scales: &[u8], x: &Q8Row) -> (__m256, bool) {
         let blocks = scales.len();
         // SAFETY: the table holds 16 bytes.
         let table = unsafe {
@@ -276,6 +283,7 @@ mod avx2 {
         let second = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
         let mut acc = [_mm256_setzero_ps(); 2];
         let mut offset = _mm256_setzero_ps();
+        let mut nan = _mm_setzero_si128();
         // Eight blocks (128 elements) per step: their eight factors (block scale x activation
         // scale) in one vector, then two groups of integer block sums; the +12 of the weights
         // comes back out as factor x 12·Σq per block.
@@ -289,10 +297,10 @@ mod avx2 {
             unsafe {
                 _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(8 * b0 + PREFETCH).cast());
                 _mm_prefetch::<_MM_HINT_T0>(scales.as_ptr().wrapping_add(b0 + PREFETCH / 8).cast());
-                let ws = _mm256_mul_ps(
-                    e4m3x8_scaled(_mm_loadl_epi64(scales.as_ptr().add(b0).cast())),
-                    _mm256_set1_ps(TWO_POW_120),
-                );
+                let sb = _mm_loadl_epi64(scales.as_ptr().add(b0).cast());
+                let magnitude = _mm_and_si128(sb, _mm_set1_epi8(0x7f));
+                nan = _mm_or_si128(nan, _mm_cmpeq_epi8(magnitude, _mm_set1_epi8(0x7f)));
+                let ws = _mm256_mul_ps(e4m3x8_scaled(sb), _mm256_set1_ps(TWO_POW_120));
                 let f = _mm256_mul_ps(ws, _mm256_loadu_ps(x.scale.as_ptr().add(b0)));
                 offset = _mm256_fmadd_ps(f, _mm256_loadu_ps(x.offset.as_ptr().add(b0)), offset);
                 let s0 = group_sums(p.add(8 * b0), q.add(16 * b0), table);
@@ -303,7 +311,10 @@ mod avx2 {
                 acc[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), f1, acc[1]);
             }
         }
-        _mm256_sub_ps(_mm256_add_ps(acc[0], acc[1]), offset)
+        (
+            _mm256_sub_ps(_mm256_add_ps(acc[0], acc[1]), offset),
+            _mm_movemask_epi8(nan) != 0,
+        )
     }
 }
 

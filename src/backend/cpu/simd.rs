@@ -593,13 +593,17 @@ pub(crate) mod avx2 {
         (ts, ts2): (__m256, __m256),
         (tl, th): (__m256i, __m256i),
         acc: &mut [__m256; 4],
+        nan: &mut __m128i,
     ) {
         // SAFETY: the caller guarantees 64 bytes at `p`, 8 at `s` and 128 floats at `x`;
         // prefetches never fault.
         unsafe {
             _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PF_NV).cast());
             _mm_prefetch::<_MM_HINT_T0>(s.wrapping_add(PF_NV / 8).cast());
-            let mut d = _mm256_mul_ps(e4m3x8_scaled(_mm_loadl_epi64(s.cast())), ts);
+            let sb = _mm_loadl_epi64(s.cast());
+            let magnitude = _mm_and_si128(sb, _mm_set1_epi8(0x7f));
+            *nan = _mm_or_si128(*nan, _mm_cmpeq_epi8(magnitude, _mm_set1_epi8(0x7f)));
+            let mut d = _mm256_mul_ps(e4m3x8_scaled(sb), ts);
             if SPLIT {
                 d = _mm256_mul_ps(d, ts2);
             }
@@ -617,11 +621,6 @@ pub(crate) mod avx2 {
     /// See [`super::dot_nvfp4`]; lengths are checked there.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_nvfp4(packed: &[u8], scales: &[u8], ts: f32, xp: &[f32]) -> f32 {
-        // NaN scales are not decoded by the loop (see `e4m3x8_scaled`); a NaN multiplier
-        // would make the sum NaN, as decoding would.
-        if scales.iter().fold(false, |a, &b| a | (b & 0x7f == 0x7f)) {
-            return f32::NAN;
-        }
         let ts120 = ts * TWO_POW_120;
         // SAFETY: the caller's guarantees, passed on.
         unsafe {
@@ -635,8 +634,7 @@ pub(crate) mod avx2 {
         }
     }
 
-    /// Eight rows at a time where the rows are whole steps and no block scale is NaN: each
-    /// row's lanes are summed by a transposing tree that adds them in exactly [`hsum`]'s order,
+    /// Eight rows at a time where the rows are whole steps: each row's lanes are summed by a transposing tree that adds them in exactly [`hsum`]'s order,
     /// so every result is what [`dot_nvfp4`] gives for its row. Other rows go one by one.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_nvfp4_rows(
@@ -655,17 +653,15 @@ pub(crate) mod avx2 {
             0
         };
         let ts120 = ts * TWO_POW_120;
-        let nan = scales[..whole * sb]
-            .iter()
-            .fold(false, |a, &b| a | (b & 0x7f == 0x7f));
-        let done = if whole > 0 && !nan {
+        let done = if whole > 0 {
             let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
             for r0 in (0..whole).step_by(8) {
                 let mut v = [_mm256_setzero_ps(); 8];
+                let mut nan_rows = 0u32;
                 for (i, l) in v.iter_mut().enumerate() {
                     let (p, s) = row(r0 + i);
                     // SAFETY: the caller's guarantees, for each row.
-                    *l = unsafe {
+                    let (lanes, nan) = unsafe {
                         if ts120.is_finite() {
                             let t = (_mm256_set1_ps(ts120), _mm256_setzero_ps());
                             nv_lanes::<false>(p, s, t, xp)
@@ -674,6 +670,8 @@ pub(crate) mod avx2 {
                             nv_lanes::<true>(p, s, t, xp)
                         }
                     };
+                    *l = lanes;
+                    nan_rows |= u32::from(nan) << i;
                 }
                 // hsum adds lane i to lane i + 4, then lanes 0 + 2 and 1 + 3, then those two.
                 let halves = |a: __m256, b: __m256| {
@@ -695,6 +693,9 @@ pub(crate) mod avx2 {
                 let sums = _mm256_permutevar8x32_ps(_mm256_hadd_ps(c0, c1), order);
                 // SAFETY: rows r0 .. r0 + 8 are inside `out`.
                 unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(r0), sums) };
+                for i in (0..8).filter(|i| nan_rows & (1 << i) != 0) {
+                    out[r0 + i] = f32::NAN;
+                }
             }
             whole
         } else {
@@ -715,10 +716,15 @@ pub(crate) mod avx2 {
         xp: &[f32],
     ) -> f32 {
         // SAFETY: the caller's guarantees.
-        hsum(unsafe { nv_lanes::<SPLIT>(packed, scales, ts, xp) })
+        let (lanes, nan) = unsafe { nv_lanes::<SPLIT>(packed, scales, ts, xp) };
+        // NaN scales are not decoded by the loop (see `e4m3x8_scaled`); a NaN multiplier
+        // would make the sum NaN, as decoding would.
+        if nan { f32::NAN } else { hsum(lanes) }
     }
 
-    /// [`nv_dot`] before its horizontal sum.
+    /// [`nv_dot`] before its horizontal sum, and whether a block scale is NaN (not decoded,
+    /// so the lanes are then meaningless). Checking scales already loaded saves a separate
+    /// pass over them, which would wait on DRAM for every row.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn nv_lanes<const SPLIT: bool>(
@@ -726,11 +732,12 @@ pub(crate) mod avx2 {
         scales: &[u8],
         ts: (__m256, __m256),
         xp: &[f32],
-    ) -> __m256 {
+    ) -> (__m256, bool) {
         let cols = scales.len() * 16;
         let steps = cols / NV_STEP;
         let tabs = e2m1_tables();
         let mut acc = [_mm256_setzero_ps(); 4];
+        let mut nan = _mm_setzero_si128();
         // SAFETY: step i reads packed[64i..64i+64], scales[8i..8i+8], xp[128i..128i+128],
         // all inside the slices for i < steps; the tail reads local buffers and the padded
         // end of xp (x_len rounds up to whole steps).
@@ -743,6 +750,7 @@ pub(crate) mod avx2 {
                     ts,
                     tabs,
                     &mut acc,
+                    &mut nan,
                 );
             }
             if !cols.is_multiple_of(NV_STEP) {
@@ -751,10 +759,13 @@ pub(crate) mod avx2 {
                 p[..packed.len() - 64 * steps].copy_from_slice(&packed[64 * steps..]);
                 s[..scales.len() - 8 * steps].copy_from_slice(&scales[8 * steps..]);
                 let x = xp[NV_STEP * steps..NV_STEP * (steps + 1)].as_ptr();
-                nv_step::<SPLIT>(p.as_ptr(), s.as_ptr(), x, ts, tabs, &mut acc);
+                nv_step::<SPLIT>(p.as_ptr(), s.as_ptr(), x, ts, tabs, &mut acc, &mut nan);
             }
         }
-        _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))
+        (
+            _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])),
+            _mm_movemask_epi8(nan) != 0,
+        )
     }
 
     /// Half a step of the FP8 dot: 32 bytes against 32 prepared inputs. Each byte `b` is put
