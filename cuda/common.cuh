@@ -66,7 +66,8 @@ __device__ __forceinline__ u32 f32_to_e4m3(float v) {
     if (v >= 448.0f) return 0x7eu;
     if (v < 0.015625f) return (u32)rintf(v * 512.0f); // subnormals step 2^-9; 8 is 2^-6, normal
     int e = (int)((__float_as_uint(v) >> 23) & 0xff) - 127;
-    float m = rintf((v * exp2f((float)-e) - 1.0f) * 8.0f);
+    // 2^-e built from bits (e is in [-6, 8] here), so the scaling is exact by construction.
+    float m = rintf((v * __uint_as_float((u32)(127 - e) << 23) - 1.0f) * 8.0f);
     if (m >= 8.0f) {
         m = 0.0f;
         e += 1;

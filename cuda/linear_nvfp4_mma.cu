@@ -48,8 +48,10 @@ extern "C" __global__ void linear_nvfp4_mma(const u8* w, const u8* wsc, float ts
     u64 kb = cols / 2, ks = cols / 16;
     int ra = r0 + g, rb = r0 + g + 8, tn = n0 + g;
     // Scale lanes: A row m sits in lane 4·(m % 8) + (m / 8) (thread-id 0); B column n in 4·n.
-    int sa_row = (lane & 3) < 2 ? r0 + (lane >> 2) + 8 * (lane & 1) : -1;
-    int sb_tok = (lane & 3) == 0 ? n0 + (lane >> 2) : -1;
+    // The other lanes are not read with selector {0, 0}; they load a valid duplicate anyway,
+    // so the result does not hang on which lanes the hardware reads.
+    int sa_row = r0 + (lane >> 2) + 8 * (lane & 1);
+    int sb_tok = n0 + (lane >> 2);
     float d0 = 0.0f, d1 = 0.0f, d2 = 0.0f, d3 = 0.0f;
     for (int k0 = 0; k0 < cols; k0 += 64) {
         u64 lo = (u64)(k0 + tq * 8) / 2, hi = (u64)(k0 + 32 + tq * 8) / 2;
@@ -59,8 +61,8 @@ extern "C" __global__ void linear_nvfp4_mma(const u8* w, const u8* wsc, float ts
         u32 a3 = load_u32(w + (u64)rb * kb + hi, rb < rows);
         u32 b0 = load_u32(xq + (u64)tn * kb + lo, tn < tokens);
         u32 b1 = load_u32(xq + (u64)tn * kb + hi, tn < tokens);
-        u32 sfa = load_u32(wsc + (u64)sa_row * ks + k0 / 16, sa_row >= 0 && sa_row < rows);
-        u32 sfb = load_u32(xsc + (u64)sb_tok * ks + k0 / 16, sb_tok >= 0 && sb_tok < tokens);
+        u32 sfa = load_u32(wsc + (u64)sa_row * ks + k0 / 16, sa_row < rows);
+        u32 sfb = load_u32(xsc + (u64)sb_tok * ks + k0 / 16, sb_tok < tokens);
         asm volatile(
             "mma.sync.aligned.m16n8k64.row.col.kind::mxf4nvf4.block_scale.scale_vec::4X"
             ".f32.e2m1.e2m1.f32.ue4m3 "

@@ -1,13 +1,14 @@
 //! Every CUDA kernel (`cuda/<op>.cu`) compiles with NVRTC for Hopper (sm_90) and for Blackwell
-//! (sm_100a, sm_120a; the FP4 tensor-core kernel for sm_120a only), so a broken kernel fails the
-//! tests on machines without a GPU.
+//! (sm_100a, sm_120a, sm_121a; the FP4 tensor-core kernel for the sm_12x ones only), so a broken
+//! kernel fails the tests on machines without a GPU.
 //! Needs only libnvrtc (`pip install nvidia-cuda-nvrtc-cu12`, then point LD_LIBRARY_PATH at
 //! its `nvidia/cuda_nvrtc/lib`, as `.ci/run` does); without it the test says it skipped, unless
 //! `NEMOTRON_REQUIRE_NVRTC` is set (CI), where that is a failure.
 
 use nemotron_rt::backend::cuda::kernels;
 
-const ARCHS: [&str; 3] = ["sm_90", "sm_100a", "sm_120a"];
+/// sm_121a is the GB10 (DGX Spark), which gets the FP4 path too (compute capability 12.x).
+const ARCHS: [&str; 4] = ["sm_90", "sm_100a", "sm_120a", "sm_121a"];
 
 #[test]
 fn every_kernel_compiles_for_hopper_and_blackwell() {
@@ -31,7 +32,7 @@ fn every_kernel_compiles_for_hopper_and_blackwell() {
                 s.spawn(move || {
                     let (mut built, mut failures) = (0, Vec::new());
                     for k in kernels::ALL {
-                        if k.sm120_only && arch != "sm_120a" {
+                        if k.sm120_only && !arch.starts_with("sm_12") {
                             continue;
                         }
                         match kernels::compile(k, arch) {
@@ -51,8 +52,8 @@ fn every_kernel_compiles_for_hopper_and_blackwell() {
     let built: usize = results.iter().map(|r| r.0).sum();
     let failures: Vec<String> = results.into_iter().flat_map(|r| r.1).collect();
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
-    // 16 kernel files for each of the three architectures, plus the sm_120a-only FP4 one.
-    assert_eq!(built, 49, "every kernel file must be compiled");
+    // 16 kernel files for each of the four architectures, plus the FP4 one for the two sm_12x.
+    assert_eq!(built, 66, "every kernel file must be compiled");
     eprintln!("compiled {built} kernel/architecture pairs");
 }
 

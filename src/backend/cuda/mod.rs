@@ -148,6 +148,17 @@ impl CudaBackend {
         ))
     }
 
+    /// A new f32 tensor of `shape`, all zeros.
+    pub(crate) fn zero_output(&self, shape: Vec<usize>, what: &str) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let buf = self.dev.zeros(n * 4, what)?;
+        Ok(Tensor::new(
+            shape,
+            ElemType::F32,
+            Box::new(CudaTensor { buf }),
+        ))
+    }
+
     pub(crate) fn output_u32(&self, shape: Vec<usize>, what: &str) -> Result<Tensor> {
         let n: usize = shape.iter().product();
         let buf = self.dev.alloc(n * 4, what)?;

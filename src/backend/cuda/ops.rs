@@ -662,10 +662,11 @@ impl CudaBackend {
             )));
         }
         let (f, l) = (experts.hidden, experts.latent);
-        let out = self.output(vec![tokens, l], "moe output")?;
         if tokens == 0 || k == 0 {
-            return Ok(out);
+            // A sum over no experts.
+            return self.zero_output(vec![tokens, l], "moe output");
         }
+        let out = self.output(vec![tokens, l], "moe output")?;
         let ids = self.buf(&routing.ids)?;
         if tokens > GEMV_MAX_TOKENS {
             return self.moe_experts_grouped(x, ex, experts.experts, routing, (f, l), out);
