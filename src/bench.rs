@@ -118,6 +118,17 @@ pub fn run(model: &Model, opts: &BenchOptions) -> Result<BenchReport> {
             opts.prompt_len, opts.gen_tokens, opts.repeat
         )));
     }
+    let context = model.config.max_position_embeddings;
+    match opts.prompt_len.checked_add(opts.gen_tokens) {
+        Some(n) if n <= context => {}
+        _ => {
+            return Err(Error::Invalid(format!(
+                "bench: --prompt-len {} + --gen {} positions do not fit the model's context \
+                 (max_position_embeddings {context})",
+                opts.prompt_len, opts.gen_tokens
+            )));
+        }
+    }
     let prompt = synthetic_prompt(opts.prompt_len, model.config.vocab_size);
     let base = GenerateParams {
         max_tokens: opts.gen_tokens,

@@ -154,6 +154,13 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// Reads and validates `dir/config.json`.
     pub fn load(dir: &Path) -> Result<ModelConfig> {
+        if dir.is_file() {
+            return Err(Error::config(
+                dir,
+                "is a file; expected the checkpoint's folder (config.json, *.safetensors, \
+                 tokenizer.json)",
+            ));
+        }
         let path = dir.join("config.json");
         let text = read_text(&path, "the model's config.json")?;
         ModelConfig::from_json_str(&text, &path)

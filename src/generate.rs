@@ -23,7 +23,15 @@ pub struct GenerateParams {
     /// Longest sequence (prompt + generated) allowed; `None` = the config's
     /// `max_position_embeddings`.
     pub max_context: Option<usize>,
+    /// The prompt is run through the model this many tokens at a time (0: all at once), so a
+    /// long prompt's activations stay bounded instead of growing with its length.
+    pub prefill_chunk: usize,
 }
+
+/// Default [`GenerateParams::prefill_chunk`]: long enough that prefill runs as matrix-matrix
+/// products at full speed, short enough that a Super layer's activations stay in the low
+/// hundreds of MB.
+pub const PREFILL_CHUNK: usize = 512;
 
 impl Default for GenerateParams {
     fn default() -> Self {
@@ -34,6 +42,7 @@ impl Default for GenerateParams {
             ignore_eos: false,
             routing: false,
             max_context: None,
+            prefill_chunk: PREFILL_CHUNK,
         }
     }
 }
@@ -197,8 +206,19 @@ pub fn generate_on(
     let mut emitted = 0usize;
 
     let mut step_start = Instant::now();
-    let mut fwd = model.forward(seq, prompt, fopts)?;
-    let mut last_row = prompt.len() - 1;
+    let chunk = match params.prefill_chunk {
+        0 => prompt.len(),
+        n => n,
+    };
+    let mut pieces = prompt.chunks(chunk);
+    let mut piece = pieces.next().expect("the prompt is not empty");
+    for next in pieces {
+        // Only the last piece's logits are used; the cache and states carry the rest.
+        model.forward(seq, piece, fopts)?;
+        piece = next;
+    }
+    let mut fwd = model.forward(seq, piece, fopts)?;
+    let mut last_row = piece.len() - 1;
     let mut first = true;
     let mut reason = FinishReason::Length;
     while out.tokens.len() < params.max_tokens {

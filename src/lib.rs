@@ -14,6 +14,7 @@ pub mod config;
 pub mod devices;
 pub mod error;
 pub mod generate;
+pub mod memory;
 pub mod model;
 pub mod quant_config;
 pub mod sampling;

@@ -158,7 +158,9 @@ struct GenerateArgs {
     /// Keep going past end-of-sequence tokens.
     #[arg(long)]
     ignore_eos: bool,
-    /// Longest prompt + output allowed (default: the config's max_position_embeddings).
+    /// Most positions the sequence may hold: prompt plus generated tokens fed back (the last
+    /// token sampled is not fed back, so a full context still yields one token). Default: the
+    /// config's max_position_embeddings.
     #[arg(long)]
     max_context: Option<usize>,
     /// Print one JSON object with tokens, text, timings and routing instead of streaming text.
@@ -286,6 +288,7 @@ fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
         ignore_eos: a.ignore_eos,
         routing: a.json || a.trace_routing.is_some(),
         max_context: a.max_context,
+        ..Default::default()
     };
     let mut trace = match &a.trace_routing {
         Some(p) => Some(std::io::BufWriter::new(
@@ -363,47 +366,106 @@ fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
 }
 
 fn run_forward(a: ForwardArgs) -> anyhow::Result<()> {
+    let out_path = forward_output_path(&a.out, &a.model.model)?;
     let model = load(&a.model)?;
-    let mut seq = model.new_sequence()?;
+    let (t, v, d) = (
+        a.prompt_ids.len(),
+        model.config.vocab_size,
+        model.config.hidden_size,
+    );
+    let context = model.config.max_position_embeddings;
+    if t > context {
+        return Err(nemotron_rt::Error::PromptTooLong {
+            got: t,
+            max: context,
+            why: "the config's max_position_embeddings".into(),
+        }
+        .into());
+    }
+    // Embeddings, every layer and the final norm.
+    let states = model.config.layers.len() + 2;
+    let out_bytes = 4 * (t as u64 * v as u64 + (states * t) as u64 * d as u64);
+    nemotron_rt::memory::ensure_fits(
+        out_bytes,
+        &format!(
+            "forward over {t} tokens (logits [{t}, {v}] and {states} hidden states [{t}, {d}], f32)"
+        ),
+    )?;
     let opts = ForwardOptions {
         all_logits: true,
         routing: false,
         hidden: true,
     };
-    let out = model.forward(&mut seq, &a.prompt_ids, opts)?;
+    // In pieces, like generation's prefill, so the activations stay bounded; only the outputs
+    // grow with the prompt.
     let be = model.backend.as_ref();
-    let logits = be.download(&out.logits)?;
-    let t = a.prompt_ids.len();
-    let (v, d) = (model.config.vocab_size, model.config.hidden_size);
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = vec![(
-        "logits".into(),
-        vec![t, v],
-        bytemuck::cast_slice(&logits).to_vec(),
-    )];
-    for (name, h) in &out.hidden {
-        tensors.push((
-            format!("hidden.{name}"),
-            vec![t, d],
-            bytemuck::cast_slice(h).to_vec(),
-        ));
+    let mut seq = model.new_sequence()?;
+    let mut logits: Vec<f32> = Vec::with_capacity(t * v);
+    let mut hidden: Vec<(String, Vec<f32>)> = Vec::new();
+    for piece in a.prompt_ids.chunks(generate::PREFILL_CHUNK) {
+        let out = model.forward(&mut seq, piece, opts)?;
+        logits.extend(be.download(&out.logits)?);
+        if hidden.is_empty() {
+            hidden = out
+                .hidden
+                .into_iter()
+                .map(|(name, h)| {
+                    let mut all = Vec::with_capacity(t * d);
+                    all.extend(h);
+                    (name, all)
+                })
+                .collect();
+        } else {
+            for ((_, all), (_, h)) in hidden.iter_mut().zip(out.hidden) {
+                all.extend(h);
+            }
+        }
     }
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
-        .iter()
-        .map(|(n, shape, bytes)| {
-            let view =
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                    .expect("shape and byte count agree");
-            (n.clone(), view)
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, &a.out)
-        .with_context(|| format!("writing {}", a.out.display()))?;
+    fn view(shape: Vec<usize>, data: &[f32]) -> safetensors::tensor::TensorView<'_> {
+        safetensors::tensor::TensorView::new(
+            safetensors::Dtype::F32,
+            shape,
+            bytemuck::cast_slice(data),
+        )
+        .expect("shape and byte count agree")
+    }
+    let mut views = vec![("logits".to_string(), view(vec![t, v], &logits))];
+    for (name, h) in &hidden {
+        views.push((format!("hidden.{name}"), view(vec![t, d], h)));
+    }
+    safetensors::serialize_to_file(views, None, &out_path)
+        .with_context(|| format!("writing {}", out_path.display()))?;
     eprintln!(
         "wrote logits [{t}, {v}] and {} hidden states to {}",
-        out.hidden.len(),
+        hidden.len(),
         a.out.display()
     );
     Ok(())
+}
+
+/// Where `forward --out` writes: a link is followed (it stays a link to the new file); a path
+/// that is not a regular file, or an existing file of the checkpoint being read, is refused.
+fn forward_output_path(out: &Path, model_dir: &Path) -> anyhow::Result<PathBuf> {
+    let target = std::fs::canonicalize(out).unwrap_or_else(|_| out.to_path_buf());
+    let Ok(meta) = std::fs::metadata(&target) else {
+        return Ok(target);
+    };
+    if !meta.is_file() {
+        bail!(
+            "--out {}: exists and is not a regular file; give the path of a .safetensors file",
+            out.display()
+        );
+    }
+    if let Ok(dir) = std::fs::canonicalize(model_dir)
+        && target.starts_with(&dir)
+    {
+        bail!(
+            "--out {}: is a file of the checkpoint being read ({}); write the output elsewhere",
+            out.display(),
+            dir.display()
+        );
+    }
+    Ok(target)
 }
 
 #[derive(Serialize)]

@@ -336,3 +336,20 @@ fn empty_prompt_and_bad_sampling_are_refused() {
         .to_string();
     assert_mentions(&err, &["top_p", "1.5"]);
 }
+
+/// Python's `json.dumps` writes non-finite floats as bare `Infinity`: such a config.json (here
+/// in `time_step_limit`'s list) loads, for the model as well as for its own parser.
+#[test]
+fn python_style_infinity_in_config_loads() {
+    let d = copy_of("nemotronh_tiny_grouped/hf");
+    let p = d.path().join("config.json");
+    let text = std::fs::read_to_string(&p).unwrap();
+    let hf_tagged = "{\n      \"__float__\": \"Infinity\"\n    }";
+    assert!(
+        text.contains(hf_tagged),
+        "the fixture writes HF's tagged form"
+    );
+    std::fs::write(&p, text.replace(hf_tagged, "Infinity")).unwrap();
+    let be = backend::create(BackendKind::Cpu, 1).unwrap();
+    Model::load(d.path(), be, LoadOptions::default()).unwrap();
+}

@@ -561,3 +561,118 @@ fn missing_wgpu_adapter_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// Refused with an error naming the thing and what was expected, never a panic or a hang:
+/// `forward --out` onto a device or onto the checkpoint being read, `--model` naming a file,
+/// a thread count no machine needs, and a bench longer than the model's context.
+#[test]
+fn bad_paths_and_ranges_are_refused_by_name() {
+    let model = hf(GROUPED);
+    let m = model.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    // A checkpoint copy that `--out` must not overwrite.
+    let copy = tmp.path().join("ckpt");
+    std::fs::create_dir(&copy).unwrap();
+    for e in std::fs::read_dir(&model).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+    }
+    let weights = copy.join("model.safetensors");
+    let before = std::fs::read(&weights).unwrap();
+    let cases: Vec<(Vec<String>, Vec<&str>)> = vec![
+        (
+            vec![
+                "forward",
+                "--model",
+                copy.to_str().unwrap(),
+                "--prompt-ids",
+                "3,4",
+                "--out",
+            ]
+            .into_iter()
+            .map(String::from)
+            .chain([weights.display().to_string()])
+            .collect(),
+            vec!["--out", "checkpoint being read"],
+        ),
+        (
+            [
+                "forward",
+                "--model",
+                m,
+                "--prompt-ids",
+                "3,4",
+                "--out",
+                "/dev/null",
+            ]
+            .map(String::from)
+            .to_vec(),
+            vec!["/dev/null", "not a regular file"],
+        ),
+        (
+            [
+                "generate",
+                "--model",
+                &format!("{m}/config.json"),
+                "--prompt-ids",
+                "3",
+            ]
+            .map(String::from)
+            .to_vec(),
+            vec!["config.json", "is a file", "folder"],
+        ),
+        (
+            [
+                "bench",
+                "--model",
+                m,
+                "--prompt-len",
+                "5000",
+                "--gen",
+                "4",
+                "--repeat",
+                "1",
+            ]
+            .map(String::from)
+            .to_vec(),
+            vec!["--prompt-len 5000", "max_position_embeddings"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run(&args);
+        assert!(!out.status.success(), "{args:?} must fail");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for n in needles {
+            assert!(
+                stderr.contains(n),
+                "{args:?}: stderr should mention `{n}`: {stderr}"
+            );
+        }
+        assert!(!stderr.contains("panicked"), "no panic: {stderr}");
+    }
+    assert_eq!(
+        std::fs::read(&weights).unwrap(),
+        before,
+        "the checkpoint is untouched"
+    );
+    // Not through `run`, which adds `--threads 2` itself.
+    let out = Command::new(env!("CARGO_BIN_EXE_nemotron-rt"))
+        .args([
+            "generate",
+            "--model",
+            m,
+            "--prompt-ids",
+            "3",
+            "--threads",
+            "100000",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("100000") && stderr.contains("--threads"),
+        "{stderr}"
+    );
+}

@@ -153,10 +153,7 @@ impl Model {
     ) -> Result<Model> {
         let config = ModelConfig::load(dir)?;
         let config_path = dir.join("config.json");
-        let raw: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?,
-        )
-        .map_err(|e| Error::config(&config_path, format!("invalid JSON: {e}")))?;
+        let raw = crate::config::read_json(&config_path)?;
         let quant = QuantConfig::load(dir, &raw)?;
         let generation = load_generation_config(dir, &config)?;
         let ck = Checkpoint::open(dir)?;

@@ -33,13 +33,6 @@ pub struct CpuBackend {
 }
 
 /// `MemAvailable` of Linux's `/proc/meminfo`, in bytes.
-fn available_memory() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 enum CpuWeight {
     Linear(CpuLinear),
     Vector(Vec<f32>),
@@ -57,13 +50,22 @@ struct SsmState {
     dims: SsmDims,
 }
 
+/// Worker threads allowed per core (see [`CpuBackend::new`]).
+const MAX_THREADS_PER_CORE: usize = 16;
+
 impl CpuBackend {
     pub fn new(threads: usize) -> Result<CpuBackend> {
-        let threads = if threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            threads
-        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = if threads == 0 { cores } else { threads };
+        // Far more threads than cores only slows every op down (each one wakes them all), and
+        // tens of thousands take minutes to start: refuse rather than appear to hang.
+        let most = MAX_THREADS_PER_CORE * cores;
+        if threads > most {
+            return Err(err(format!(
+                "{threads} worker threads asked for (--threads), but this machine has {cores} \
+                 cores: use at most {most} ({MAX_THREADS_PER_CORE} per core), or 0 for one per core"
+            )));
+        }
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("nemotron-cpu-{i}"))
@@ -75,7 +77,7 @@ impl CpuBackend {
             q8_activations: false,
             profile: profile::Profile::from_env(),
             populate_budget: std::sync::atomic::AtomicU64::new(
-                available_memory().map_or(u64::MAX, |b| b / 4 * 3),
+                crate::memory::available_memory().map_or(u64::MAX, |b| b / 4 * 3),
             ),
         })
     }
