@@ -206,6 +206,53 @@ impl TensorInfo {
         Ok(())
     }
 
+    /// Fails, naming the first element (row and column for a matrix), when a value is NaN or
+    /// infinite: F32/BF16/F16 NaN and inf, E4M3 NaN (`0x7f`/`0xff`; it has no inf). A weight
+    /// like that makes every later logit NaN, and the reference would produce the same NaNs,
+    /// so it is a broken checkpoint, better named at load than seen as empty output. Other
+    /// dtypes (packed E2M1 codes have no NaN) pass. Scans in parallel, at memory speed.
+    pub fn ensure_finite(&self) -> Result<()> {
+        use rayon::prelude::*;
+        let size = match self.dtype {
+            DType::F32 => 4,
+            DType::BF16 | DType::F16 => 2,
+            DType::F8E4M3 => 1,
+            _ => return Ok(()),
+        };
+        let bad = |e: &[u8]| match self.dtype {
+            DType::F32 => {
+                let bits = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
+                bits & 0x7f80_0000 == 0x7f80_0000
+            }
+            DType::BF16 => u16::from_le_bytes([e[0], e[1]]) & 0x7f80 == 0x7f80,
+            DType::F16 => u16::from_le_bytes([e[0], e[1]]) & 0x7c00 == 0x7c00,
+            _ => e[0] & 0x7f == 0x7f,
+        };
+        // Whole chunks are or-reduced without branching (so they vectorize); only a chunk
+        // that has a bad value is searched for it.
+        const CHUNK: usize = 1 << 20;
+        let bytes = self.bytes();
+        let first = bytes
+            .par_chunks(CHUNK)
+            .enumerate()
+            .filter(|(_, c)| c.chunks_exact(size).fold(false, |a, e| a | bad(e)))
+            .map(|(i, c)| i * CHUNK / size + c.chunks_exact(size).position(bad).unwrap_or(0))
+            .min();
+        let Some(i) = first else {
+            return Ok(());
+        };
+        let at = if self.shape.len() >= 2 {
+            let inner: usize = self.shape[1..].iter().product();
+            format!("element {i} (row {}, column {})", i / inner, i % inner)
+        } else {
+            format!("element {i}")
+        };
+        Err(self.error(format!(
+            "{at} is NaN or infinite ({}); expected finite values, the checkpoint is corrupt",
+            self.dtype
+        )))
+    }
+
     /// Decodes a small float tensor (norm weights, biases, A_log, scales) to f32. Large
     /// quantized weights never pass through here: kernels read them in their stored format.
     pub fn to_f32_vec(&self) -> Result<Vec<f32>> {

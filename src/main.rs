@@ -265,8 +265,12 @@ fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
     let tokenizer = match load_tokenizer(&a.model.model) {
         Ok(t) => Some(t),
         Err(e) if needs_tokenizer => return Err(e),
-        Err(_) => None,
+        Err(e) => {
+            eprintln!("warning: no usable tokenizer ({e:#}); printing token ids instead of text");
+            None
+        }
     };
+    let ids_only = tokenizer.is_none();
     let prompt: Vec<u32> = match (&a.prompt, &a.prompt_ids) {
         (Some(text), _) => {
             let tok = tokenizer.as_ref().expect("loaded above");
@@ -310,7 +314,11 @@ fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
             } => {
                 if stream_text {
                     let mut out = stdout.lock();
-                    let _ = out.write_all(text.as_bytes());
+                    let _ = if ids_only {
+                        write!(out, "{id} ")
+                    } else {
+                        out.write_all(text.as_bytes())
+                    };
                     let _ = out.flush();
                 }
                 if let (Some(w), Some(r)) = (trace.as_mut(), routing) {

@@ -74,6 +74,7 @@ impl StoredLinear {
     ) -> Result<StoredLinear> {
         let wname = format!("{module}.weight");
         let w = ck.require(&wname, format!("a [{rows}, {cols}] Linear weight"))?;
+        w.ensure_finite()?;
         let data = match w.dtype {
             DType::F32 | DType::BF16 | DType::F16 => {
                 w.expect(&[w.dtype], &[rows, cols])?;
@@ -109,6 +110,7 @@ impl StoredLinear {
                     format!("NVFP4 block scales F8_E4M3 [{rows}, {}]", cols / 16),
                 )?;
                 bs.expect(&[DType::F8E4M3], &[rows, cols / 16])?;
+                bs.ensure_finite()?;
                 let ts = require_scale(ck, &format!("{module}.weight_scale_2"), "NVFP4 tensor")?;
                 LinearData::Nvfp4 {
                     packed: w.data.clone(),

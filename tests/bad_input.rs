@@ -353,3 +353,53 @@ fn python_style_infinity_in_config_loads() {
     let be = backend::create(BackendKind::Cpu, 1).unwrap();
     Model::load(d.path(), be, LoadOptions::default()).unwrap();
 }
+
+/// Overwrites `bytes` at element `index` (of `size` bytes each) of tensor `name`.
+fn poke(path: &Path, name: &str, index: usize, bytes: &[u8]) {
+    let (h, mut data) = read_st(path);
+    let start = h[name]["data_offsets"][0].as_u64().unwrap() as usize;
+    let at = start + index * bytes.len();
+    data[at..at + bytes.len()].copy_from_slice(bytes);
+    write_st(path, &h, &data);
+}
+
+/// A NaN or infinity in a weight matrix (F32, BF16, FP8 E4M3) or an NVFP4 block scale is
+/// named at load with its row and column, instead of loading into NaN logits and empty text.
+#[test]
+fn non_finite_weights_are_named_with_their_place() {
+    let cases: [(&str, &str, usize, &[u8], &str); 4] = [
+        (
+            "nemotronh_tiny_grouped/hf",
+            "backbone.layers.3.mixer.q_proj.weight",
+            2 * 64 + 5,
+            &f32::NAN.to_le_bytes(),
+            "row 2, column 5",
+        ),
+        (
+            "nemotronh_tiny_grouped_nvfp4_super/hf",
+            "backbone.embeddings.weight",
+            3 * 64 + 1,
+            &half::bf16::INFINITY.to_le_bytes(),
+            "row 3, column 1",
+        ),
+        (
+            "nemotronh_tiny_grouped_nvfp4_super/hf",
+            "backbone.layers.0.mixer.in_proj.weight",
+            64 + 63,
+            &[0xff],
+            "row 1, column 63",
+        ),
+        (
+            "nemotronh_tiny_grouped_nvfp4_super/hf",
+            "backbone.layers.1.mixer.experts.0.up_proj.weight_scale",
+            2 * 2 + 1,
+            &[0x7f],
+            "row 2, column 1",
+        ),
+    ];
+    for (model, name, index, bytes, place) in cases {
+        let d = copy_of(model);
+        poke(&d.path().join("model.safetensors"), name, index, bytes);
+        assert_mentions(&load_err(d.path()), &[name, place, "NaN or infinite"]);
+    }
+}

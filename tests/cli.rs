@@ -676,3 +676,33 @@ fn bad_paths_and_ranges_are_refused_by_name() {
         "{stderr}"
     );
 }
+
+/// Without a usable tokenizer, generation from ids still runs, but says so and prints the ids
+/// it generated rather than an empty text.
+#[test]
+fn generation_without_a_tokenizer_prints_ids_and_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(hf(GROUPED)).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+    }
+    std::fs::write(tmp.path().join("tokenizer.json"), "").unwrap();
+    let m = tmp.path().to_str().unwrap();
+    let args = ["--model", m, "--prompt-ids", "3,4", "--max-tokens", "3"];
+    let out = ok(&[&["generate"][..], &args].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no usable tokenizer") && stderr.contains("tokenizer.json"),
+        "{stderr}"
+    );
+    let json = ok(&[&["generate", "--json"][..], &args].concat());
+    let j: Value = serde_json::from_slice(&json.stdout).unwrap();
+    let ids: Vec<String> = as_u32s(&j["tokens"]).iter().map(u32::to_string).collect();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ids
+    );
+}

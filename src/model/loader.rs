@@ -251,6 +251,7 @@ impl<'a> Loader<'a> {
     ) -> Result<Weight> {
         let t = self.ck.require(name, format!("a [{rows}, {cols}] table"))?;
         t.expect(&[DType::F32, DType::BF16, DType::F16], &[rows, cols])?;
+        t.ensure_finite()?;
         let module = name.trim_end_matches(".weight").to_string();
         let w = StoredLinear {
             name: module,
@@ -319,6 +320,7 @@ impl<'a> Loader<'a> {
             &[DType::F32, DType::BF16, DType::F16],
             &[channels, 1, kernel],
         )?;
+        t.ensure_finite()?;
         let w = StoredLinear {
             name: name.trim_end_matches(".weight").to_string(),
             rows: channels,
