@@ -492,7 +492,17 @@ fn map_file(path: &Path) -> Result<Arc<MappedFile>> {
     let f = File::open(path).map_err(|e| Error::io(path, e))?;
     // SAFETY: the map is read-only; a checkpoint rewritten underneath a running process is
     // outside what any mmap-based loader (ours, safetensors', llama.cpp's) can defend against.
-    let map = unsafe { Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
+    let map = unsafe { Mmap::map(&f) }.map_err(|e| {
+        let size = f.metadata().map_or(0, |m| m.len());
+        Error::checkpoint(
+            path,
+            format!(
+                "cannot map its {:.2} GiB into memory ({e}); an address-space limit \
+                 (`ulimit -v`) or too little memory would do this",
+                size as f64 / (1u64 << 30) as f64
+            ),
+        )
+    })?;
     Ok(Arc::new(MappedFile {
         path: path.to_path_buf(),
         map: Backing::Map(map),

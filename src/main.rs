@@ -274,7 +274,17 @@ fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
     let prompt: Vec<u32> = match (&a.prompt, &a.prompt_ids) {
         (Some(text), _) => {
             let tok = tokenizer.as_ref().expect("loaded above");
-            tok.encode(text, true)?
+            let ids = tok.encode(text, true)?;
+            let v = model.config.vocab_size;
+            if let Some(&bad) = ids.iter().find(|&&id| id as usize >= v) {
+                bail!(
+                    "the tokenizer {} encodes the prompt to token id {bad}, outside this model's \
+                     vocabulary (vocab_size {v}): the tokenizer.json does not belong to this \
+                     checkpoint",
+                    tok.path().display()
+                );
+            }
+            ids
         }
         (None, Some(ids)) => ids.clone(),
         (None, None) => bail!("give --prompt TEXT or --prompt-ids 1,2,3"),

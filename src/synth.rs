@@ -1049,7 +1049,12 @@ fn prepare_out_dir(out: &Path) -> Result<()> {
             out.display()
         ))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(out).map_err(io_err(out))
+            std::fs::create_dir_all(out).map_err(|e| {
+                Error::Invalid(format!(
+                    "synth: cannot create the output directory {}: {e}",
+                    out.display()
+                ))
+            })
         }
         Err(e) => Err(Error::io(out, e)),
     }
