@@ -331,54 +331,76 @@ fn seeded_sampling_is_the_same_on_every_backend() {
     }
 }
 
+/// Every backend present: the CPU always, wgpu and CUDA where they open.
+fn backends() -> Vec<(BackendKind, Arc<dyn nemotron_rt::backend::Backend>)> {
+    let mut all = vec![(
+        BackendKind::Cpu,
+        backend::create(BackendKind::Cpu, 2).unwrap(),
+    )];
+    for kind in [BackendKind::Wgpu, BackendKind::Cuda] {
+        match backend::create(kind, 0) {
+            Ok(b) => all.push((kind, b)),
+            Err(e) => eprintln!("{kind:?} skipped: {e}"),
+        }
+    }
+    all
+}
+
 /// A prompt run through the model in pieces (as `generate` does with long prompts) continues
-/// like one run all at once: the last logits agree to float rounding (prefill kernels group
-/// tokens differently), and generation gives the same tokens and routes, the HF ones.
+/// like one run all at once, on every backend: the last logits agree to float rounding
+/// (prefill kernels group tokens differently), and generation gives the same tokens and
+/// routes, the HF ones.
 #[test]
 fn prefill_in_pieces_continues_like_prefill_at_once() {
-    let model = load(&fixture().join("hf"));
-    let be = model.backend.clone();
     let p = golden_ids("prompt2.input_ids");
     assert!(p.len() > 20, "the prompt must span several pieces");
-    let opts = ForwardOptions::default();
-    let mut whole = model.new_sequence().unwrap();
-    let a = be
-        .download(&model.forward(&mut whole, &p, opts).unwrap().logits)
-        .unwrap();
-    let mut pieces = model.new_sequence().unwrap();
-    let mut last = None;
-    for piece in p.chunks(16) {
-        last = Some(model.forward(&mut pieces, piece, opts).unwrap());
-    }
-    let b = be.download(&last.unwrap().logits).unwrap();
-    assert_eq!(pieces.pos, whole.pos);
-    let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let worst = a
-        .iter()
-        .zip(&b)
-        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
-    assert!(
-        worst <= 1e-5 * scale,
-        "largest difference {worst} (logit scale {scale})"
-    );
+    for (kind, be) in backends() {
+        let model = Model::load(&fixture().join("hf"), be.clone(), LoadOptions::default()).unwrap();
+        let opts = ForwardOptions::default();
+        let mut whole = model.new_sequence().unwrap();
+        let a = be
+            .download(&model.forward(&mut whole, &p, opts).unwrap().logits)
+            .unwrap();
+        let mut pieces = model.new_sequence().unwrap();
+        let mut last = None;
+        for piece in p.chunks(16) {
+            last = Some(model.forward(&mut pieces, piece, opts).unwrap());
+        }
+        let b = be.download(&last.unwrap().logits).unwrap();
+        assert_eq!(pieces.pos, whole.pos);
+        let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let worst = a
+            .iter()
+            .zip(&b)
+            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            worst <= 1e-5 * scale,
+            "{kind:?}: largest difference {worst} (logit scale {scale})"
+        );
 
-    let at_once = GenerateParams {
-        prefill_chunk: 0,
-        routing: true,
-        ..params(8, SamplingParams::greedy())
-    };
-    let chunked = GenerateParams {
-        prefill_chunk: 16,
-        ..at_once.clone()
-    };
-    let g_once = generate::generate(&model, None, &p, &at_once, &mut |_| true).unwrap();
-    let g_chunked = generate::generate(&model, None, &p, &chunked, &mut |_| true).unwrap();
-    assert_eq!(g_once.tokens, golden_ids("prompt2.gen.tokens")[..8]);
-    assert_eq!(g_chunked.tokens, g_once.tokens);
-    assert_eq!(g_chunked.routing.len(), g_once.routing.len());
-    for (a, b) in g_once.routing.iter().zip(&g_chunked.routing) {
-        let ids =
-            |r: &Vec<generate::TokenRoute>| r.iter().map(|l| l.ids.clone()).collect::<Vec<_>>();
-        assert_eq!(ids(a), ids(b));
+        let at_once = GenerateParams {
+            prefill_chunk: 0,
+            routing: true,
+            ..params(8, SamplingParams::greedy())
+        };
+        let chunked = GenerateParams {
+            prefill_chunk: 16,
+            ..at_once.clone()
+        };
+        let g_once = generate::generate(&model, None, &p, &at_once, &mut |_| true).unwrap();
+        let g_chunked = generate::generate(&model, None, &p, &chunked, &mut |_| true).unwrap();
+        assert_eq!(
+            g_once.tokens,
+            golden_ids("prompt2.gen.tokens")[..8],
+            "{kind:?}"
+        );
+        assert_eq!(g_chunked.tokens, g_once.tokens, "{kind:?}");
+        let ids = |g: &Generation| {
+            g.routing
+                .iter()
+                .map(|r| r.iter().map(|l| l.ids.clone()).collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&g_chunked), ids(&g_once), "{kind:?}");
     }
 }
