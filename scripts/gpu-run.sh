@@ -2,7 +2,8 @@
 # Runs on a lent GPU machine, from the repository root, with .gpu and .gl carried (see
 # scripts/gpu-kit.sh). Writes logs and a results table under $OUT and prints the table last.
 #   scripts/gpu-run.sh tests   the CUDA kernels compiled for this card, then the conformance,
-#                              golden, generation and lossy-path suites on every backend present
+#                              golden, generation, variants and lossy-path suites on every
+#                              backend present
 #   scripts/gpu-run.sh bench   bench --backend cuda and --backend wgpu (the card's Vulkan
 #                              driver) on the fixtures and on a Super-shaped slice synthesized
 #                              there (SLICE_PATTERN, default MEMEM*EME)
@@ -51,7 +52,7 @@ tests)
     echo >>"$results"
     echo "| suite | result | time |" >>"$results"
     echo "|---|---|---|" >>"$results"
-    for t in cuda_compile conformance golden generation cuda_lossy; do
+    for t in cuda_compile conformance golden generation variants cuda_lossy; do
         start=$(date +%s)
         "$bin/$t" --test-threads=4 >"$out/test-$t.log" 2>&1
         rc=$?

@@ -28,6 +28,25 @@ pub struct GenerateParams {
     pub prefill_chunk: usize,
 }
 
+/// The pieces a `len`-token prompt is prefilled in: `chunk` tokens each (all at once for 0; at
+/// least 2), except that a last piece of one token joins the one before. A one-token forward
+/// is a decode step, which in the reference skips the prefill's `time_step_min` clamp of dt;
+/// every token of a prompt must see the clamp, as it would prefilled at once.
+pub fn prefill_pieces(len: usize, chunk: usize) -> Vec<std::ops::Range<usize>> {
+    let chunk = if chunk == 0 { len.max(1) } else { chunk.max(2) };
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    while start < len {
+        let mut end = (start + chunk).min(len);
+        if len - end == 1 {
+            end = len;
+        }
+        pieces.push(start..end);
+        start = end;
+    }
+    pieces
+}
+
 /// Default [`GenerateParams::prefill_chunk`]: long enough that prefill runs as matrix-matrix
 /// products at full speed, short enough that a Super layer's activations stay in the low
 /// hundreds of MB.
@@ -206,16 +225,11 @@ pub fn generate_on(
     let mut emitted = 0usize;
 
     let mut step_start = Instant::now();
-    let chunk = match params.prefill_chunk {
-        0 => prompt.len(),
-        n => n,
-    };
-    let mut pieces = prompt.chunks(chunk);
-    let mut piece = pieces.next().expect("the prompt is not empty");
-    for next in pieces {
+    let mut pieces = prefill_pieces(prompt.len(), params.prefill_chunk);
+    let piece = &prompt[pieces.pop().expect("the prompt is not empty")];
+    for r in pieces {
         // Only the last piece's logits are used; the cache and states carry the rest.
-        model.forward(seq, piece, fopts)?;
-        piece = next;
+        model.forward(seq, &prompt[r], fopts)?;
     }
     let mut fwd = model.forward(seq, piece, fopts)?;
     let mut last_row = piece.len() - 1;
@@ -322,4 +336,37 @@ pub fn generate_on(
     out.finish_reason = reason;
     on_event(&Event::Finished { reason, text: rest });
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefill_pieces;
+
+    /// The pieces cover the prompt in order, none longer than the chunk but a merged last
+    /// one, and none of one token unless the whole prompt is one token.
+    #[test]
+    fn prefill_pieces_cover_the_prompt_without_a_lone_last_token() {
+        assert_eq!(prefill_pieces(1, 512), vec![0..1]);
+        assert_eq!(prefill_pieces(5, 0), vec![0..5]);
+        assert_eq!(prefill_pieces(1024, 512), vec![0..512, 512..1024]);
+        assert_eq!(prefill_pieces(1025, 512), vec![0..512, 512..1025]);
+        assert_eq!(
+            prefill_pieces(1026, 512),
+            vec![0..512, 512..1024, 1024..1026]
+        );
+        assert_eq!(prefill_pieces(5, 1), vec![0..2, 2..5]);
+        for len in 1..60 {
+            for chunk in 1..9 {
+                let p = prefill_pieces(len, chunk);
+                assert_eq!(p.first().unwrap().start, 0);
+                assert_eq!(p.last().unwrap().end, len);
+                assert!(p.windows(2).all(|w| w[0].end == w[1].start));
+                assert!(p.iter().all(|r| r.len() <= chunk.max(2) + 1));
+                assert!(
+                    len == 1 || p.iter().all(|r| r.len() > 1),
+                    "{len} {chunk}: {p:?}"
+                );
+            }
+        }
+    }
 }

@@ -420,8 +420,8 @@ fn run_forward(a: ForwardArgs) -> anyhow::Result<()> {
     let mut seq = model.new_sequence()?;
     let mut logits: Vec<f32> = Vec::with_capacity(t * v);
     let mut hidden: Vec<(String, Vec<f32>)> = Vec::new();
-    for piece in a.prompt_ids.chunks(generate::PREFILL_CHUNK) {
-        let out = model.forward(&mut seq, piece, opts)?;
+    for r in generate::prefill_pieces(t, generate::PREFILL_CHUNK) {
+        let out = model.forward(&mut seq, &a.prompt_ids[r], opts)?;
         logits.extend(be.download(&out.logits)?);
         if hidden.is_empty() {
             hidden = out

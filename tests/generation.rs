@@ -12,6 +12,9 @@ use nemotron_rt::model::{ForwardOptions, LoadOptions, Model};
 use nemotron_rt::sampling::{SamplingParams, argmax};
 use nemotron_rt::tokenizer::Tokenizer;
 
+#[path = "support/backends.rs"]
+mod support_backends;
+
 const MODEL: &str = "nemotronh_tiny_grouped";
 
 fn fixture() -> PathBuf {
@@ -331,21 +334,6 @@ fn seeded_sampling_is_the_same_on_every_backend() {
     }
 }
 
-/// Every backend present: the CPU always, wgpu and CUDA where they open.
-fn backends() -> Vec<(BackendKind, Arc<dyn nemotron_rt::backend::Backend>)> {
-    let mut all = vec![(
-        BackendKind::Cpu,
-        backend::create(BackendKind::Cpu, 2).unwrap(),
-    )];
-    for kind in [BackendKind::Wgpu, BackendKind::Cuda] {
-        match backend::create(kind, 0) {
-            Ok(b) => all.push((kind, b)),
-            Err(e) => eprintln!("{kind:?} skipped: {e}"),
-        }
-    }
-    all
-}
-
 /// A prompt run through the model in pieces (as `generate` does with long prompts) continues
 /// like one run all at once, on every backend: the last logits agree to float rounding
 /// (prefill kernels group tokens differently), and generation gives the same tokens and
@@ -354,7 +342,7 @@ fn backends() -> Vec<(BackendKind, Arc<dyn nemotron_rt::backend::Backend>)> {
 fn prefill_in_pieces_continues_like_prefill_at_once() {
     let p = golden_ids("prompt2.input_ids");
     assert!(p.len() > 20, "the prompt must span several pieces");
-    for (kind, be) in backends() {
+    for (kind, be) in support_backends::all() {
         let model = Model::load(&fixture().join("hf"), be.clone(), LoadOptions::default()).unwrap();
         let opts = ForwardOptions::default();
         let mut whole = model.new_sequence().unwrap();

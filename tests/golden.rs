@@ -7,12 +7,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use nemotron_rt::backend::{self, Backend, BackendKind};
+use nemotron_rt::backend::Backend;
 use nemotron_rt::generate::{self, GenerateParams};
 use nemotron_rt::model::{ForwardOptions, LoadOptions, Model};
 
 #[path = "support/golden.rs"]
 mod golden_file;
+#[path = "support/backends.rs"]
+mod support_backends;
 use golden_file::Golden;
 
 const LOGIT_TOL: f32 = 1e-4;
@@ -34,16 +36,10 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 /// The CPU engine and every other backend present; an absent one is skipped with the reason.
 fn backends() -> Vec<Arc<dyn Backend>> {
-    let mut v = vec![backend::create(BackendKind::Cpu, 2).unwrap()];
-    match backend::create(BackendKind::Wgpu, 0) {
-        Ok(b) => v.push(b),
-        Err(e) => eprintln!("golden: wgpu skipped: {e}"),
-    }
-    match backend::cuda::CudaBackend::exact(0) {
-        Ok(b) => v.push(Arc::new(b)),
-        Err(e) => eprintln!("golden: cuda skipped: {e}"),
-    }
-    v
+    support_backends::all()
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect()
 }
 
 /// Runs every check of one checkpoint against one golden file.
