@@ -403,3 +403,19 @@ fn non_finite_weights_are_named_with_their_place() {
         assert_mentions(&load_err(d.path()), &[name, place, "NaN or infinite"]);
     }
 }
+
+/// A checkpoint that declares an FP8 KV cache but lacks an attention layer's scale is
+/// mislabelled: the missing scale is named, with the file that declares the cache.
+#[test]
+fn fp8_kv_cache_without_its_scale_is_named() {
+    let d = copy_of("nemotronh_tiny_grouped_nvfp4_super/hf");
+    let p = d.path().join("model.safetensors");
+    let (mut h, data) = read_st(&p);
+    let name = "backbone.layers.3.mixer.v_proj.v_scale";
+    assert!(h.remove(name).is_some(), "the fixture has {name}");
+    write_st(&p, &h, &data);
+    assert_mentions(
+        &load_err(d.path()),
+        &[name, "hf_quant_config.json", "kv_cache_quant_algo"],
+    );
+}

@@ -36,8 +36,8 @@ impl Attention {
             v_proj: ld.linear(&format!("{prefix}.v_proj"), kv, d, false)?,
             o_proj: ld.linear(&format!("{prefix}.o_proj"), d, q, false)?,
             dims,
-            k_scale: ld.optional_scalar(&format!("{prefix}.k_proj.k_scale"))?,
-            v_scale: ld.optional_scalar(&format!("{prefix}.v_proj.v_scale"))?,
+            k_scale: ld.kv_cache_scale(&format!("{prefix}.k_proj.k_scale"))?,
+            v_scale: ld.kv_cache_scale(&format!("{prefix}.v_proj.v_scale"))?,
         })
     }
 

@@ -342,6 +342,24 @@ impl<'a> Loader<'a> {
         self.backend.load_linear(&w)
     }
 
+    /// An FP8 KV-cache scale (`k_scale` / `v_scale`): required when the quantization config
+    /// declares an FP8 KV cache (a checkpoint that declares one without its scales is
+    /// mislabelled), optional otherwise.
+    pub fn kv_cache_scale(&mut self, name: &str) -> Result<Option<f32>> {
+        if let Some(q) = self.quant
+            && q.kv_cache.is_some()
+        {
+            self.ck.require(
+                name,
+                format!(
+                    "an F32 scalar: {} declares an FP8 KV cache (kv_cache_quant_algo)",
+                    q.source.display()
+                ),
+            )?;
+        }
+        self.optional_scalar(name)
+    }
+
     /// An optional F32 scalar (FP8 KV-cache `k_scale` / `v_scale`).
     pub fn optional_scalar(&mut self, name: &str) -> Result<Option<f32>> {
         match self.ck.get(name) {
