@@ -178,6 +178,18 @@ impl ModelConfig {
         let obj = value
             .as_object()
             .ok_or_else(|| Error::config(file, "must contain a JSON object"))?;
+        // Another architecture's config would fail on some field it lacks; say what it is.
+        if let Some(Value::String(t)) = obj.get("model_type")
+            && !t.starts_with("nemotron")
+        {
+            return Err(Error::config(
+                file,
+                format!(
+                    "model_type is \"{t}\": this runtime runs Nemotron-H models \
+                     (model_type \"nemotron_h\")"
+                ),
+            ));
+        }
         let r = Reader { obj, file };
         let cfg = r.model_config()?;
         cfg.validate(file)?;

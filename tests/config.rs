@@ -479,3 +479,21 @@ fn quant_errors_name_the_problem() {
         "{e}"
     );
 }
+
+/// Another architecture's config.json is named for what it is, before any field it lacks.
+#[test]
+fn another_model_type_is_named() {
+    let llama = json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
+        "num_hidden_layers": 32, "num_attention_heads": 32, "vocab_size": 128256
+    });
+    let e = ModelConfig::from_json_value(&llama, Path::new("config.json"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("\"llama\"") && e.contains("nemotron_h"), "{e}");
+    // The fixtures' own model_type, and none at all, are accepted.
+    let mut v: Value = serde_json::from_str(&text(GROUPED)).unwrap();
+    assert_eq!(v["model_type"], "nemotron_h");
+    v.as_object_mut().unwrap().remove("model_type");
+    ModelConfig::from_json_value(&v, Path::new("config.json")).unwrap();
+}
