@@ -706,3 +706,50 @@ fn generation_without_a_tokenizer_prints_ids_and_says_why() {
         ids
     );
 }
+
+/// `forward` over more tokens than a prefill piece runs the prompt in pieces and stitches the
+/// rows back in order: logits and hidden states agree with one in-process pass over them all.
+#[test]
+fn forward_in_pieces_stitches_rows_in_order() {
+    use nemotron_rt::backend::{self, BackendKind};
+    use nemotron_rt::model::{ForwardOptions, LoadOptions, Model};
+    let golden = Golden::open(&fixtures().join(GROUPED).join("golden.safetensors"));
+    let base = golden.ids("prompt2.input_ids");
+    let prompt: Vec<u32> = base.iter().cycle().take(1100).copied().collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("out.safetensors");
+    let dir = hf(GROUPED);
+    ok(&[
+        "forward",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt-ids",
+        &ids_arg(&prompt),
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    let out = Checkpoint::open_file(&file).unwrap();
+    let be = backend::create(BackendKind::Cpu, 2).unwrap();
+    let model = Model::load(&dir, be.clone(), LoadOptions::default()).unwrap();
+    let mut seq = model.new_sequence().unwrap();
+    let opts = ForwardOptions {
+        all_logits: true,
+        hidden: true,
+        ..Default::default()
+    };
+    let whole = model.forward(&mut seq, &prompt, opts).unwrap();
+    let mut want = vec![("logits".to_string(), be.download(&whole.logits).unwrap())];
+    want.extend(
+        whole
+            .hidden
+            .into_iter()
+            .map(|(n, h)| (format!("hidden.{n}"), h)),
+    );
+    for (name, w) in want {
+        let got = out.get(&name).unwrap_or_else(|| panic!("{name} saved"));
+        assert_eq!(got.shape[0], prompt.len(), "{name} rows");
+        let scale = w.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let d = max_abs_diff(&got.to_f32_vec().unwrap(), &w);
+        assert!(d <= 1e-5 * scale, "{name} differs by {d} (scale {scale})");
+    }
+}
