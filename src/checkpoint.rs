@@ -315,6 +315,8 @@ pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
 impl Checkpoint {
     /// Opens `dir/model.safetensors` or the shards named by `dir/model.safetensors.index.json`.
+    /// Where both exist, the single file wins, as in transformers' `from_pretrained`, and a
+    /// warning says the index was ignored.
     pub fn open(dir: &Path) -> Result<Checkpoint> {
         if !dir.is_dir() {
             return Err(Error::io(
@@ -327,9 +329,16 @@ impl Checkpoint {
         }
         let index_path = dir.join(INDEX_FILE);
         let single_path = dir.join(SINGLE_FILE);
-        if index_path.is_file() {
+        if index_path.is_file() && !single_path.is_file() {
             Self::open_sharded(dir, &index_path)
         } else if single_path.is_file() {
+            if index_path.is_file() {
+                tracing::warn!(
+                    "{} has both {SINGLE_FILE} and {INDEX_FILE}: loading {SINGLE_FILE}, as \
+                     transformers does, and ignoring the index",
+                    dir.display()
+                );
+            }
             let file = map_file(&single_path)?;
             let tensors = parse_header(&file)?;
             let mut ck = Checkpoint {
@@ -404,12 +413,16 @@ impl Checkpoint {
         for shard in &shard_names {
             let path = dir.join(shard);
             if !path.is_file() {
+                let what = match std::fs::symlink_metadata(&path) {
+                    Err(_) => "which does not exist",
+                    Ok(m) if m.is_symlink() => {
+                        "a link that does not lead to a file (dangling, a loop or a folder)"
+                    }
+                    Ok(_) => "which is not a regular file",
+                };
                 return Err(Error::checkpoint(
                     index_path,
-                    format!(
-                        "names shard {shard}, which does not exist in {}",
-                        dir.display()
-                    ),
+                    format!("names shard {shard}, {what}, in {}", dir.display()),
                 ));
             }
             let file = map_file(&path)?;

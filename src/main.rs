@@ -140,15 +140,15 @@ struct GenerateArgs {
     #[arg(long, default_value_t = 64)]
     max_tokens: usize,
     /// 0 = greedy.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     temperature: f32,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     top_p: f32,
     /// 0 = off.
     #[arg(long, default_value_t = 0)]
     top_k: usize,
     /// 0 = off.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     min_p: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -260,6 +260,12 @@ struct GenerateJson<'a> {
 }
 
 fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
+    if let Some(p) = &a.trace_routing {
+        output_path("--trace-routing", p, &a.model.model, true)?;
+    }
+    if a.stop.iter().any(String::is_empty) {
+        bail!("--stop \"\": a stop string must not be empty");
+    }
     let model = load(&a.model)?;
     let needs_tokenizer = a.prompt.is_some() || !a.stop.is_empty();
     let tokenizer = match load_tokenizer(&a.model.model) {
@@ -384,7 +390,7 @@ fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
 }
 
 fn run_forward(a: ForwardArgs) -> anyhow::Result<()> {
-    let out_path = forward_output_path(&a.out, &a.model.model)?;
+    let out_path = output_path("--out", &a.out, &a.model.model, false)?;
     let model = load(&a.model)?;
     let (t, v, d) = (
         a.prompt_ids.len(),
@@ -461,16 +467,25 @@ fn run_forward(a: ForwardArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where `forward --out` writes: a link is followed (it stays a link to the new file); a path
-/// that is not a regular file, or an existing file of the checkpoint being read, is refused.
-fn forward_output_path(out: &Path, model_dir: &Path) -> anyhow::Result<PathBuf> {
+/// Where an output file named by `flag` goes: a link is followed (it stays a link to the new
+/// file). An existing file of the checkpoint being read is refused: its weights are mapped, so
+/// truncating one kills the process (and any other reading it) with SIGBUS, and a config
+/// overwritten breaks the checkpoint. Unless `devices_ok` (a stream such as `/dev/stdout` that
+/// is written in place), anything that is not a regular file is refused too: safetensors
+/// replaces its target by renaming a temporary file over it.
+fn output_path(
+    flag: &str,
+    out: &Path,
+    model_dir: &Path,
+    devices_ok: bool,
+) -> anyhow::Result<PathBuf> {
     let target = std::fs::canonicalize(out).unwrap_or_else(|_| out.to_path_buf());
     let Ok(meta) = std::fs::metadata(&target) else {
         return Ok(target);
     };
-    if !meta.is_file() {
+    if meta.is_dir() || (!meta.is_file() && !devices_ok) {
         bail!(
-            "--out {}: exists and is not a regular file; give the path of a .safetensors file",
+            "{flag} {}: exists and is not a regular file; give a file path",
             out.display()
         );
     }
@@ -478,7 +493,7 @@ fn forward_output_path(out: &Path, model_dir: &Path) -> anyhow::Result<PathBuf> 
         && target.starts_with(&dir)
     {
         bail!(
-            "--out {}: is a file of the checkpoint being read ({}); write the output elsewhere",
+            "{flag} {}: is a file of the checkpoint being read ({}); write the output elsewhere",
             out.display(),
             dir.display()
         );

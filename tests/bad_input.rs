@@ -275,6 +275,8 @@ fn quantized_weights_without_quant_config_are_rejected() {
 #[test]
 fn sharded_index_naming_a_missing_shard_is_reported() {
     let d = copy_of("nemotronh_tiny_grouped/hf");
+    // Index only: beside model.safetensors the index is ignored, as in transformers.
+    std::fs::remove_file(d.path().join("model.safetensors")).unwrap();
     std::fs::write(
         d.path().join("model.safetensors.index.json"),
         r#"{"metadata": {}, "weight_map": {"backbone.norm_f.weight": "model-00002-of-00002.safetensors"}}"#,
@@ -418,4 +420,22 @@ fn fp8_kv_cache_without_its_scale_is_named() {
         &load_err(d.path()),
         &[name, "hf_quant_config.json", "kv_cache_quant_algo"],
     );
+}
+
+/// A folder with both `model.safetensors` and an index loads the single file, as transformers'
+/// `from_pretrained` does (here the index names a shard that does not exist).
+#[test]
+fn single_file_wins_over_an_index_as_in_transformers() {
+    let d = copy_of("nemotronh_tiny_grouped/hf");
+    let index = serde_json::json!({
+        "metadata": {"total_size": 0},
+        "weight_map": {"lm_head.weight": "model-00001-of-00002.safetensors"}
+    });
+    std::fs::write(
+        d.path().join("model.safetensors.index.json"),
+        serde_json::to_string(&index).unwrap(),
+    )
+    .unwrap();
+    let be = backend::create(BackendKind::Cpu, 1).unwrap();
+    Model::load(d.path(), be, LoadOptions::default()).unwrap();
 }

@@ -563,8 +563,10 @@ fn missing_wgpu_adapter_is_a_clear_error() {
 }
 
 /// Refused with an error naming the thing and what was expected, never a panic or a hang:
-/// `forward --out` onto a device or onto the checkpoint being read, `--model` naming a file,
-/// a thread count no machine needs, and a bench longer than the model's context.
+/// `forward --out` or `--trace-routing` onto a device or onto the checkpoint being read (whose
+/// weights are mapped: truncating one would kill the process), `--model` naming a file, a
+/// thread count no machine needs, a bench longer than the model's context, an empty stop
+/// string and a negative temperature.
 #[test]
 fn bad_paths_and_ranges_are_refused_by_name() {
     let model = hf(GROUPED);
@@ -636,6 +638,41 @@ fn bad_paths_and_ranges_are_refused_by_name() {
             .map(String::from)
             .to_vec(),
             vec!["--prompt-len 5000", "max_position_embeddings"],
+        ),
+        (
+            [
+                "generate",
+                "--model",
+                copy.to_str().unwrap(),
+                "--prompt-ids",
+                "3",
+                "--trace-routing",
+            ]
+            .into_iter()
+            .map(String::from)
+            .chain([weights.display().to_string()])
+            .collect(),
+            vec!["--trace-routing", "checkpoint being read"],
+        ),
+        (
+            ["generate", "--model", m, "--prompt-ids", "3", "--stop", ""]
+                .map(String::from)
+                .to_vec(),
+            vec!["--stop", "must not be empty"],
+        ),
+        (
+            [
+                "generate",
+                "--model",
+                m,
+                "--prompt-ids",
+                "3",
+                "--temperature",
+                "-1",
+            ]
+            .map(String::from)
+            .to_vec(),
+            vec!["temperature", "-1"],
         ),
     ];
     for (args, needles) in cases {
