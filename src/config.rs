@@ -413,6 +413,9 @@ pub struct GenerationConfig {
     pub eos_token_ids: Vec<u32>,
     pub bos_token_id: Option<u32>,
     pub pad_token_id: Option<u32>,
+    /// The sampling the file recommends (`do_sample` true), in words, e.g. "temperature 0.6,
+    /// top_p 0.95". Not applied: sampling is what the caller asks for, greedy by default.
+    pub sampling_hint: Option<String>,
 }
 
 /// Reads `dir/generation_config.json`. The file is optional; it and each of its fields fall back
@@ -423,6 +426,7 @@ pub fn load_generation_config(dir: &Path, model: &ModelConfig) -> Result<Generat
         eos_token_ids: model.eos_token_ids.clone(),
         bos_token_id: model.bos_token_id,
         pad_token_id: model.pad_token_id,
+        sampling_hint: None,
     };
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
@@ -447,6 +451,21 @@ pub fn load_generation_config(dir: &Path, model: &ModelConfig) -> Result<Generat
             Some(v) => r.opt_token_id("pad_token_id", v)?,
             None => fallback.pad_token_id,
         },
+        sampling_hint: (r.get("do_sample") == Some(&Value::Bool(true))).then(|| {
+            let set: Vec<String> = ["temperature", "top_p", "top_k", "min_p"]
+                .iter()
+                .filter_map(|&k| {
+                    r.get(k)
+                        .filter(|v| v.is_number())
+                        .map(|v| format!("{k} {v}"))
+                })
+                .collect();
+            if set.is_empty() {
+                "do_sample".to_string()
+            } else {
+                set.join(", ")
+            }
+        }),
     };
     let ids = generation
         .bos_token_id

@@ -310,6 +310,14 @@ fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
         max_context: a.max_context,
         ..Default::default()
     };
+    if let Some(hint) = &model.generation.sampling_hint
+        && params.sampling.is_greedy()
+    {
+        eprintln!(
+            "note: the checkpoint's generation_config.json recommends sampling ({hint}); \
+             decoding greedily as asked (--temperature, --top-p, --top-k, --min-p to sample)"
+        );
+    }
     let mut trace = match &a.trace_routing {
         Some(p) => Some(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,

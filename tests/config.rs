@@ -497,3 +497,25 @@ fn another_model_type_is_named() {
     v.as_object_mut().unwrap().remove("model_type");
     ModelConfig::from_json_value(&v, Path::new("config.json")).unwrap();
 }
+
+/// `do_sample` with its settings becomes a hint in words (shown, never applied); without
+/// `do_sample` there is none.
+#[test]
+fn generation_config_sampling_is_a_hint() {
+    let cfg = model(GROUPED);
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("generation_config.json");
+    std::fs::write(
+        &p,
+        r#"{"eos_token_id": 2, "do_sample": true, "temperature": 0.6, "top_p": 0.95}"#,
+    )
+    .unwrap();
+    let g = load_generation_config(dir.path(), &cfg).unwrap();
+    assert_eq!(
+        g.sampling_hint.as_deref(),
+        Some("temperature 0.6, top_p 0.95")
+    );
+    std::fs::write(&p, r#"{"eos_token_id": 2, "temperature": 0.6}"#).unwrap();
+    let g = load_generation_config(dir.path(), &cfg).unwrap();
+    assert_eq!(g.sampling_hint, None);
+}
