@@ -146,7 +146,7 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::Q8Row;
-    use crate::backend::cpu::simd::avx2::{TWO_POW_120, e4m3x8_scaled};
+    use crate::backend::cpu::simd::avx2::{TWO_POW_120, e4m3x8_scaled, mark_nan_rows};
 
     /// `2·e2m1 + 12` per code: unsigned, as `maddubs` wants its first operand.
     const E2M1_X2_PLUS_12: [u8; 16] = [12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0];
@@ -223,12 +223,7 @@ mod avx2 {
                 let v = _mm256_mul_ps(sums, _mm256_set1_ps(ts_half));
                 // SAFETY: rows r0 .. r0 + 8 are inside `out`.
                 unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(r0), v) };
-                if nan_rows != 0 {
-                    // A NaN block scale was not decoded; the row's result is NaN.
-                    for i in (0..8).filter(|i| nan_rows & (1 << i) != 0) {
-                        out[r0 + i] = f32::NAN;
-                    }
-                }
+                mark_nan_rows(&mut out[r0..r0 + 8], nan_rows);
             }
             whole
         } else {

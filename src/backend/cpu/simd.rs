@@ -693,9 +693,7 @@ pub(crate) mod avx2 {
                 let sums = _mm256_permutevar8x32_ps(_mm256_hadd_ps(c0, c1), order);
                 // SAFETY: rows r0 .. r0 + 8 are inside `out`.
                 unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(r0), sums) };
-                for i in (0..8).filter(|i| nan_rows & (1 << i) != 0) {
-                    out[r0 + i] = f32::NAN;
-                }
+                mark_nan_rows(&mut out[r0..r0 + 8], nan_rows);
             }
             whole
         } else {
@@ -705,6 +703,16 @@ pub(crate) mod avx2 {
             let (p, s) = row(r);
             // SAFETY: the caller's guarantees, for each row.
             *o = unsafe { dot_nvfp4(p, s, ts, xp) };
+        }
+    }
+
+    /// Sets `rows[i]` to NaN for every bit `i` of `nan_rows`: rows with a NaN block scale,
+    /// which the eight-row kernels do not decode, so their sums are meaningless.
+    pub(crate) fn mark_nan_rows(rows: &mut [f32], nan_rows: u32) {
+        for (i, r) in rows.iter_mut().enumerate() {
+            if nan_rows & (1 << i) != 0 {
+                *r = f32::NAN;
+            }
         }
     }
 
