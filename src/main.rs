@@ -224,6 +224,14 @@ fn load(args: &ModelArgs) -> anyhow::Result<Model> {
     if q8 && args.backend != BackendKind::Cpu {
         anyhow::bail!("--cpu-activations q8 applies to --backend cpu only");
     }
+    if let Some(name) = &args.adapter
+        && args.backend != BackendKind::Wgpu
+    {
+        anyhow::bail!(
+            "--adapter {name} applies to --backend wgpu only (CUDA devices are chosen with \
+             --device)"
+        );
+    }
     let opts = backend::BackendOptions {
         threads: args.threads,
         adapter: args.adapter.clone(),

@@ -566,7 +566,7 @@ fn missing_wgpu_adapter_is_a_clear_error() {
 /// `forward --out` or `--trace-routing` onto a device or onto the checkpoint being read (whose
 /// weights are mapped: truncating one would kill the process), `--model` naming a file, a
 /// thread count no machine needs, a bench longer than the model's context, an empty stop
-/// string and a negative temperature.
+/// string, a negative temperature and `--adapter` on a backend that has no adapters.
 #[test]
 fn bad_paths_and_ranges_are_refused_by_name() {
     let model = hf(GROUPED);
@@ -673,6 +673,20 @@ fn bad_paths_and_ranges_are_refused_by_name() {
             .map(String::from)
             .to_vec(),
             vec!["temperature", "-1"],
+        ),
+        (
+            [
+                "generate",
+                "--model",
+                m,
+                "--prompt-ids",
+                "3",
+                "--adapter",
+                "nvidia",
+            ]
+            .map(String::from)
+            .to_vec(),
+            vec!["--adapter nvidia", "--backend wgpu"],
         ),
     ];
     for (args, needles) in cases {
