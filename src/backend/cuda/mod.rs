@@ -139,34 +139,33 @@ impl CudaBackend {
 
     /// A new f32 tensor of `shape`, contents unspecified (every op overwrites its output).
     pub(crate) fn output(&self, shape: Vec<usize>, what: &str) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        let buf = self.dev.alloc(n * 4, what)?;
-        Ok(Tensor::new(
-            shape,
-            ElemType::F32,
-            Box::new(CudaTensor { buf }),
-        ))
+        self.new_tensor(shape, ElemType::F32, false, what)
     }
 
     /// A new f32 tensor of `shape`, all zeros.
     pub(crate) fn zero_output(&self, shape: Vec<usize>, what: &str) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        let buf = self.dev.zeros(n * 4, what)?;
-        Ok(Tensor::new(
-            shape,
-            ElemType::F32,
-            Box::new(CudaTensor { buf }),
-        ))
+        self.new_tensor(shape, ElemType::F32, true, what)
     }
 
     pub(crate) fn output_u32(&self, shape: Vec<usize>, what: &str) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        let buf = self.dev.alloc(n * 4, what)?;
-        Ok(Tensor::new(
-            shape,
-            ElemType::U32,
-            Box::new(CudaTensor { buf }),
-        ))
+        self.new_tensor(shape, ElemType::U32, false, what)
+    }
+
+    /// A device tensor of 4-byte elements, cleared to zeros when `zeroed`.
+    fn new_tensor(
+        &self,
+        shape: Vec<usize>,
+        elem: ElemType,
+        zeroed: bool,
+        what: &str,
+    ) -> Result<Tensor> {
+        let bytes = 4 * shape.iter().product::<usize>();
+        let buf = if zeroed {
+            self.dev.zeros(bytes, what)?
+        } else {
+            self.dev.alloc(bytes, what)?
+        };
+        Ok(Tensor::new(shape, elem, Box::new(CudaTensor { buf })))
     }
 
     fn kv_cache(&self, dims: AttnDims, fp8: Option<(f32, f32)>) -> Result<Tensor> {
