@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Packs what a lent GPU machine needs to run the CUDA and Vulkan checks. It has no Rust
 # toolchain and cannot reach the network, so everything is built and fetched here:
-#   .gpu/kit.tar.xz  the release CLI and the test binaries that exercise GPUs, stripped, plus
+#   .gpu/kit.tar.xz  the release CLI, the test binaries that exercise GPUs and the unit tests
+#                    (for the host CPU's AVX-512 kernels), stripped, plus
 #                    the commit and the folder they were built in (the tests find fixtures
 #                    there);
 #   .gl/             the Vulkan/EGL loader packages (the NVIDIA driver brings only the ICD).
@@ -23,6 +24,12 @@ for t in cuda_compile conformance golden generation variants cuda_lossy; do
     [ -n "$exe" ] || { echo "no test binary for $t" >&2; exit 1; }
     cp "$exe" ".gpu/bin/$t"
 done
+# The library's unit tests: on the machine's own CPU they test the AVX-512 kernels, which
+# this one cannot run.
+exe=$(cargo test --release --no-run --lib --message-format=json 2>/dev/null |
+    jq -r 'select(.executable != null and .target.kind == ["lib"]) | .executable' | tail -1)
+[ -n "$exe" ] || { echo "no unit-test binary" >&2; exit 1; }
+cp "$exe" .gpu/bin/unit
 strip .gpu/bin/*
 {
     echo "commit $(git rev-parse HEAD)$(git diff --quiet HEAD || echo ' (with uncommitted changes)')"

@@ -3,7 +3,8 @@
 # scripts/gpu-kit.sh). Writes logs and a results table under $OUT and prints the table last.
 #   scripts/gpu-run.sh tests   the CUDA kernels compiled for this card, then the conformance,
 #                              golden, generation, variants and lossy-path suites on every
-#                              backend present
+#                              backend present, the unit tests, and where the host CPU has
+#                              AVX-512F the golden and variant suites again on its kernels
 #   scripts/gpu-run.sh bench   bench --backend cuda and --backend wgpu (the card's Vulkan
 #                              driver) on the fixtures and on a Super-shaped slice synthesized
 #                              there (SLICE_PATTERN, default MEMEM*EME)
@@ -52,7 +53,7 @@ tests)
     echo >>"$results"
     echo "| suite | result | time |" >>"$results"
     echo "|---|---|---|" >>"$results"
-    for t in cuda_compile conformance golden generation variants cuda_lossy; do
+    for t in cuda_compile conformance golden generation variants cuda_lossy unit; do
         start=$(date +%s)
         "$bin/$t" --test-threads=4 >"$out/test-$t.log" 2>&1
         rc=$?
@@ -60,6 +61,18 @@ tests)
         echo "| $t | ${summary:-exit $rc} | $(($(date +%s) - start)) s |" >>"$results"
         grep -E 'skip|FAILED|panicked' "$out/test-$t.log" | sort | uniq -c | head -20 >"$out/test-$t.notes"
     done
+    if grep -qw avx512f /proc/cpuinfo; then
+        # The CPU engine on its opt-in AVX-512 NVFP4 kernel, against the same references.
+        for t in golden variants; do
+            start=$(date +%s)
+            NEMOTRON_CPU_SIMD=avx512 "$bin/$t" --test-threads=4 >"$out/test-$t-avx512.log" 2>&1
+            rc=$?
+            summary=$(grep -E '^test result' "$out/test-$t-avx512.log" | tail -1)
+            echo "| $t, NEMOTRON_CPU_SIMD=avx512 | ${summary:-exit $rc} | $(($(date +%s) - start)) s |" >>"$results"
+        done
+    else
+        echo "| AVX-512 kernels | skipped: this host CPU has no AVX-512F | |" >>"$results"
+    fi
     ;;
 bench)
     nrt=$bin/nemotron-rt
@@ -87,6 +100,14 @@ bench)
     runb "Super slice, wgpu" --model "$slice" "${wgpu[@]}" --prompt-len 512 --gen 128 --repeat 3
     runb "Super slice, cuda, exact path only" --model "$slice" --backend cuda --cuda-fp4 off \
         --prompt-len 512 --gen 128 --repeat 3
+    # The host CPU, on the AVX2 kernels and (where it has AVX-512F) the AVX-512 NVFP4 dot.
+    cores=$(nproc)
+    NEMOTRON_CPU_SIMD=avx2 runb "Super slice, cpu AVX2" --model "$slice" --backend cpu \
+        --threads "$cores" --prompt-len 64 --gen 32 --repeat 3
+    if grep -qw avx512f /proc/cpuinfo; then
+        NEMOTRON_CPU_SIMD=avx512 runb "Super slice, cpu AVX-512" --model "$slice" --backend cpu \
+            --threads "$cores" --prompt-len 64 --gen 32 --repeat 3
+    fi
     ;;
 *)
     echo "usage: scripts/gpu-run.sh tests|bench" >&2

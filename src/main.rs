@@ -663,7 +663,11 @@ fn bytes(n: f64) -> String {
 
 fn run_devices() -> anyhow::Result<()> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("cpu    {} ({threads} threads)", std::env::consts::ARCH);
+    println!(
+        "cpu    {}, {} ({threads} threads)",
+        std::env::consts::ARCH,
+        nemotron_rt::backend::cpu::CpuBackend::simd_level()
+    );
     let adapters = nemotron_rt::backend::wgpu::adapters();
     if adapters.is_empty() {
         println!("wgpu   no adapter (no Vulkan/Metal/DX12/GL driver found)");
@@ -766,7 +770,15 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
         );
     }
     println!();
-    println!("device              {}", r.device);
+    if r.backend == "cpu" {
+        println!(
+            "device              {}, {} kernels",
+            r.device,
+            nemotron_rt::backend::cpu::CpuBackend::simd_level()
+        );
+    } else {
+        println!("device              {}", r.device);
+    }
     println!("load                {load_s:.2} s");
     println!(
         "time to first token {:.1} ms (median of {})",

@@ -69,7 +69,7 @@ fn softplus(x: f32) -> f32 {
 #[inline]
 fn update_and_read(s: &mut [f32], decay: f32, dx: f32, b: &[f32], c: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if super::simd::level() == super::simd::Level::Avx2 {
+    if super::simd::level().has_avx2() {
         // SAFETY: this level is only chosen when the CPU has AVX2.
         return unsafe { update_and_read_avx2(s, decay, dx, b, c) };
     }

@@ -84,6 +84,12 @@ impl CpuBackend {
 
     /// Like [`new`](Self::new), with NVFP4 decode GEMVs run against int8-quantized
     /// activations when `q8_activations` (faster, not bit-faithful to the reference).
+    /// The row kernels this process uses: `scalar`, `AVX2` or `AVX-512` (chosen once, see
+    /// `NEMOTRON_CPU_SIMD` in docs/ARCHITECTURE.md).
+    pub fn simd_level() -> &'static str {
+        simd::level().name()
+    }
+
     pub fn with_q8_activations(threads: usize, q8_activations: bool) -> Result<CpuBackend> {
         let mut be = Self::new(threads)?;
         be.q8_activations = q8_activations;

@@ -81,7 +81,7 @@ pub(crate) fn dot_nvfp4(packed: &[u8], scales: &[u8], tensor_scale: f32, x: &Q8R
         "NVFP4 q8 row: lengths disagree"
     );
     #[cfg(target_arch = "x86_64")]
-    if super::simd::level() == super::simd::Level::Avx2 {
+    if super::simd::level().has_avx2() {
         // SAFETY: this level is only chosen when the CPU has AVX2, FMA and F16C; lengths are
         // checked above.
         return unsafe { avx2::dot_nvfp4(packed, scales, x) } * (0.5 * tensor_scale);
@@ -109,7 +109,7 @@ pub(crate) fn dot_nvfp4_rows(
         "NVFP4 q8 rows: lengths disagree"
     );
     #[cfg(target_arch = "x86_64")]
-    if super::simd::level() == super::simd::Level::Avx2 {
+    if super::simd::level().has_avx2() {
         // SAFETY: this level is only chosen when the CPU has AVX2, FMA and F16C; lengths are
         // checked above.
         unsafe { avx2::dot_rows(packed, scales, blocks, x, 0.5 * tensor_scale, out) };

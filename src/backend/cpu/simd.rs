@@ -8,8 +8,9 @@
 //! Every kernel has an AVX2+FMA(+F16C) implementation and a portable scalar fallback that is the
 //! reference math (decode each weight exactly, then the eight-lane f32 dot of
 //! [`super::linear::dot`]). The implementation is chosen once per process ([`level`]) from the
-//! CPU's features; `NEMOTRON_CPU_SIMD=off` forces the fallback, for comparison. A wider variant
-//! (AVX-512) would be one more [`Level`], detected first, and one more arm in each dispatch.
+//! CPU's features; `NEMOTRON_CPU_SIMD=off` forces the fallback, for comparison. The AVX-512 level
+//! (`avx512`: the AVX2 kernels plus an AVX-512F NVFP4 dot) is chosen only with
+//! `NEMOTRON_CPU_SIMD=avx512` until it has run on AVX-512 hardware.
 //!
 //! Numerics of the SIMD dots: NVFP4 and FP8 take the scales out of the sums
 //! (`Σ_blocks d_b · Σ_i e2m1_i·x_i`, `scale · Σ_i e4m3_i·x_i`) and every kernel uses FMA and
@@ -32,22 +33,64 @@ pub(crate) enum Level {
     /// 256-bit AVX2 with FMA and F16C.
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// [`Level::Avx2`] with the NVFP4 dot in AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Level {
+    /// Whether the AVX2 kernels (here and in the other CPU modules) may run.
+    pub(crate) fn has_avx2(self) -> bool {
+        match self {
+            Level::Scalar => false,
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 | Level::Avx512 => true,
+        }
+    }
+
+    /// For the device line of `bench` and `devices`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Level::Scalar => "scalar",
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => "AVX2",
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => "AVX-512",
+        }
+    }
 }
 
 /// The implementation for this process: detected on first use, then fixed.
 pub(crate) fn level() -> Level {
     static LEVEL: OnceLock<Level> = OnceLock::new();
-    *LEVEL.get_or_init(|| detect(std::env::var("NEMOTRON_CPU_SIMD").ok().as_deref()))
+    *LEVEL.get_or_init(|| {
+        let setting = std::env::var("NEMOTRON_CPU_SIMD").ok();
+        let level = detect(setting.as_deref());
+        if setting.is_some_and(|s| s.trim().eq_ignore_ascii_case("avx512")) {
+            #[cfg(target_arch = "x86_64")]
+            let chosen = level == Level::Avx512;
+            #[cfg(not(target_arch = "x86_64"))]
+            let chosen = false;
+            if !chosen {
+                eprintln!(
+                    "warning: NEMOTRON_CPU_SIMD=avx512, but this CPU has no AVX-512F (with AVX2, \
+                     FMA and F16C); using {}",
+                    level.name()
+                );
+            }
+        }
+        level
+    })
 }
 
-/// The best level this CPU supports, unless `setting` (`NEMOTRON_CPU_SIMD`) turns SIMD off.
+/// The best level this CPU supports short of AVX-512, unless `setting` (`NEMOTRON_CPU_SIMD`)
+/// turns SIMD off or asks for AVX-512.
 fn detect(setting: Option<&str>) -> Level {
-    if let Some(s) = setting
-        && matches!(
-            s.trim().to_ascii_lowercase().as_str(),
-            "off" | "0" | "false" | "no" | "scalar"
-        )
-    {
+    let setting = setting.map(|s| s.trim().to_ascii_lowercase());
+    if matches!(
+        setting.as_deref(),
+        Some("off" | "0" | "false" | "no" | "scalar")
+    ) {
         return Level::Scalar;
     }
     #[cfg(target_arch = "x86_64")]
@@ -55,6 +98,9 @@ fn detect(setting: Option<&str>) -> Level {
         && std::arch::is_x86_feature_detected!("fma")
         && std::arch::is_x86_feature_detected!("f16c")
     {
+        if setting.as_deref() == Some("avx512") && std::arch::is_x86_feature_detected!("avx512f") {
+            return Level::Avx512;
+        }
         return Level::Avx2;
     }
     Level::Scalar
@@ -85,11 +131,11 @@ const FP8_SUM_SCALE: f32 = f32::from_bits((127 + 56) << 23);
 pub(crate) fn x_len(level: Level, kind: Kind, cols: usize) -> usize {
     let unit = match (level, kind) {
         #[cfg(target_arch = "x86_64")]
-        (Level::Avx2, Kind::Nvfp4) => NV_STEP,
+        (Level::Avx2 | Level::Avx512, Kind::Nvfp4) => NV_STEP,
         #[cfg(target_arch = "x86_64")]
-        (Level::Avx2, Kind::Fp8) => FP8_STEP,
+        (Level::Avx2 | Level::Avx512, Kind::Fp8) => FP8_STEP,
         #[cfg(target_arch = "x86_64")]
-        (Level::Avx2, Kind::Bf16) => BF16_STEP,
+        (Level::Avx2 | Level::Avx512, Kind::Bf16) => BF16_STEP,
         _ => 1,
     };
     cols.next_multiple_of(unit)
@@ -114,7 +160,9 @@ pub(crate) fn prepare_x(level: Level, kind: Kind, x: &[f32], out: &mut [f32]) {
             });
         }
         #[cfg(target_arch = "x86_64")]
-        (Level::Avx2, Kind::Fp8) => {
+        (Level::Avx512, Kind::Nvfp4) => permute(x, out, 32, 1.0, avx512::prepared_column),
+        #[cfg(target_arch = "x86_64")]
+        (Level::Avx2 | Level::Avx512, Kind::Fp8) => {
             // Vector v (0..4) of each 32 columns, lane i: column 16·(i/4) + 2·(i%4) + OFF[v].
             const OFF: [usize; 4] = [0, 1, 8, 9];
             permute(x, out, 32, FP8_X_SCALE, |v, i| {
@@ -122,7 +170,7 @@ pub(crate) fn prepare_x(level: Level, kind: Kind, x: &[f32], out: &mut [f32]) {
             });
         }
         #[cfg(target_arch = "x86_64")]
-        (Level::Avx2, Kind::Bf16) => {
+        (Level::Avx2 | Level::Avx512, Kind::Bf16) => {
             // Even columns of each 16, then odd ones.
             permute(x, out, BF16_STEP, 1.0, |v, i| 2 * i + v);
         }
@@ -175,6 +223,9 @@ pub(crate) fn dot_nvfp4(
         // SAFETY: this level is only chosen when the CPU has AVX2, FMA and F16C.
         #[cfg(target_arch = "x86_64")]
         Level::Avx2 => unsafe { avx2::dot_nvfp4(packed, scales, tensor_scale, xp) },
+        // SAFETY: this level is only chosen when the CPU also has AVX-512F.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => unsafe { avx512::dot_nvfp4(packed, scales, tensor_scale, xp) },
     }
 }
 
@@ -205,6 +256,18 @@ pub(crate) fn dot_nvfp4_rows(
             unsafe { avx2::dot_nvfp4_rows(packed, scales, tensor_scale, cols, xp, out) };
             true
         }
+        // One row at a time: each result is then `dot_nvfp4`'s by construction.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => {
+            let (pb, sb) = (cols / 2, cols / 16);
+            for (r, o) in out.iter_mut().enumerate() {
+                let (p, s) = (&packed[r * pb..(r + 1) * pb], &scales[r * sb..(r + 1) * sb]);
+                // SAFETY: this level is only chosen when the CPU has AVX-512F, AVX2, FMA and
+                // F16C; the lengths are checked above.
+                *o = unsafe { avx512::dot_nvfp4(p, s, tensor_scale, xp) };
+            }
+            true
+        }
     }
 }
 
@@ -216,9 +279,9 @@ pub(crate) fn dot_fp8(level: Level, row: &[u8], scale: f32, xp: &[f32]) -> f32 {
     );
     match level {
         Level::Scalar => scalar::dot_fp8(row, scale, xp),
-        // SAFETY: this level is only chosen when the CPU has AVX2, FMA and F16C.
+        // SAFETY: these levels are only chosen when the CPU has AVX2, FMA and F16C.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => unsafe { avx2::dot_fp8(row, scale, xp) },
+        Level::Avx2 | Level::Avx512 => unsafe { avx2::dot_fp8(row, scale, xp) },
     }
 }
 
@@ -230,9 +293,9 @@ pub(crate) fn dot_bf16(level: Level, row: &[u16], xp: &[f32]) -> f32 {
     );
     match level {
         Level::Scalar => scalar::dot_map(row, xp, bf16_to_f32),
-        // SAFETY: this level is only chosen when the CPU has AVX2, FMA and F16C.
+        // SAFETY: these levels are only chosen when the CPU has AVX2, FMA and F16C.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => unsafe { avx2::dot_bf16(row, xp) },
+        Level::Avx2 | Level::Avx512 => unsafe { avx2::dot_bf16(row, xp) },
     }
 }
 
@@ -245,9 +308,9 @@ pub(crate) fn dot_bf16_pair(level: Level, a: &[u16], b: &[u16], xp: &[f32]) -> O
     );
     match level {
         Level::Scalar => None,
-        // SAFETY: this level is only chosen when the CPU has AVX2, FMA and F16C.
+        // SAFETY: these levels are only chosen when the CPU has AVX2, FMA and F16C.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => Some(unsafe { avx2::dot_bf16_pair(a, b, xp) }),
+        Level::Avx2 | Level::Avx512 => Some(unsafe { avx2::dot_bf16_pair(a, b, xp) }),
     }
 }
 
@@ -256,9 +319,9 @@ pub(crate) fn dot_f16(level: Level, row: &[u16], x: &[f32]) -> f32 {
     let x = &x[..row.len()];
     match level {
         Level::Scalar => scalar::dot_map(row, x, f16_to_f32),
-        // SAFETY: this level is only chosen when the CPU has AVX2, FMA and F16C.
+        // SAFETY: these levels are only chosen when the CPU has AVX2, FMA and F16C.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => unsafe { avx2::dot_f16(row, x) },
+        Level::Avx2 | Level::Avx512 => unsafe { avx2::dot_f16(row, x) },
     }
 }
 
@@ -267,9 +330,9 @@ pub(crate) fn dot_f32(level: Level, row: &[f32], x: &[f32]) -> f32 {
     let x = &x[..row.len()];
     match level {
         Level::Scalar => scalar::dot_map(row, x, |v| v),
-        // SAFETY: this level is only chosen when the CPU has AVX2, FMA and F16C.
+        // SAFETY: these levels are only chosen when the CPU has AVX2, FMA and F16C.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => unsafe { avx2::dot_f32(row, x) },
+        Level::Avx2 | Level::Avx512 => unsafe { avx2::dot_f32(row, x) },
     }
 }
 
@@ -290,9 +353,11 @@ pub(crate) fn decode_nvfp4(
     let out = &mut out[..cols];
     match level {
         Level::Scalar => scalar::decode_nvfp4(packed, scales, tensor_scale, out),
-        // SAFETY: this level is only chosen when the CPU has AVX2, FMA and F16C.
+        // SAFETY: these levels are only chosen when the CPU has AVX2, FMA and F16C.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => unsafe { avx2::decode_nvfp4(packed, scales, tensor_scale, out) },
+        Level::Avx2 | Level::Avx512 => unsafe {
+            avx2::decode_nvfp4(packed, scales, tensor_scale, out)
+        },
     }
 }
 
@@ -305,9 +370,9 @@ pub(crate) fn decode_fp8(level: Level, row: &[u8], scale: f32, out: &mut [f32]) 
                 *o = E4M3_TO_F32[b as usize] * scale;
             }
         }
-        // SAFETY: this level is only chosen when the CPU has AVX2, FMA and F16C.
+        // SAFETY: these levels are only chosen when the CPU has AVX2, FMA and F16C.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => unsafe { avx2::decode_fp8(row, scale, out) },
+        Level::Avx2 | Level::Avx512 => unsafe { avx2::decode_fp8(row, scale, out) },
     }
 }
 
@@ -320,9 +385,9 @@ pub(crate) fn decode_bf16(level: Level, row: &[u16], out: &mut [f32]) {
                 *o = bf16_to_f32(b);
             }
         }
-        // SAFETY: this level is only chosen when the CPU has AVX2, FMA and F16C.
+        // SAFETY: these levels are only chosen when the CPU has AVX2, FMA and F16C.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => unsafe { avx2::decode_bf16(row, out) },
+        Level::Avx2 | Level::Avx512 => unsafe { avx2::decode_bf16(row, out) },
     }
 }
 
@@ -335,9 +400,9 @@ pub(crate) fn decode_f16(level: Level, row: &[u16], out: &mut [f32]) {
                 *o = f16_to_f32(b);
             }
         }
-        // SAFETY: this level is only chosen when the CPU has AVX2, FMA and F16C.
+        // SAFETY: these levels are only chosen when the CPU has AVX2, FMA and F16C.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => unsafe { avx2::decode_f16(row, out) },
+        Level::Avx2 | Level::Avx512 => unsafe { avx2::decode_f16(row, out) },
     }
 }
 
@@ -373,9 +438,11 @@ pub(crate) fn panel_product(
                 }
             }
         }
-        // SAFETY: this level is only chosen when the CPU has AVX2, FMA and F16C.
+        // SAFETY: these levels are only chosen when the CPU has AVX2, FMA and F16C.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => unsafe { avx2::panel_product(panel, rows, x, cols, tokens, out) },
+        Level::Avx2 | Level::Avx512 => unsafe {
+            avx2::panel_product(panel, rows, x, cols, tokens, out)
+        },
     }
 }
 
@@ -440,6 +507,9 @@ mod scalar {
         }
     }
 }
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
@@ -1277,14 +1347,21 @@ mod tests {
         }
     }
 
-    /// The fallback, plus AVX2 where this CPU has it (the tests compare the two).
+    /// The SIMD levels this CPU has, each compared with the fallback by the tests; AVX-512
+    /// whether or not `NEMOTRON_CPU_SIMD` asks for it.
     fn simd_levels() -> Vec<Level> {
         let all = detect(None);
         if all == Level::Scalar {
             eprintln!("no SIMD level on this CPU: only the fallback is tested");
             return vec![];
         }
-        vec![all]
+        let mut levels = vec![all];
+        match detect(Some("avx512")) {
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => levels.push(Level::Avx512),
+            _ => eprintln!("skipped: this CPU has no AVX-512F, so its NVFP4 kernel is not tested"),
+        }
+        levels
     }
 
     fn prepared(level: Level, kind: Kind, x: &[f32]) -> Vec<f32> {
@@ -1366,12 +1443,20 @@ mod tests {
             assert_eq!(detect(Some(off)), Level::Scalar, "{off:?}");
         }
         assert_eq!(detect(Some("on")), detect(None));
+        assert_eq!(detect(Some("avx2")), detect(None));
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2")
             && std::arch::is_x86_feature_detected!("fma")
             && std::arch::is_x86_feature_detected!("f16c")
         {
+            // AVX-512 only when asked for, and only where the CPU has it.
             assert_eq!(detect(None), Level::Avx2);
+            let want = if std::arch::is_x86_feature_detected!("avx512f") {
+                Level::Avx512
+            } else {
+                Level::Avx2
+            };
+            assert_eq!(detect(Some(" AVX512 ")), want);
         }
     }
 
