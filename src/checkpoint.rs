@@ -313,6 +313,51 @@ pub struct Checkpoint {
 pub const SINGLE_FILE: &str = "model.safetensors";
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
+/// The files of the checkpoint in `dir` that loading it reads (configs, tokenizer, index and
+/// weights; those present), for refusing to write an output over one: the weights are mapped,
+/// so truncating one would kill the process, and any of them is the user's checkpoint. Where
+/// an index exists but cannot be read, every `*.safetensors` of the folder counts as a shard.
+pub fn files_read(dir: &Path) -> Vec<PathBuf> {
+    const FIXED: [&str; 7] = [
+        "config.json",
+        "generation_config.json",
+        "hf_quant_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        INDEX_FILE,
+        SINGLE_FILE,
+    ];
+    let mut files: Vec<PathBuf> = FIXED.iter().map(|f| dir.join(f)).collect();
+    let shards: Option<Vec<PathBuf>> = match std::fs::read(dir.join(INDEX_FILE)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(Vec::new()),
+        Err(_) => None,
+        Ok(b) => (|| {
+            let index: Value = serde_json::from_slice(&b).ok()?;
+            let map = index.get("weight_map")?.as_object()?;
+            Some(
+                map.values()
+                    .filter_map(|v| v.as_str().map(|f| dir.join(f)))
+                    .collect(),
+            )
+        })(),
+    };
+    match shards {
+        Some(shards) => files.extend(shards),
+        None => files.extend(
+            std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "safetensors")),
+        ),
+    }
+    files
+        .into_iter()
+        .filter_map(|f| std::fs::canonicalize(f).ok())
+        .collect()
+}
+
 impl Checkpoint {
     /// Opens `dir/model.safetensors` or the shards named by `dir/model.safetensors.index.json`.
     /// Where both exist, the single file wins, as in transformers' `from_pretrained`, and a

@@ -505,13 +505,11 @@ fn output_path(
             out.display()
         );
     }
-    if let Ok(dir) = std::fs::canonicalize(model_dir)
-        && target.starts_with(&dir)
-    {
+    if nemotron_rt::checkpoint::files_read(model_dir).contains(&target) {
         bail!(
             "{flag} {}: is a file of the checkpoint being read ({}); write the output elsewhere",
             out.display(),
-            dir.display()
+            model_dir.display()
         );
     }
     Ok(target)

@@ -728,6 +728,88 @@ fn bad_paths_and_ranges_are_refused_by_name() {
     );
 }
 
+/// An output may go into the checkpoint's folder, and be written again there, as long as it is
+/// not one of the files loading reads: configs, tokenizer and weights (a shard named by the
+/// index too) are refused, and stay untouched.
+#[test]
+fn outputs_may_live_beside_a_checkpoint_but_never_over_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(hf(GROUPED)).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+    }
+    let m = tmp.path().to_str().unwrap();
+    let out = tmp.path().join("logits.safetensors");
+    let forward = |to: &Path| {
+        run(&[
+            "forward",
+            "--model",
+            m,
+            "--prompt-ids",
+            "3,4",
+            "--out",
+            to.to_str().unwrap(),
+        ])
+    };
+    for round in 0..2 {
+        let o = forward(&out);
+        assert!(
+            o.status.success(),
+            "round {round}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(Checkpoint::open_file(&out).is_ok(), "round {round}");
+    }
+    // A sharded copy: the index names its shard, which must be refused under any name.
+    let sharded = tmp.path().join("sharded");
+    std::fs::create_dir(&sharded).unwrap();
+    for e in std::fs::read_dir(tmp.path()).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().to_string();
+        if e.path().is_file() && name != "model.safetensors" && name != "logits.safetensors" {
+            std::fs::copy(e.path(), sharded.join(&name)).unwrap();
+        }
+    }
+    std::fs::copy(
+        tmp.path().join("model.safetensors"),
+        sharded.join("w-1.safetensors"),
+    )
+    .unwrap();
+    let map: serde_json::Map<String, Value> = Checkpoint::open(tmp.path())
+        .unwrap()
+        .tensors()
+        .map(|t| (t.name.clone(), Value::from("w-1.safetensors")))
+        .collect();
+    std::fs::write(
+        sharded.join("model.safetensors.index.json"),
+        serde_json::to_vec(&serde_json::json!({ "weight_map": map })).unwrap(),
+    )
+    .unwrap();
+    for (dir, file) in [
+        (tmp.path(), "config.json"),
+        (tmp.path(), "model.safetensors"),
+        (tmp.path(), "tokenizer.json"),
+        (sharded.as_path(), "w-1.safetensors"),
+        (sharded.as_path(), "model.safetensors.index.json"),
+    ] {
+        let target = dir.join(file);
+        let before = std::fs::read(&target).unwrap();
+        let o = run(&[
+            "forward",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt-ids",
+            "3,4",
+            "--out",
+            target.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{file} must be refused");
+        assert!(stderr.contains("checkpoint being read"), "{file}: {stderr}");
+        assert_eq!(std::fs::read(&target).unwrap(), before, "{file} untouched");
+    }
+}
+
 /// Without a usable tokenizer, generation from ids still runs, but says so and prints the ids
 /// it generated rather than an empty text.
 #[test]
