@@ -136,3 +136,78 @@ unsafe fn step(
         nan_bytes(bytes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Runs without AVX-512: the kernel's lane layout (`prepared_column` for the inputs,
+    //! `PAIRS` for the block scales, even and odd lanes from the low and high nibbles of 16
+    //! bytes) replayed lane by lane in plain Rust must compute the row's dot product. A wrong
+    //! table or a swapped nibble half fails it; what it cannot check is the intrinsics
+    //! themselves, which the tests of `simd.rs` run wherever the CPU has AVX-512F.
+    use super::*;
+    use crate::backend::cpu::simd::{Kind, Level, dot_nvfp4, prepare_x, x_len};
+    use crate::codec::fp8::E4M3_TO_F32;
+
+    fn lane_model(packed: &[u8], scales: &[u8], ts: f32, xp: &[f32]) -> f32 {
+        let steps = (scales.len() * 16).div_ceil(NV_STEP);
+        let (mut p, mut s) = (packed.to_vec(), scales.to_vec());
+        p.resize(64 * steps, 0);
+        s.resize(8 * steps, 0);
+        let mut acc = [[0.0f32; 16]; 4];
+        for i in 0..steps {
+            let d: Vec<f32> = (0..8)
+                .map(|b| E4M3_TO_F32[s[8 * i + b] as usize] * ts)
+                .collect();
+            for (k, lanes) in acc.iter_mut().enumerate() {
+                let x = &xp[NV_STEP * i + 32 * k..];
+                for (j, a) in lanes.iter_mut().enumerate() {
+                    let code = p[64 * i + 16 * k + j];
+                    let even = E2M1_VALUES[usize::from(code & 0x0f)];
+                    let odd = E2M1_VALUES[usize::from(code >> 4)];
+                    let sum = odd.mul_add(x[16 + j], even * x[j]);
+                    *a = sum.mul_add(d[PAIRS[k][j] as usize], *a);
+                }
+            }
+        }
+        acc.iter().flatten().sum()
+    }
+
+    #[test]
+    fn the_lane_layout_computes_the_dot() {
+        let mut seed = 0x0a5c_512f_u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for cols in [16usize, 48, 128, 144, 400, 1024, 2688] {
+            let packed: Vec<u8> = (0..cols / 2).map(|_| next() as u8).collect();
+            // Finite E4M3 scales only: exponent field below 15.
+            let scales: Vec<u8> = (0..cols / 16).map(|_| next() as u8 & 0xf7).collect();
+            let x: Vec<f32> = (0..cols)
+                .map(|_| (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
+                .collect();
+            let ts = 0.0037;
+            let mut xp = vec![0.0; x_len(Level::Avx512, Kind::Nvfp4, cols)];
+            prepare_x(Level::Avx512, Kind::Nvfp4, &x, &mut xp);
+            let got = lane_model(&packed, &scales, ts, &xp);
+            let want = dot_nvfp4(Level::Scalar, &packed, &scales, ts, &x);
+            let abs: f32 = (0..cols)
+                .map(|c| {
+                    let code = (packed[c / 2] >> (4 * (c % 2))) & 0x0f;
+                    (E2M1_VALUES[usize::from(code)]
+                        * E4M3_TO_F32[scales[c / 16] as usize]
+                        * ts
+                        * x[c])
+                        .abs()
+                })
+                .sum();
+            let tol = (cols as f32 / 8.0 + 24.0) * f32::EPSILON * abs;
+            assert!(
+                (got - want).abs() <= tol,
+                "{cols} columns: lane model {got:e} vs fallback {want:e} (tolerance {tol:e})"
+            );
+        }
+    }
+}
