@@ -128,6 +128,16 @@ const BF16_STEP: usize = 16;
 const FP8_X_SCALE: f32 = f32::from_bits((127 + 64) << 23);
 const FP8_SUM_SCALE: f32 = f32::from_bits((127 + 56) << 23);
 
+/// The codes and block scales of an NVFP4 row past its last whole step of the SIMD dots,
+/// zero-padded to one whole step: zero codes under zero scales add exact zeros.
+#[cfg(target_arch = "x86_64")]
+fn nv_tail(packed: &[u8], scales: &[u8], steps: usize) -> ([u8; 64], [u8; 8]) {
+    let (mut p, mut s) = ([0u8; 64], [0u8; 8]);
+    p[..packed.len() - 64 * steps].copy_from_slice(&packed[64 * steps..]);
+    s[..scales.len() - 8 * steps].copy_from_slice(&scales[8 * steps..]);
+    (p, s)
+}
+
 /// Length of the input of a `cols`-wide row once laid out by [`prepare_x`].
 pub(crate) fn x_len(level: Level, kind: Kind, cols: usize) -> usize {
     let unit = match (level, kind) {

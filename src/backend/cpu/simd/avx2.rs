@@ -318,9 +318,7 @@ unsafe fn nv_lanes<const SPLIT: bool>(
         }
         if !cols.is_multiple_of(NV_STEP) {
             // Zero codes, zero scales and zero (padded) inputs add exact zeros.
-            let (mut p, mut s) = ([0u8; 64], [0u8; 8]);
-            p[..packed.len() - 64 * steps].copy_from_slice(&packed[64 * steps..]);
-            s[..scales.len() - 8 * steps].copy_from_slice(&scales[8 * steps..]);
+            let (p, s) = super::nv_tail(packed, scales, steps);
             let x = xp[NV_STEP * steps..NV_STEP * (steps + 1)].as_ptr();
             nv_step::<SPLIT>(p.as_ptr(), s.as_ptr(), x, ts, tabs, &mut acc, &mut nan);
         }
