@@ -199,8 +199,9 @@ fn check_cols(x: &Tensor, cols: usize, what: &str) -> Result<()> {
 impl Backend for CpuBackend {
     fn enter(&self, f: &mut (dyn FnMut() + Send)) {
         if self.threads > 1 {
-            // Inside the pool, `run`'s `install` is a plain call.
-            self.pool.install(f)
+            // Inside the pool, `run`'s `install` is a plain call, and the other workers stay
+            // awake between ops.
+            self.pool.install(|| par::keep_awake(f))
         } else {
             f()
         }

@@ -1,6 +1,8 @@
 //! Parallel-or-serial loops. Handing work to the thread pool costs microseconds per op, more
 //! than a small op takes, so ops below a size threshold run on the calling thread instead.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use rayon::prelude::*;
 
 /// Multiply-adds (or similar) below which an op runs serially.
@@ -86,6 +88,45 @@ where
     }
 }
 
+/// Runs `f` on the current pool worker while every other worker of the pool spins, stealing
+/// and running whatever `f` hands out, instead of going to sleep between `f`'s parallel ops.
+/// An idle rayon worker parks after a few microseconds, and waking it takes tens of
+/// microseconds (more under a hypervisor); a decode step runs dozens of parallel ops a few
+/// hundred microseconds each, with serial work between them, and would pay that at each one.
+/// Outside a pool, or on a one-thread pool, this is just `f()`.
+pub(crate) fn keep_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let (Some(owner), helpers) = (
+        rayon::current_thread_index(),
+        rayon::current_num_threads().saturating_sub(1),
+    ) else {
+        return f();
+    };
+    if helpers == 0 {
+        return f();
+    }
+    let stop = AtomicBool::new(false);
+    rayon::scope(|s| {
+        for _ in 0..helpers {
+            s.spawn(|_| {
+                // A helper left in the owner's deque can be popped by the owner itself while
+                // it waits inside one of `f`'s joins: it must return at once, or the owner would
+                // spin until `f` ends, which is never.
+                if rayon::current_thread_index() == Some(owner) {
+                    return;
+                }
+                while !stop.load(Ordering::Acquire) {
+                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                        std::hint::spin_loop();
+                    }
+                }
+            });
+        }
+        let out = f();
+        stop.store(true, Ordering::Release);
+        out
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +153,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Parallel ops inside `keep_awake` give what they give without it; nested, concurrent
+    /// and one-thread uses all return (a helper the owner could pop itself would hang it).
+    #[test]
+    fn keep_awake_runs_parallel_ops_and_returns() {
+        let sum_of_squares = |n: u64| -> u64 {
+            let mut v: Vec<u64> = (0..n).collect();
+            chunks_mut(&mut v, 7, true, |_, c| c.iter_mut().for_each(|x| *x *= *x));
+            v.iter().sum()
+        };
+        let expected: u64 = (0..1000u64).map(|x| x * x).sum();
+        for threads in [1, 2, 4] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let got = pool.install(|| {
+                keep_awake(|| (0..50).map(|_| sum_of_squares(1000)).collect::<Vec<_>>())
+            });
+            assert!(got.iter().all(|&s| s == expected), "{threads} threads");
+            // Two callers sharing the pool at once, each keeping it awake.
+            let (a, b) = rayon::join(
+                || pool.install(|| keep_awake(|| sum_of_squares(1000))),
+                || pool.install(|| keep_awake(|| sum_of_squares(1000))),
+            );
+            assert_eq!(
+                (a, b),
+                (expected, expected),
+                "{threads} threads, concurrent"
+            );
+            // Nested: a parallel op whose tasks keep the pool awake again.
+            let nested = pool
+                .install(|| keep_awake(|| map(4, true, |_| keep_awake(|| sum_of_squares(1000)))));
+            assert_eq!(nested, vec![expected; 4], "{threads} threads, nested");
+        }
+        // Outside any pool it is a plain call.
+        assert_eq!(keep_awake(|| sum_of_squares(1000)), expected);
     }
 }
