@@ -6,7 +6,8 @@
 //! runs one group). `NEMOTRON_CPU_SIMD=off` measures the
 //! portable fallback instead of the SIMD kernels; `KERNELS_THREADS=1,2` picks the thread counts.
 //! Each case cycles through enough copies of its weights (> 96 MiB) that every GEMV streams
-//! them from DRAM, as decode does, rather than from the last-level cache. The machine's
+//! them from DRAM, as decode does, rather than from the last-level cache
+//! (`KERNELS_WORKING_SET_MIB=0` keeps one copy, to measure the kernels from cache). The machine's
 //! streaming-read bandwidth on the same thread counts is printed first for comparison.
 
 use std::hint::black_box;
@@ -19,8 +20,14 @@ use nemotron_rt::checkpoint::{ByteView, DType};
 use nemotron_rt::codec::nvfp4;
 use nemotron_rt::weights::{LinearData, StoredLinear};
 
-/// Weights cycled per case, at least this many bytes (L3 here is 32 MiB).
-const WORKING_SET: usize = 96 << 20;
+/// Weights cycled per case, at least this many bytes (L3 here is 32 MiB), unless
+/// `KERNELS_WORKING_SET_MIB` says otherwise (a small set measures the kernels from cache).
+fn working_set() -> usize {
+    std::env::var("KERNELS_WORKING_SET_MIB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(96 << 20, |m| m << 20)
+}
 
 /// xorshift64*: deterministic weights and inputs.
 struct Rng(u64);
@@ -99,7 +106,7 @@ fn weights(fmt: Fmt, rows: usize, cols: usize, rng: &mut Rng) -> (Vec<StoredLine
             (Box::new(f), bytes)
         }
     };
-    let copies = WORKING_SET.div_ceil(bytes).max(1);
+    let copies = working_set().div_ceil(bytes).max(1);
     ((0..copies).map(|_| make(one())).collect(), bytes)
 }
 

@@ -7,6 +7,7 @@
 //! (relative error up to 1/254 per element) is the only difference, and its effect on tokens
 //! and routes is measured in docs/benchmarks.md.
 
+use super::simd::TWO_POW_120;
 use crate::codec::fp8::e4m3_to_f32;
 
 /// An activation row quantized per 16-element block, laid out the way the packed weights'
@@ -19,10 +20,21 @@ pub(crate) struct Q8Row {
     pub q: Vec<i8>,
     /// `x ≈ q · scale[c / 16]`.
     pub scale: Vec<f32>,
-    /// `12 · Σ q` per block: the SIMD kernel multiplies `2·e2m1 + 12` (unsigned) and takes
-    /// this back out.
-    pub offset: Vec<f32>,
+    /// Per whole step of eight blocks, in the SIMD kernel's lane order ([`STEP_LANES`]):
+    /// `scale · 2^120`, which meets the block scales' `e4m3 · 2^-120` in one exact multiply;
+    /// plain `scale` if that overflows anywhere (`split`).
+    pub lane_scale: Vec<f32>,
+    /// `12 · Σ q` per block, in the same order: the SIMD kernel multiplies `2·e2m1 + 12`
+    /// (unsigned) and takes this back out.
+    pub lane_offset: Vec<f32>,
+    /// `lane_scale` is plain `scale` (some `scale · 2^120` is infinite).
+    pub split: bool,
 }
+
+/// Where block `j` of a step of eight sits among the SIMD kernel's lanes: `hadd` of the two
+/// groups' half-block sums leaves blocks 0, 1, 4, 5 in the low 128 bits and 2, 3, 6, 7 in the
+/// high ones.
+pub(crate) const STEP_LANES: [usize; 8] = [0, 1, 4, 5, 2, 3, 6, 7];
 
 impl Q8Row {
     /// Quantizes `x` (length a multiple of 16) into `self`, reusing its buffers.
@@ -32,7 +44,7 @@ impl Q8Row {
         self.q.clear();
         self.q.resize(x.len(), 0);
         self.scale.clear();
-        self.offset.clear();
+        let mut offset = Vec::with_capacity(blocks);
         for (b, block) in x.chunks_exact(16).enumerate() {
             let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             if amax == 0.0 || !amax.is_finite() {
@@ -40,7 +52,7 @@ impl Q8Row {
                 // the exact path would.
                 self.scale
                     .push(if amax == 0.0 { 0.0 } else { amax * f32::NAN });
-                self.offset.push(0.0);
+                offset.push(0.0);
                 continue;
             }
             let inv = 127.0 / amax;
@@ -51,7 +63,20 @@ impl Q8Row {
                 sum += q as i32;
                 self.q[Self::at(b, e, blocks)] = q;
             }
-            self.offset.push(12.0 * sum as f32);
+            offset.push(12.0 * sum as f32);
+        }
+        let whole = blocks / 8 * 8;
+        self.split = self.scale[..whole]
+            .iter()
+            .any(|&s| s.is_finite() && !(s * TWO_POW_120).is_finite());
+        let factor = if self.split { 1.0 } else { TWO_POW_120 };
+        self.lane_scale.clear();
+        self.lane_offset.clear();
+        for b0 in (0..whole).step_by(8) {
+            for &j in &STEP_LANES {
+                self.lane_scale.push(self.scale[b0 + j] * factor);
+                self.lane_offset.push(offset[b0 + j]);
+            }
         }
     }
 
@@ -77,7 +102,10 @@ const E2M1_X2: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -
 pub(crate) fn dot_nvfp4(packed: &[u8], scales: &[u8], tensor_scale: f32, x: &Q8Row) -> f32 {
     let blocks = scales.len();
     assert!(
-        packed.len() == blocks * 8 && x.q.len() >= blocks * 16 && x.scale.len() >= blocks,
+        packed.len() == blocks * 8
+            && x.q.len() >= blocks * 16
+            && x.scale.len() >= blocks
+            && x.lane_scale.len() >= blocks / 8 * 8,
         "NVFP4 q8 row: lengths disagree"
     );
     #[cfg(target_arch = "x86_64")]
@@ -105,7 +133,8 @@ pub(crate) fn dot_nvfp4_rows(
             && packed.len() >= rows * blocks * 8
             && scales.len() >= rows * blocks
             && x.q.len() >= cols
-            && x.scale.len() >= blocks,
+            && x.scale.len() >= blocks
+            && x.lane_scale.len() >= blocks / 8 * 8,
         "NVFP4 q8 rows: lengths disagree"
     );
     #[cfg(target_arch = "x86_64")]
@@ -146,10 +175,22 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::Q8Row;
-    use crate::backend::cpu::simd::avx2::{TWO_POW_120, e4m3x8_scaled, mark_nan_rows};
+    use crate::backend::cpu::simd::TWO_POW_120;
+    use crate::backend::cpu::simd::avx2::{any_nan_e4m3, mark_nan_rows};
 
     /// `2·e2m1 + 12` per code: unsigned, as `maddubs` wants its first operand.
     const E2M1_X2_PLUS_12: [u8; 16] = [12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0];
+
+    /// [`super::STEP_LANES`] as a byte shuffle of a step's eight block scales.
+    static STEP_ORDER: [u8; 16] = {
+        let mut o = [0x80u8; 16];
+        let mut lane = 0;
+        while lane < 8 {
+            o[lane] = super::STEP_LANES[lane] as u8;
+            lane += 1;
+        }
+        o
+    };
 
     /// How far ahead (in bytes of packed codes) the kernel prefetches; as in the exact kernels,
     /// the hardware prefetcher alone leaves the loads waiting on DRAM.
@@ -203,14 +244,18 @@ mod avx2 {
             // `dot_nvfp4`'s scalar sum does, so every result is the same, bit for bit.
             let mut lanes = [_mm256_setzero_ps(); 8];
             for r0 in (0..whole).step_by(8) {
-                let mut nan_rows = 0u32;
                 for (i, l) in lanes.iter_mut().enumerate() {
                     let (p, s) = row(r0 + i);
                     // SAFETY: the caller's guarantees, for each row.
-                    let (sums, nan) = unsafe { lane_sums(p, s, x) };
-                    *l = sums;
-                    nan_rows |= u32::from(nan) << i;
+                    *l = unsafe { lane_sums(p, s, x) };
                 }
+                // One pass over the eight rows' scales (contiguous, and in L1 by now); which
+                // rows only when one is NaN.
+                let nan_rows = if any_nan_e4m3(&scales[r0 * blocks..(r0 + 8) * blocks]) {
+                    (0..8).fold(0u32, |m, i| m | u32::from(any_nan_e4m3(row(r0 + i).1)) << i)
+                } else {
+                    0
+                };
                 let h01 = _mm256_hadd_ps(lanes[0], lanes[1]);
                 let h23 = _mm256_hadd_ps(lanes[2], lanes[3]);
                 let h45 = _mm256_hadd_ps(lanes[4], lanes[5]);
@@ -240,11 +285,11 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_nvfp4(packed: &[u8], scales: &[u8], x: &Q8Row) -> f32 {
         // SAFETY: the caller's guarantees.
-        let (total, nan) = unsafe { lane_sums(packed, scales, x) };
+        let total = unsafe { lane_sums(packed, scales, x) };
         let (blocks, done) = (scales.len(), scales.len() / 8 * 8);
-        // NaN block scales are not decoded by the loop (see `e4m3x8_scaled`); a NaN factor
+        // NaN block scales are not decoded by the loop (see `step_sums`); a NaN factor
         // would make the sum NaN, as the exact path's would.
-        if nan || scales[done..].iter().any(|&b| b & 0x7f == 0x7f) {
+        if any_nan_e4m3(scales) {
             return f32::NAN;
         }
         let mut lanes = [0.0f32; 8];
@@ -258,14 +303,40 @@ mod avx2 {
         sum + super::scalar_dot(packed, scales, x, done, blocks)
     }
 
-    /// The whole steps (eight blocks each) of a row's dot as eight lane sums, and whether any of
-    /// their block scales is NaN (those are not decoded, so the sums are then meaningless); the
-    /// blocks past the last whole step are left out. Checking in the loop, on scales already
-    /// loaded, saves a separate pass that would wait on DRAM for every row's scales.
+    /// The whole steps (eight blocks each) of a row's dot as eight lane sums; the blocks past
+    /// the last whole step are left out. NaN block scales are not decoded (the sums are then
+    /// meaningless): callers check with [`any_nan_e4m3`].
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn lane_sums(packed: &[u8], scales: &[u8], x: &Q8Row) -> (__m256, bool) {
-        let blocks = scales.len();
+    unsafe fn lane_sums(packed: &[u8], scales: &[u8], x: &Q8Row) -> __m256 {
+        let steps = scales.len() / 8;
+        // SAFETY: the caller guarantees `x` was quantized from `scales.len() · 16` values, so
+        // its lane vectors hold `steps` whole steps.
+        unsafe {
+            if x.split {
+                step_sums::<true>(packed, scales, x, steps)
+            } else {
+                step_sums::<false>(packed, scales, x, steps)
+            }
+        }
+    }
+
+    /// Eight blocks (128 elements) per step: their eight factors (block scale x activation
+    /// scale) in one vector, in the lane order [`super::STEP_LANES`] that one `hadd` of the
+    /// two groups' half-block sums leaves; the +12 of the weights comes back out as
+    /// factor x 12·Σq per block.
+    ///
+    /// The block scales become `e4m3 · 2^-120` by a shift: the sign-extended byte shifted
+    /// left by 20 has its magnitude bits at 20-26 and the sign (copied) at 31, and the mask
+    /// keeps those (NaN codes give a finite value: the caller checks for them).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn step_sums<const SPLIT: bool>(
+        packed: &[u8],
+        scales: &[u8],
+        x: &Q8Row,
+        steps: usize,
+    ) -> __m256 {
         // SAFETY: the table holds 16 bytes.
         let table = unsafe {
             _mm256_loadu2_m128i(
@@ -273,43 +344,42 @@ mod avx2 {
                 E2M1_X2_PLUS_12.as_ptr().cast(),
             )
         };
-        // Lanes of the eight block factors that line up with `group_sums` of blocks 0-3 / 4-7.
-        let first = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
-        let second = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
-        let mut acc = [_mm256_setzero_ps(); 2];
+        // SAFETY: the table holds 16 bytes.
+        let order = unsafe { _mm_loadu_si128(STEP_ORDER.as_ptr().cast()) };
+        let mut acc = _mm256_setzero_ps();
         let mut offset = _mm256_setzero_ps();
-        let mut nan = _mm_setzero_si128();
-        // Eight blocks (128 elements) per step: their eight factors (block scale x activation
-        // scale) in one vector, then two groups of integer block sums; the +12 of the weights
-        // comes back out as factor x 12·Σq per block.
-        let steps = blocks / 8;
-        let (p, q) = (packed.as_ptr(), x.q.as_ptr());
+        let (p, q, s) = (packed.as_ptr(), x.q.as_ptr(), scales.as_ptr());
+        let (xs, xo) = (x.lane_scale.as_ptr(), x.lane_offset.as_ptr());
         for i in 0..steps {
             let b0 = 8 * i;
-            // SAFETY: blocks b0 .. b0 + 8 lie inside `scales`, `x.scale`, `x.offset`, `packed`
-            // (8 bytes per block) and `x.q` (16 per block), checked by the caller; both groups
+            // SAFETY: blocks b0 .. b0 + 8 lie inside `scales`, `packed` (8 bytes per block),
+            // `x.q` (16 per block) and the lane vectors, checked by the callers; both groups
             // are whole, so `x.q` holds them in the grouped layout. Prefetches never fault.
             unsafe {
                 _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(8 * b0 + PREFETCH).cast());
-                _mm_prefetch::<_MM_HINT_T0>(scales.as_ptr().wrapping_add(b0 + PREFETCH / 8).cast());
-                let sb = _mm_loadl_epi64(scales.as_ptr().add(b0).cast());
-                let magnitude = _mm_and_si128(sb, _mm_set1_epi8(0x7f));
-                nan = _mm_or_si128(nan, _mm_cmpeq_epi8(magnitude, _mm_set1_epi8(0x7f)));
-                let ws = _mm256_mul_ps(e4m3x8_scaled(sb), _mm256_set1_ps(TWO_POW_120));
-                let f = _mm256_mul_ps(ws, _mm256_loadu_ps(x.scale.as_ptr().add(b0)));
-                offset = _mm256_fmadd_ps(f, _mm256_loadu_ps(x.offset.as_ptr().add(b0)), offset);
+                _mm_prefetch::<_MM_HINT_T0>(s.wrapping_add(b0 + PREFETCH / 8).cast());
+                let sb = _mm_shuffle_epi8(_mm_loadl_epi64(s.add(b0).cast()), order);
+                let bits = _mm256_slli_epi32::<20>(_mm256_cvtepi8_epi32(sb));
+                let mut ws = _mm256_castsi256_ps(_mm256_and_si256(
+                    bits,
+                    _mm256_set1_epi32(0x87f0_0000u32 as i32),
+                ));
+                if SPLIT {
+                    ws = _mm256_mul_ps(ws, _mm256_set1_ps(TWO_POW_120));
+                }
+                let f = _mm256_mul_ps(ws, _mm256_loadu_ps(xs.add(b0)));
+                offset = _mm256_fmadd_ps(f, _mm256_loadu_ps(xo.add(b0)), offset);
                 let s0 = group_sums(p.add(8 * b0), q.add(16 * b0), table);
                 let s1 = group_sums(p.add(8 * b0 + 32), q.add(16 * b0 + 64), table);
-                let f0 = _mm256_permutevar8x32_ps(f, first);
-                let f1 = _mm256_permutevar8x32_ps(f, second);
-                acc[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), f0, acc[0]);
-                acc[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), f1, acc[1]);
+                let (f0, f1) = (_mm256_castsi256_ps(s0), _mm256_castsi256_ps(s1));
+                let blocks = _mm256_add_epi32(
+                    _mm256_castps_si256(_mm256_shuffle_ps::<0b10_00_10_00>(f0, f1)),
+                    _mm256_castps_si256(_mm256_shuffle_ps::<0b11_01_11_01>(f0, f1)),
+                );
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(blocks), f, acc);
             }
         }
-        (
-            _mm256_sub_ps(_mm256_add_ps(acc[0], acc[1]), offset),
-            _mm_movemask_epi8(nan) != 0,
-        )
+        _mm256_sub_ps(acc, offset)
     }
 }
 
@@ -412,6 +482,50 @@ mod tests {
                     "{rows}x{cols} row {r}: {v} vs {one}"
                 );
                 assert_eq!(v.is_nan(), nan && r == 2, "{rows}x{cols} row {r}");
+            }
+        }
+    }
+
+    /// Negative block scales (the sign of the E4M3 byte) and activations large enough that
+    /// `scale · 2^120` overflows (the kernel's split path) give what the scalar kernel gives,
+    /// and NaN scales of either sign, in a whole step or the tail, make the row NaN.
+    #[test]
+    fn signed_scales_large_activations_and_nans() {
+        let mut seed = 13u64;
+        for &(cols, big) in &[(1024usize, false), (1024, true), (176, true), (2688, true)] {
+            let packed: Vec<u8> = (0..cols / 2).map(|_| lcg(&mut seed) as u8).collect();
+            let mut scales: Vec<u8> = (0..cols / 16)
+                .map(|_| {
+                    let sign = ((lcg(&mut seed) % 2) << 7) as u8;
+                    sign | ((4 + lcg(&mut seed) % 5) << 3) as u8 | (lcg(&mut seed) % 8) as u8
+                })
+                .collect();
+            let magnitude = if big { 1e6 } else { 1.0 };
+            let x: Vec<f32> = (0..cols)
+                .map(|_| ((lcg(&mut seed) % 2001) as f32 / 1000.0 - 1.0) * magnitude)
+                .collect();
+            let mut q = Q8Row::default();
+            q.quantize(&x);
+            assert_eq!(q.split, big, "{cols}");
+            let fast = dot_nvfp4(&packed, &scales, 0.37, &q);
+            let slow = scalar_dot(&packed, &scales, &q, 0, cols / 16) * 0.5 * 0.37;
+            assert!(
+                (fast - slow).abs() <= 1e-5 * slow.abs().max(magnitude),
+                "{cols}: {fast} vs {slow}"
+            );
+            for at in [0, cols / 16 - 1] {
+                for nan in [0x7fu8, 0xff] {
+                    let keep = scales[at];
+                    scales[at] = nan;
+                    assert!(
+                        dot_nvfp4(&packed, &scales, 0.37, &q).is_nan(),
+                        "{cols} {at}"
+                    );
+                    let mut out = [0.0f32; 1];
+                    dot_nvfp4_rows(&packed, &scales, 0.37, cols, &q, &mut out);
+                    assert!(out[0].is_nan(), "{cols} {at} rows");
+                    scales[at] = keep;
+                }
             }
         }
     }

@@ -123,6 +123,8 @@ const NV_STEP: usize = 128;
 const FP8_STEP: usize = 64;
 /// Columns per step of the AVX2 BF16 dot.
 const BF16_STEP: usize = 16;
+/// `2^120`: E4M3 bytes shifted into f32 bits are `e4m3 · 2^-120`, which this undoes exactly.
+pub(crate) const TWO_POW_120: f32 = f32::from_bits((127 + 120) << 23);
 /// The AVX2 FP8 dot decodes `e4m3 · 2^-120` (see `avx2::fp8_half`); the input is scaled by
 /// `2^64` and the sum by `scale · 2^56`, both exact, to keep the products normal.
 const FP8_X_SCALE: f32 = f32::from_bits((127 + 64) << 23);
@@ -796,14 +798,18 @@ mod tests {
         let mut levels = simd_levels();
         levels.push(Level::Scalar);
         for level in levels {
-            let (p, mut s, ts) = nvfp4_row(&mut rng, 272);
-            s[9] = 0xff;
+            let (p, s, ts) = nvfp4_row(&mut rng, 272);
             let x: Vec<f32> = (0..272).map(|_| rng.f32()).collect();
             let xp = prepared(level, Kind::Nvfp4, &x);
-            assert!(
-                dot_nvfp4(level, &p, &s, ts, &xp).is_nan(),
-                "{level:?} NVFP4"
-            );
+            // In a whole step and in the last, partial one; either sign.
+            for (at, nan) in [(9, 0xff), (16, 0x7f)] {
+                let mut s = s.clone();
+                s[at] = nan;
+                assert!(
+                    dot_nvfp4(level, &p, &s, ts, &xp).is_nan(),
+                    "{level:?} NVFP4, scale {at}"
+                );
+            }
             let mut row: Vec<u8> = (0..100).map(|_| rng.e4m3()).collect();
             row[97] = 0x7f;
             let xp = prepared(level, Kind::Fp8, &x[..100]);

@@ -2,7 +2,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{BF16_STEP, E2M1_VALUES, E4M3_TO_F32, FP8_STEP, FP8_SUM_SCALE, NV_STEP};
+use super::{BF16_STEP, E2M1_VALUES, E4M3_TO_F32, FP8_STEP, FP8_SUM_SCALE, NV_STEP, TWO_POW_120};
 use crate::codec::{bf16_to_f32, f16_to_f32};
 
 /// Byte `b` (0 = low) of the BF16 pattern (upper half of the f32) of every E2M1 code.
@@ -27,8 +27,6 @@ static E2M1_HI: [u8; 16] = e2m1_bf16_byte(1);
 /// the end of a row never fault and usually help: the next row follows.
 const PF_NV: usize = 4096;
 const PF_DENSE: usize = 4096;
-
-pub(crate) const TWO_POW_120: f32 = f32::from_bits((127 + 120) << 23);
 
 /// Horizontal sum in a fixed order.
 #[inline]
@@ -56,16 +54,34 @@ pub(crate) fn e4m3x8(b: __m128i) -> __m256 {
 }
 
 /// Eight non-NaN E4M3 bytes times `2^-120`, as f32 (exact; NaN codes give ±480·2^-120).
-/// `(b << 24) >> 4` (arithmetic) puts the magnitude bits at 20-26 and copies of the sign
-/// at 27-31; the mask keeps the sign at bit 31 only.
+/// The sign-extended byte shifted left by 20 has its magnitude bits at 20-26 and copies of
+/// the sign at 27-31; the mask keeps the sign at bit 31 only.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn e4m3x8_scaled(b: __m128i) -> __m256 {
-    let w = _mm256_srai_epi32::<4>(_mm256_slli_epi32::<24>(_mm256_cvtepu8_epi32(b)));
+    let w = _mm256_slli_epi32::<20>(_mm256_cvtepi8_epi32(b));
     _mm256_castsi256_ps(_mm256_and_si256(
         w,
         _mm256_set1_epi32(0x87f0_0000u32 as i32),
     ))
+}
+
+/// Whether any of `scales` is an E4M3 NaN (magnitude bits all set): doubling a byte drops
+/// its sign, and only the NaNs double to 0xfe. The NVFP4 dots call it after streaming a
+/// row's scales, so it reads them from L1; testing each step inside the loop cost more.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn any_nan_e4m3(scales: &[u8]) -> bool {
+    let chunks = scales.chunks_exact(32);
+    let tail = chunks.remainder();
+    let mut hits = _mm256_setzero_si256();
+    for c in chunks {
+        // SAFETY: `c` holds 32 bytes.
+        let v = unsafe { _mm256_loadu_si256(c.as_ptr().cast()) };
+        let doubled = _mm256_add_epi8(v, v);
+        hits = _mm256_or_si256(hits, _mm256_cmpeq_epi8(doubled, _mm256_set1_epi8(-2)));
+    }
+    _mm256_movemask_epi8(hits) != 0 || tail.iter().any(|&b| b & 0x7f == 0x7f)
 }
 
 #[inline]
@@ -148,7 +164,6 @@ unsafe fn nv_step<const SPLIT: bool>(
     (ts, ts2): (__m256, __m256),
     (tl, th): (__m256i, __m256i),
     acc: &mut [__m256; 4],
-    nan: &mut __m128i,
 ) {
     // SAFETY: the caller guarantees 64 bytes at `p`, 8 at `s` and 128 floats at `x`;
     // prefetches never fault.
@@ -156,8 +171,6 @@ unsafe fn nv_step<const SPLIT: bool>(
         _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PF_NV).cast());
         _mm_prefetch::<_MM_HINT_T0>(s.wrapping_add(PF_NV / 8).cast());
         let sb = _mm_loadl_epi64(s.cast());
-        let magnitude = _mm_and_si128(sb, _mm_set1_epi8(0x7f));
-        *nan = _mm_or_si128(*nan, _mm_cmpeq_epi8(magnitude, _mm_set1_epi8(0x7f)));
         let mut d = _mm256_mul_ps(e4m3x8_scaled(sb), ts);
         if SPLIT {
             d = _mm256_mul_ps(d, ts2);
@@ -212,11 +225,10 @@ pub(super) unsafe fn dot_nvfp4_rows(
         let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
         for r0 in (0..whole).step_by(8) {
             let mut v = [_mm256_setzero_ps(); 8];
-            let mut nan_rows = 0u32;
             for (i, l) in v.iter_mut().enumerate() {
                 let (p, s) = row(r0 + i);
                 // SAFETY: the caller's guarantees, for each row.
-                let (lanes, nan) = unsafe {
+                *l = unsafe {
                     if ts120.is_finite() {
                         let t = (_mm256_set1_ps(ts120), _mm256_setzero_ps());
                         nv_lanes::<false>(p, s, t, xp)
@@ -225,9 +237,14 @@ pub(super) unsafe fn dot_nvfp4_rows(
                         nv_lanes::<true>(p, s, t, xp)
                     }
                 };
-                *l = lanes;
-                nan_rows |= u32::from(nan) << i;
             }
+            // One pass over the eight rows' scales (contiguous, and in L1 by now); which rows
+            // only when one is NaN.
+            let nan_rows = if any_nan_e4m3(&scales[r0 * sb..(r0 + 8) * sb]) {
+                (0..8).fold(0u32, |m, i| m | u32::from(any_nan_e4m3(row(r0 + i).1)) << i)
+            } else {
+                0
+            };
             // hsum adds lane i to lane i + 4, then lanes 0 + 2 and 1 + 3, then those two.
             let halves = |a: __m256, b: __m256| {
                 _mm256_add_ps(
@@ -279,15 +296,18 @@ unsafe fn nv_dot<const SPLIT: bool>(
     xp: &[f32],
 ) -> f32 {
     // SAFETY: the caller's guarantees.
-    let (lanes, nan) = unsafe { nv_lanes::<SPLIT>(packed, scales, ts, xp) };
+    let lanes = unsafe { nv_lanes::<SPLIT>(packed, scales, ts, xp) };
     // NaN scales are not decoded by the loop (see `e4m3x8_scaled`); a NaN multiplier
     // would make the sum NaN, as decoding would.
-    if nan { f32::NAN } else { hsum(lanes) }
+    if any_nan_e4m3(scales) {
+        f32::NAN
+    } else {
+        hsum(lanes)
+    }
 }
 
-/// [`nv_dot`] before its horizontal sum, and whether a block scale is NaN (not decoded,
-/// so the lanes are then meaningless). Checking scales already loaded saves a separate
-/// pass over them, which would wait on DRAM for every row.
+/// [`nv_dot`] before its horizontal sum. NaN block scales are not decoded (the lanes are
+/// then meaningless): callers check with [`any_nan_e4m3`].
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn nv_lanes<const SPLIT: bool>(
@@ -295,12 +315,11 @@ unsafe fn nv_lanes<const SPLIT: bool>(
     scales: &[u8],
     ts: (__m256, __m256),
     xp: &[f32],
-) -> (__m256, bool) {
+) -> __m256 {
     let cols = scales.len() * 16;
     let steps = cols / NV_STEP;
     let tabs = e2m1_tables();
     let mut acc = [_mm256_setzero_ps(); 4];
-    let mut nan = _mm_setzero_si128();
     // SAFETY: step i reads packed[64i..64i+64], scales[8i..8i+8], xp[128i..128i+128],
     // all inside the slices for i < steps; the tail reads local buffers and the padded
     // end of xp (x_len rounds up to whole steps).
@@ -313,20 +332,16 @@ unsafe fn nv_lanes<const SPLIT: bool>(
                 ts,
                 tabs,
                 &mut acc,
-                &mut nan,
             );
         }
         if !cols.is_multiple_of(NV_STEP) {
             // Zero codes, zero scales and zero (padded) inputs add exact zeros.
             let (p, s) = super::nv_tail(packed, scales, steps);
             let x = xp[NV_STEP * steps..NV_STEP * (steps + 1)].as_ptr();
-            nv_step::<SPLIT>(p.as_ptr(), s.as_ptr(), x, ts, tabs, &mut acc, &mut nan);
+            nv_step::<SPLIT>(p.as_ptr(), s.as_ptr(), x, ts, tabs, &mut acc);
         }
     }
-    (
-        _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])),
-        _mm_movemask_epi8(nan) != 0,
-    )
+    _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))
 }
 
 /// Half a step of the FP8 dot: 32 bytes against 32 prepared inputs. Each byte `b` is put

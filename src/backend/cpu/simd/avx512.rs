@@ -9,7 +9,8 @@
 use std::arch::x86_64::*;
 
 use super::NV_STEP;
-use super::avx2::{TWO_POW_120, e4m3x8_scaled};
+use super::TWO_POW_120;
+use super::avx2::e4m3x8_scaled;
 use crate::codec::nvfp4::E2M1_VALUES;
 
 /// Prefetch distance in bytes of codes, as the AVX2 kernel's.
