@@ -114,8 +114,19 @@ pub(crate) fn keep_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
                 if rayon::current_thread_index() == Some(owner) {
                     return;
                 }
+                let mut idle = 0u32;
                 while !stop.load(Ordering::Acquire) {
-                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                    if rayon::yield_now() == Some(rayon::Yield::Executed) {
+                        idle = 0;
+                        continue;
+                    }
+                    idle = idle.wrapping_add(1);
+                    if idle % 64 == 0 {
+                        // With more threads than free cores, a spinning helper could hold the
+                        // core the owner needs; letting the OS run someone else now and then
+                        // costs a microsecond when nobody is waiting.
+                        std::thread::yield_now();
+                    } else {
                         std::hint::spin_loop();
                     }
                 }
