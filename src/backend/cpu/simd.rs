@@ -419,10 +419,12 @@ pub(crate) fn decode_f16(level: Level, row: &[u16], out: &mut [f32]) {
     }
 }
 
-/// Row stride of a decoded panel for [`panel_product`]: `cols` rounded up to eight, the tail
-/// zero.
+/// Row stride of a decoded panel for [`panel_product`]: `cols` rounded up to 16, plus 16, the
+/// tail zero. Rows a power of two apart (4096 floats is 16 KiB) would all fall in the same
+/// few L1 sets, and the panel slice the tiles reuse would not stay in L1; one extra cache line
+/// per row spreads them over every set.
 pub(crate) fn panel_stride(cols: usize) -> usize {
-    cols.next_multiple_of(8)
+    cols.next_multiple_of(16) + 16
 }
 
 /// `out[t·rows + i] = panel_i · x_t` for the `rows` rows of `panel` (stride

@@ -691,12 +691,13 @@ pub(super) unsafe fn decode_f16(row: &[u16], out: &mut [f32]) {
     }
 }
 
-/// Columns per pass over the panel: 16 decoded rows of this many floats (16 KiB) stay in
-/// L1 while every token streams past them.
+/// Columns per pass over the panel: a block of decoded rows this wide (16 KiB per 16 rows)
+/// stays in L1 or L2 while every token streams past it.
 const KB: usize = 256;
-/// Rows and tokens of the register tile (8 accumulators).
+/// Rows and tokens of the register tile (12 accumulators, three inputs and one weight row:
+/// 16 registers).
 const TR: usize = 4;
-const TT: usize = 2;
+const TT: usize = 3;
 
 /// See [`super::panel_product`]; sizes are checked there.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -726,6 +727,10 @@ pub(super) unsafe fn panel_product(
                     let xs = x.as_ptr().add(t0 * cols);
                     let (s, xl) = ((k0, k1), (cols, tokens * 8));
                     match (nr, nt) {
+                        (4, 3) => tile::<4, 3>(w, stride, xs, xl, s, a),
+                        (3, 3) => tile::<3, 3>(w, stride, xs, xl, s, a),
+                        (2, 3) => tile::<2, 3>(w, stride, xs, xl, s, a),
+                        (1, 3) => tile::<1, 3>(w, stride, xs, xl, s, a),
                         (4, 2) => tile::<4, 2>(w, stride, xs, xl, s, a),
                         (3, 2) => tile::<3, 2>(w, stride, xs, xl, s, a),
                         (2, 2) => tile::<2, 2>(w, stride, xs, xl, s, a),
@@ -750,7 +755,7 @@ pub(super) unsafe fn panel_product(
 }
 
 /// Accumulates columns `k0..k1` of `R` panel rows (at `w`, row stride `stride`, zero past
-/// `cols`) times `T` tokens (at `x`, row stride `cols`) into the lanes at `acc`
+/// `cols`) times `T` tokens (at `x`, row stride `x_stride`) into the lanes at `acc`
 /// (`acc + (r·acc_stride + 8t)` for row r, token t; `acc_stride` = tokens·8).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -758,7 +763,7 @@ unsafe fn tile<const R: usize, const T: usize>(
     w: *const f32,
     stride: usize,
     x: *const f32,
-    (cols, acc_stride): (usize, usize),
+    (x_stride, acc_stride): (usize, usize),
     (k0, k1): (usize, usize),
     acc: *mut f32,
 ) {
@@ -776,7 +781,7 @@ unsafe fn tile<const R: usize, const T: usize>(
         while c < full {
             let mut xv = [_mm256_setzero_ps(); T];
             for (t, v) in xv.iter_mut().enumerate() {
-                *v = _mm256_loadu_ps(x.add(t * cols + c));
+                *v = _mm256_loadu_ps(x.add(t * x_stride + c));
             }
             for (r, ar) in a.iter_mut().enumerate() {
                 let wv = _mm256_loadu_ps(w.add(r * stride + c));
@@ -795,7 +800,7 @@ unsafe fn tile<const R: usize, const T: usize>(
             );
             let mut xv = [_mm256_setzero_ps(); T];
             for (t, v) in xv.iter_mut().enumerate() {
-                *v = _mm256_maskload_ps(x.add(t * cols + full), mask);
+                *v = _mm256_maskload_ps(x.add(t * x_stride + full), mask);
             }
             for (r, ar) in a.iter_mut().enumerate() {
                 let wv = _mm256_loadu_ps(w.add(r * stride + full));
