@@ -121,7 +121,7 @@ pub(crate) fn keep_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
                         continue;
                     }
                     idle = idle.wrapping_add(1);
-                    if idle % 64 == 0 {
+                    if idle.is_multiple_of(64) {
                         // With more threads than free cores, a spinning helper could hold the
                         // core the owner needs; letting the OS run someone else now and then
                         // costs a microsecond when nobody is waiting.
