@@ -176,7 +176,7 @@ mod avx2 {
 
     use super::Q8Row;
     use crate::backend::cpu::simd::TWO_POW_120;
-    use crate::backend::cpu::simd::avx2::{any_nan_e4m3, mark_nan_rows};
+    use crate::backend::cpu::simd::avx2::{any_nan_e4m3, eight_rows_nan, mark_nan_rows};
 
     /// `2·e2m1 + 12` per code: unsigned, as `maddubs` wants its first operand.
     const E2M1_X2_PLUS_12: [u8; 16] = [12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0];
@@ -249,13 +249,7 @@ mod avx2 {
                     // SAFETY: the caller's guarantees, for each row.
                     *l = unsafe { lane_sums(p, s, x) };
                 }
-                // One pass over the eight rows' scales (contiguous, and in L1 by now); which
-                // rows only when one is NaN.
-                let nan_rows = if any_nan_e4m3(&scales[r0 * blocks..(r0 + 8) * blocks]) {
-                    (0..8).fold(0u32, |m, i| m | u32::from(any_nan_e4m3(row(r0 + i).1)) << i)
-                } else {
-                    0
-                };
+                let nan_rows = eight_rows_nan(scales, r0, blocks);
                 let h01 = _mm256_hadd_ps(lanes[0], lanes[1]);
                 let h23 = _mm256_hadd_ps(lanes[2], lanes[3]);
                 let h45 = _mm256_hadd_ps(lanes[4], lanes[5]);

@@ -238,13 +238,7 @@ pub(super) unsafe fn dot_nvfp4_rows(
                     }
                 };
             }
-            // One pass over the eight rows' scales (contiguous, and in L1 by now); which rows
-            // only when one is NaN.
-            let nan_rows = if any_nan_e4m3(&scales[r0 * sb..(r0 + 8) * sb]) {
-                (0..8).fold(0u32, |m, i| m | u32::from(any_nan_e4m3(row(r0 + i).1)) << i)
-            } else {
-                0
-            };
+            let nan_rows = eight_rows_nan(scales, r0, sb);
             // hsum adds lane i to lane i + 4, then lanes 0 + 2 and 1 + 3, then those two.
             let halves = |a: __m256, b: __m256| {
                 _mm256_add_ps(
@@ -276,6 +270,21 @@ pub(super) unsafe fn dot_nvfp4_rows(
         // SAFETY: the caller's guarantees, for each row.
         *o = unsafe { dot_nvfp4(p, s, ts, xp) };
     }
+}
+
+/// Bit `i` set where row `r0 + i` of eight (`per_row` scales each) has a NaN block scale: one
+/// pass over the eight rows' scales (contiguous, and in L1 after their dots), and row by row
+/// only when one is NaN. For [`mark_nan_rows`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn eight_rows_nan(scales: &[u8], r0: usize, per_row: usize) -> u32 {
+    let rows = &scales[r0 * per_row..(r0 + 8) * per_row];
+    if !any_nan_e4m3(rows) {
+        return 0;
+    }
+    (0..8).fold(0, |m, i| {
+        m | u32::from(any_nan_e4m3(&rows[i * per_row..(i + 1) * per_row])) << i
+    })
 }
 
 /// Sets `rows[i]` to NaN for every bit `i` of `nan_rows`: rows with a NaN block scale,
