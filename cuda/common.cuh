@@ -92,11 +92,12 @@ __device__ __forceinline__ float e2m1(u32 code) {
 
 __device__ __forceinline__ float bf16(u32 h) { return __uint_as_float(h << 16); }
 
+// IEEE half: bias 15; subnormals are m * 2^-24, which f32 holds exactly.
 __device__ __forceinline__ float f16(u32 h) {
-    float f;
-    unsigned short s = (unsigned short)h;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(s));
-    return f;
+    u32 sign = (h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0u) return __uint_as_float(__float_as_uint((float)m * 5.9604644775390625e-8f) | sign);
+    if (e == 31u) return __uint_as_float(sign | 0x7f800000u | (m << 13));
+    return __uint_as_float(sign | ((e + 112u) << 23) | (m << 13));
 }
 
 // Element `i` of a stored weight (counted from `w`); `ts` is the FP8 / NVFP4 tensor scale.

@@ -9,6 +9,9 @@ use nemotron_rt::checkpoint::{ByteView, DType};
 use nemotron_rt::codec::{fp8, nvfp4};
 use nemotron_rt::weights::{LinearData, StoredLinear};
 
+#[path = "../support/cuda_emulator.rs"]
+mod cuda_emulator;
+
 /// The CPU reference.
 pub fn cpu() -> Arc<dyn Backend> {
     static CPU: OnceLock<Arc<dyn Backend>> = OnceLock::new();
@@ -37,7 +40,9 @@ pub fn others() -> Vec<Arc<dyn Backend>> {
                 v.push(Arc::new(b));
             }
             // The exact path: the FP4 tensor-core one is W4A4 and compared separately.
-            match backend::cuda::CudaBackend::exact(0) {
+            match cuda_emulator::install()
+                .and_then(|_| backend::cuda::CudaBackend::exact(0).map_err(|e| e.to_string()))
+            {
                 Ok(b) => v.push(Arc::new(b) as Arc<dyn Backend>),
                 Err(e) => eprintln!("conformance: cuda skipped: {e}"),
             }

@@ -6,6 +6,9 @@ use std::sync::Arc;
 
 use nemotron_rt::backend::{self, Backend, BackendKind};
 
+#[path = "cuda_emulator.rs"]
+mod cuda_emulator;
+
 pub fn all() -> Vec<(&'static str, Arc<dyn Backend>)> {
     let mut v: Vec<(&'static str, Arc<dyn Backend>)> =
         vec![("cpu", backend::create(BackendKind::Cpu, 2).unwrap())];
@@ -13,7 +16,9 @@ pub fn all() -> Vec<(&'static str, Arc<dyn Backend>)> {
         Ok(b) => v.push(("wgpu", b)),
         Err(e) => eprintln!("wgpu skipped: {e}"),
     }
-    match backend::cuda::CudaBackend::exact(0) {
+    match cuda_emulator::install()
+        .and_then(|_| backend::cuda::CudaBackend::exact(0).map_err(|e| e.to_string()))
+    {
         Ok(b) => v.push(("cuda", Arc::new(b))),
         Err(e) => eprintln!("cuda skipped: {e}"),
     }

@@ -181,6 +181,19 @@ impl CudaBackend {
         Ok(Tensor::new(vec![0, width], ElemType::F32, Box::new(c)))
     }
 
+    /// Inputs that pair up token by token must have as many rows as `x`; the kernels index
+    /// them by token and would read past a shorter one.
+    pub(crate) fn check_rows(&self, x: &Tensor, others: &[&Tensor], what: &str) -> Result<()> {
+        if let Some(o) = others.iter().find(|o| o.rows() != x.rows()) {
+            return Err(self.dev.err(format!(
+                "{what}: inputs have {} and {} tokens",
+                x.rows(),
+                o.rows()
+            )));
+        }
+        Ok(())
+    }
+
     pub(crate) fn check_cols(&self, x: &Tensor, cols: usize, what: &str) -> Result<()> {
         if x.cols() != cols {
             return Err(self.dev.err(format!(

@@ -399,6 +399,7 @@ impl CudaBackend {
         let inner = dims.heads * dims.head_dim;
         self.check_cols(xbc, inner + 2 * dims.groups * dims.state, "ssm_scan (xBC)")?;
         self.check_cols(dt, dims.heads, "ssm_scan (dt)")?;
+        self.check_rows(xbc, &[dt], "ssm_scan (xBC, dt)")?;
         if state.shape() != [dims.heads, dims.head_dim, dims.state] {
             return Err(self.dev.err(format!(
                 "ssm_scan: state is {:?}, dims say [{}, {}, {}]",
@@ -413,9 +414,21 @@ impl CudaBackend {
                 "ssm_scan: unsupported dims {dims:?} (state <= 256, heads a multiple of groups)"
             )));
         }
-        let (a, _) = self.vector_of(a_log)?;
-        let (dv, _) = self.vector_of(d)?;
-        let (db, _) = self.vector_of(dt_bias)?;
+        let mut per_head = [a_log, d, dt_bias].into_iter().map(|w| {
+            let (buf, n) = self.vector_of(w)?;
+            if n != dims.heads {
+                return Err(self.dev.err(format!(
+                    "ssm_scan: `{}` has {n} values for {} heads",
+                    w.name, dims.heads
+                )));
+            }
+            Ok(buf)
+        });
+        let (a, dv, db) = (
+            per_head.next().unwrap()?,
+            per_head.next().unwrap()?,
+            per_head.next().unwrap()?,
+        );
         let tokens = xbc.rows();
         let y = self.output(vec![tokens, inner], "ssm_scan output")?;
         if tokens > 0 && inner > 0 {
@@ -457,6 +470,7 @@ impl CudaBackend {
         let (wb, n) = self.vector_of(w)?;
         self.check_cols(y, n, "gated_group_rms_norm (y)")?;
         self.check_cols(z, n, "gated_group_rms_norm (z)")?;
+        self.check_rows(y, &[z], "gated_group_rms_norm (y, z)")?;
         if groups == 0 || !n.is_multiple_of(groups) {
             return Err(self.dev.err(format!(
                 "gated_group_rms_norm: {n} columns do not split into {groups} groups"
@@ -500,6 +514,7 @@ impl CudaBackend {
         self.check_cols(q, heads * hd, "attention (q)")?;
         self.check_cols(kt, kv_heads * hd, "attention (k)")?;
         self.check_cols(v, kv_heads * hd, "attention (v)")?;
+        self.check_rows(q, &[kt, v], "attention (q, k, v)")?;
         if hd > 256 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
             return Err(self.dev.err(format!(
                 "attention: unsupported dims {dims:?} (head_dim <= 256, heads a multiple of kv heads)"
@@ -510,6 +525,13 @@ impl CudaBackend {
         let c = cache
             .inner_mut::<CudaKv>()
             .ok_or_else(|| self.dev.err("attention: not a CUDA KV cache"))?;
+        if c.width != kv_heads * hd {
+            return Err(self.dev.err(format!(
+                "attention: the KV cache holds {} values per token, dims say {}",
+                c.width,
+                kv_heads * hd
+            )));
+        }
         let start = c.len;
         let need = start + tokens;
         let eb = c.elem_bytes();
