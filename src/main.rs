@@ -800,8 +800,12 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
                 fr.max * 100.0
             ),
             _ => println!(
-                "machine bandwidth   {m:.2} GB/s (streaming read, {} threads) -> {:.0}% of the roofline",
-                r.threads,
+                "machine bandwidth   {m:.2} GB/s ({}) -> {:.0}% of the roofline",
+                if a.model.backend == BackendKind::Cuda {
+                    "the GPU's 16-byte read probe".to_string()
+                } else {
+                    format!("streaming read, {} threads", r.threads)
+                },
                 f * 100.0
             ),
         }

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -191,6 +192,11 @@ void emu_set_device_memory(size_t bytes) {
 
 int cuInit(unsigned) {
     install_segv_handler();
+    // A child process (the CLI under test) gets its memory size from the environment.
+    static std::once_flag once;
+    std::call_once(once, [] {
+        if (const char* m = getenv("NEMOTRON_CUDA_EMULATOR_MEMORY")) emu_set_device_memory(strtoull(m, nullptr, 10));
+    });
     return CUDA_SUCCESS;
 }
 int cuDriverGetVersion(int* v) {

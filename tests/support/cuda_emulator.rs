@@ -8,6 +8,9 @@
 //! with the reason printed, except where `NEMOTRON_REQUIRE_CUDA_EMULATOR` is set (CI): there
 //! a failure to build or load it fails the tests, so the CUDA checks cannot vanish silently.
 
+// Each test binary uses part of this.
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -55,6 +58,15 @@ fn load(dir: &Path) -> Result<(), String> {
         std::mem::forget(l);
     }
     Ok(())
+}
+
+/// The folder holding the emulator's `libcuda.so` and `libnvrtc.so`, built if need be, for a
+/// child process to find through `LD_LIBRARY_PATH`. `None` where a real driver is present.
+pub fn library_dir() -> Result<Option<PathBuf>, String> {
+    if nemotron_rt::backend::cuda::driver_present() {
+        return Ok(None);
+    }
+    build().map(Some)
 }
 
 fn cxx() -> String {

@@ -1,0 +1,163 @@
+//! The command line's CUDA paths end to end: `devices`, `generate --backend cuda` (greedy tokens
+//! against the reference's), `bench --backend cuda` (the bandwidth probe and its timing), and
+//! running out of device memory. On a machine without a GPU the child processes find the CPU
+//! emulation of the driver (tests/cuda_emulator/) through `LD_LIBRARY_PATH`; with a GPU they
+//! use it, and the out-of-memory check, which needs a device of a chosen size, is skipped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+#[path = "support/cuda_emulator.rs"]
+mod cuda_emulator;
+#[path = "support/golden.rs"]
+mod golden_file;
+use golden_file::Golden;
+
+const SUPER: &str = "nemotronh_tiny_grouped_nvfp4_super";
+
+fn model_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models").join(SUPER)
+}
+
+/// The CLI with CUDA available, or `None` (reason printed) where it cannot be.
+fn cli(env: &[(&str, &str)]) -> Option<Command> {
+    let lib = match cuda_emulator::library_dir() {
+        Ok(lib) => lib,
+        Err(e) => {
+            eprintln!("skipped: no CUDA driver, and the emulator: {e}");
+            return None;
+        }
+    };
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nemotron-rt"));
+    if let Some(dir) = lib {
+        let path = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
+        cmd.env("LD_LIBRARY_PATH", format!("{}:{path}", dir.display()));
+    }
+    cmd.envs(env.iter().copied());
+    Some(cmd)
+}
+
+fn run(mut cmd: Command, args: &[&str]) -> Output {
+    cmd.args(args).output().expect("the binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn devices_lists_the_cuda_device() {
+    let Some(cmd) = cli(&[]) else { return };
+    let out = run(cmd, &["devices"]);
+    assert!(out.status.success(), "devices failed: {}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("cuda"))
+        .expect("a cuda line");
+    assert!(line.contains("[sm_"), "no compute capability in {line:?}");
+    assert!(line.contains("memory"), "no memory size in {line:?}");
+}
+
+#[test]
+fn generate_on_cuda_matches_the_reference_tokens() {
+    let Some(cmd) = cli(&[]) else { return };
+    let golden = Golden::open(&model_dir().join("golden.safetensors"));
+    let prompt = golden.ids("prompt0.input_ids");
+    let want = golden.ids("prompt0.gen.tokens");
+    let ids = prompt
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let model = model_dir().join("hf");
+    let n = want.len().to_string();
+    let out = run(
+        cmd,
+        &[
+            "generate",
+            "--backend",
+            "cuda",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt-ids",
+            &ids,
+            "--max-tokens",
+            &n,
+            "--ignore-eos",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "generate failed: {}", stderr(&out));
+    let j: Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
+    let got: Vec<u32> = j["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(got, want, "greedy tokens on CUDA");
+}
+
+#[test]
+fn bench_on_cuda_reports_speed_and_bandwidth() {
+    let Some(cmd) = cli(&[]) else { return };
+    let model = model_dir().join("hf");
+    let out = run(
+        cmd,
+        &[
+            "bench",
+            "--backend",
+            "cuda",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt-len",
+            "9",
+            "--gen",
+            "4",
+            "--repeat",
+            "1",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "bench failed: {}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let j: Value = serde_json::from_str(text.trim()).expect("stdout is JSON");
+    let s = j.to_string();
+    for key in ["decode", "prefill"] {
+        assert!(s.contains(key), "no {key} in {s}");
+    }
+}
+
+#[test]
+fn running_out_of_device_memory_names_the_bytes() {
+    if cuda_emulator::library_dir().ok().flatten().is_none() {
+        eprintln!("skipped: needs the emulator, whose device size can be chosen");
+        return;
+    }
+    let Some(cmd) = cli(&[("NEMOTRON_CUDA_EMULATOR_MEMORY", "200000")]) else {
+        return;
+    };
+    let model = model_dir().join("hf");
+    let out = run(
+        cmd,
+        &[
+            "generate",
+            "--backend",
+            "cuda",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "hi",
+            "--max-tokens",
+            "2",
+        ],
+    );
+    let err = stderr(&out);
+    assert!(!out.status.success(), "a 200 kB device held the model");
+    assert!(!err.contains("panicked"), "panicked: {err}");
+    assert!(err.contains("out of"), "no out-of-memory message: {err}");
+    assert!(err.contains("free"), "no free bytes in: {err}");
+}
