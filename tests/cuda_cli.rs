@@ -18,7 +18,9 @@ use golden_file::Golden;
 const SUPER: &str = "nemotronh_tiny_grouped_nvfp4_super";
 
 fn model_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models").join(SUPER)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(SUPER)
 }
 
 /// The CLI with CUDA available, or `None` (reason printed) where it cannot be.
