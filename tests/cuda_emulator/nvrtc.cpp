@@ -112,8 +112,11 @@ int compile(Program& p) {
             std::ofstream f(tmp + ".cpp", std::ios::binary);
             f << src;
         }
-        std::string cmd = std::string(EMU_CXX) + " " + flags + " -include " EMU_RUNTIME_HEADER " " +
-                          tmp + ".cpp -o " + tmp + ".so > " + tmp + ".log 2>&1";
+        // Quoted: the target folder may have spaces in its path.
+        auto q = [](const std::string& path) { return "'" + path + "'"; };
+        std::string cmd = q(EMU_CXX) + " " + flags + " -include " + q(EMU_RUNTIME_HEADER) + " " +
+                          q(tmp + ".cpp") + " -o " + q(tmp + ".so") + " > " + q(tmp + ".log") +
+                          " 2>&1";
         int rc = std::system(cmd.c_str());
         p.log = read_file(tmp + ".log");
         std::remove((tmp + ".log").c_str());
