@@ -45,6 +45,13 @@ fn run(mut cmd: Command, args: &[&str]) -> Output {
     cmd.args(args).output().expect("the binary runs")
 }
 
+/// `nemotron-rt <sub> --backend cuda --model <the Super-recipe fixture> <args>`.
+fn on_cuda(cmd: Command, sub: &str, args: &[&str]) -> Output {
+    let model = model_dir().join("hf");
+    let head = [sub, "--backend", "cuda", "--model", model.to_str().unwrap()];
+    run(cmd, &[&head[..], args].concat())
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -74,16 +81,11 @@ fn generate_on_cuda_matches_the_reference_tokens() {
         .map(u32::to_string)
         .collect::<Vec<_>>()
         .join(",");
-    let model = model_dir().join("hf");
     let n = want.len().to_string();
-    let out = run(
+    let out = on_cuda(
         cmd,
+        "generate",
         &[
-            "generate",
-            "--backend",
-            "cuda",
-            "--model",
-            model.to_str().unwrap(),
             "--prompt-ids",
             &ids,
             "--max-tokens",
@@ -106,23 +108,10 @@ fn generate_on_cuda_matches_the_reference_tokens() {
 #[test]
 fn bench_on_cuda_reports_speed_and_bandwidth() {
     let Some(cmd) = cli(&[]) else { return };
-    let model = model_dir().join("hf");
-    let out = run(
+    let out = on_cuda(
         cmd,
-        &[
-            "bench",
-            "--backend",
-            "cuda",
-            "--model",
-            model.to_str().unwrap(),
-            "--prompt-len",
-            "9",
-            "--gen",
-            "4",
-            "--repeat",
-            "1",
-            "--json",
-        ],
+        "bench",
+        &["--prompt-len", "9", "--gen", "4", "--repeat", "1", "--json"],
     );
     assert!(out.status.success(), "bench failed: {}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
@@ -142,21 +131,7 @@ fn running_out_of_device_memory_names_the_bytes() {
     let Some(cmd) = cli(&[("NEMOTRON_CUDA_EMULATOR_MEMORY", "200000")]) else {
         return;
     };
-    let model = model_dir().join("hf");
-    let out = run(
-        cmd,
-        &[
-            "generate",
-            "--backend",
-            "cuda",
-            "--model",
-            model.to_str().unwrap(),
-            "--prompt",
-            "hi",
-            "--max-tokens",
-            "2",
-        ],
-    );
+    let out = on_cuda(cmd, "generate", &["--prompt", "hi", "--max-tokens", "2"]);
     let err = stderr(&out);
     assert!(!out.status.success(), "a 200 kB device held the model");
     assert!(!err.contains("panicked"), "panicked: {err}");
