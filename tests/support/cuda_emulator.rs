@@ -38,10 +38,6 @@ fn install_once() -> Result<&'static str, String> {
     if std::env::var("NEMOTRON_CUDA_EMULATOR").as_deref() == Ok("0") {
         return Err("no driver, and the emulator is off (NEMOTRON_CUDA_EMULATOR=0)".into());
     }
-    if !cfg!(all(target_arch = "x86_64", target_os = "linux")) {
-        // Its fibers switch stacks in x86-64 assembly, and it loads ELF libraries.
-        return Err("no driver, and the CUDA emulator runs on x86-64 Linux only".into());
-    }
     let loaded = build().and_then(|dir| load(&dir));
     if let Err(e) = &loaded
         && std::env::var_os("NEMOTRON_REQUIRE_CUDA_EMULATOR").is_some()
@@ -70,9 +66,6 @@ pub fn library_dir() -> Result<Option<PathBuf>, String> {
     if nemotron_rt::backend::cuda::driver_present() {
         return Ok(None);
     }
-    if !cfg!(all(target_arch = "x86_64", target_os = "linux")) {
-        return Err("the CUDA emulator runs on x86-64 Linux only".into());
-    }
     build().map(Some)
 }
 
@@ -82,6 +75,10 @@ fn cxx() -> String {
 
 /// Builds the two libraries (once per change of their sources) and returns their folder.
 fn build() -> Result<PathBuf, String> {
+    if !cfg!(all(target_arch = "x86_64", target_os = "linux")) {
+        // Its fibers switch stacks in x86-64 assembly, and it loads ELF libraries.
+        return Err("it runs on x86-64 Linux only".into());
+    }
     let mut hash: u64 = 0xcbf29ce484222325;
     for (_, text) in SOURCES {
         for b in text.bytes() {

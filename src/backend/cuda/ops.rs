@@ -414,7 +414,7 @@ impl CudaBackend {
                 "ssm_scan: unsupported dims {dims:?} (state <= 256, heads a multiple of groups)"
             )));
         }
-        let mut per_head = [a_log, d, dt_bias].into_iter().map(|w| {
+        let per_head = |w| {
             let (buf, n) = self.vector_of(w)?;
             if n != dims.heads {
                 return Err(self.dev.err(format!(
@@ -423,12 +423,8 @@ impl CudaBackend {
                 )));
             }
             Ok(buf)
-        });
-        let (a, dv, db) = (
-            per_head.next().unwrap()?,
-            per_head.next().unwrap()?,
-            per_head.next().unwrap()?,
-        );
+        };
+        let (a, dv, db) = (per_head(a_log)?, per_head(d)?, per_head(dt_bias)?);
         let tokens = xbc.rows();
         let y = self.output(vec![tokens, inner], "ssm_scan output")?;
         if tokens > 0 && inner > 0 {
