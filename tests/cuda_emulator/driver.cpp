@@ -17,6 +17,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include <dlfcn.h>
 #include <sys/mman.h>
@@ -64,11 +65,37 @@ struct Dim3 {
     unsigned x, y, z;
 };
 typedef int (*Entry)(void** args, Dim3 grid, Dim3 block, unsigned smem, const char** error);
+typedef int (*ArgSizes)(const unsigned** sizes);
 
 struct Function {
     Entry entry;
     std::string name;
     int max_dynamic_smem;
+    // Byte size of each parameter: what a graph node copies.
+    std::vector<unsigned> arg_sizes;
+};
+
+// A kernel node: its parameters are copied when the node is made or rewritten, as the driver
+// does, so the caller's buffers may go away.
+struct Node {
+    Function* f;
+    Dim3 grid, block;
+    unsigned smem;
+    std::vector<std::vector<unsigned char>> args;
+};
+
+struct Graph {
+    std::vector<Node*> nodes;
+    ~Graph() {
+        for (Node* n : nodes) delete n;
+    }
+};
+
+// An instantiated graph: a copy of the nodes at instantiation, addressed by the graph's node
+// handles, run in the order they were added (the only order the backend builds).
+struct GraphExec {
+    std::vector<Node> nodes;
+    std::map<Node*, size_t> index;
 };
 
 struct Module {
@@ -172,6 +199,62 @@ int release(unsigned long long p) {
     munmap(it->second.base, it->second.mapped);
     used_bytes -= it->second.bytes;
     allocations.erase(it);
+    return CUDA_SUCCESS;
+}
+
+int run_kernel(Function* f, Dim3 grid, Dim3 block, unsigned smem, void** params) {
+    unsigned long long threads = (unsigned long long)block.x * block.y * block.z;
+    if (threads == 0 || threads > 1024 || block.x > 1024 || block.y > 1024 || block.z > 64) {
+        fprintf(stderr, "cuda emulator: %s launched with block (%u, %u, %u)\n", f->name.c_str(),
+                block.x, block.y, block.z);
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 2147483647u || grid.y > 65535 ||
+        grid.z > 65535) {
+        fprintf(stderr, "cuda emulator: %s launched with grid (%u, %u, %u)\n", f->name.c_str(),
+                grid.x, grid.y, grid.z);
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    if ((int)smem > f->max_dynamic_smem) {
+        fprintf(stderr, "cuda emulator: %s asks for %u bytes of dynamic shared memory; the limit "
+                        "is %d\n", f->name.c_str(), smem, f->max_dynamic_smem);
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    const char* error = nullptr;
+    running_kernel = f->name.c_str();
+    int rc = f->entry(params, grid, block, smem, &error);
+    running_kernel = nullptr;
+    if (rc != 0) {
+        fprintf(stderr, "cuda emulator: kernel `%s` failed: %s\n", f->name.c_str(),
+                error ? error : "unknown");
+        return CUDA_ERROR_LAUNCH_FAILED;
+    }
+    return CUDA_SUCCESS;
+}
+
+// CUDA_KERNEL_NODE_PARAMS_v2 (CUDA 12.x).
+struct KernelNodeParams {
+    Function* func;
+    unsigned gx, gy, gz, bx, by, bz, smem;
+    void** params;
+    void** extra;
+    void* kern;
+    void* ctx;
+};
+
+// A node from the caller's parameters, copying each argument's bytes.
+int make_node(const KernelNodeParams* p, Node& n) {
+    if (!p->func) return CUDA_ERROR_INVALID_HANDLE;
+    if (p->extra || !p->params || p->kern) return CUDA_ERROR_INVALID_VALUE;
+    n.f = p->func;
+    n.grid = Dim3{p->gx, p->gy, p->gz};
+    n.block = Dim3{p->bx, p->by, p->bz};
+    n.smem = p->smem;
+    n.args.clear();
+    for (size_t i = 0; i < p->func->arg_sizes.size(); i++) {
+        const unsigned char* a = (const unsigned char*)p->params[i];
+        n.args.emplace_back(a, a + p->func->arg_sizes[i]);
+    }
     return CUDA_SUCCESS;
 }
 
@@ -384,8 +467,14 @@ int cuModuleGetFunction(Function** f, Module* m, const char* name) {
     auto it = m->functions.find(name);
     if (it == m->functions.end()) {
         void* sym = dlsym(m->lib, (std::string("emu_launch_") + name).c_str());
-        if (!sym) return CUDA_ERROR_NOT_FOUND;
-        it = m->functions.emplace(name, new Function{(Entry)sym, name, DEFAULT_DYNAMIC_SMEM}).first;
+        void* sizes_sym = dlsym(m->lib, (std::string("emu_args_") + name).c_str());
+        if (!sym || !sizes_sym) return CUDA_ERROR_NOT_FOUND;
+        const unsigned* sizes = nullptr;
+        int n = ((ArgSizes)sizes_sym)(&sizes);
+        it = m->functions
+                 .emplace(name, new Function{(Entry)sym, name, DEFAULT_DYNAMIC_SMEM,
+                                             std::vector<unsigned>(sizes, sizes + n)})
+                 .first;
     }
     *f = it->second;
     return CUDA_SUCCESS;
@@ -409,30 +498,69 @@ int cuLaunchKernel(Function* f, unsigned gx, unsigned gy, unsigned gz, unsigned 
                    unsigned bz, unsigned smem, void*, void** params, void** extra) {
     if (!f) return CUDA_ERROR_INVALID_HANDLE;
     if (extra || (!params)) return CUDA_ERROR_INVALID_VALUE;
-    unsigned long long threads = (unsigned long long)bx * by * bz;
-    if (threads == 0 || threads > 1024 || bx > 1024 || by > 1024 || bz > 64) {
-        fprintf(stderr, "cuda emulator: %s launched with block (%u, %u, %u)\n", f->name.c_str(),
-                bx, by, bz);
-        return CUDA_ERROR_INVALID_VALUE;
+    return run_kernel(f, Dim3{gx, gy, gz}, Dim3{bx, by, bz}, smem, params);
+}
+
+int cuGraphCreate(Graph** g, unsigned flags) {
+    if (!g || flags != 0) return CUDA_ERROR_INVALID_VALUE;
+    *g = new Graph;
+    return CUDA_SUCCESS;
+}
+int cuGraphDestroy(Graph* g) {
+    if (!g) return CUDA_ERROR_INVALID_HANDLE;
+    delete g;
+    return CUDA_SUCCESS;
+}
+int cuGraphAddKernelNode_v2(Node** out, Graph* g, Node* const* deps, size_t ndeps,
+                            const KernelNodeParams* p) {
+    if (!out || !g || !p || (ndeps && !deps)) return CUDA_ERROR_INVALID_VALUE;
+    for (size_t i = 0; i < ndeps; i++) {
+        bool known = false;
+        for (Node* n : g->nodes) known = known || n == deps[i];
+        if (!known) return CUDA_ERROR_INVALID_VALUE;
     }
-    if (gx == 0 || gy == 0 || gz == 0 || gx > 2147483647u || gy > 65535 || gz > 65535) {
-        fprintf(stderr, "cuda emulator: %s launched with grid (%u, %u, %u)\n", f->name.c_str(),
-                gx, gy, gz);
-        return CUDA_ERROR_INVALID_VALUE;
+    Node n;
+    int rc = make_node(p, n);
+    if (rc != CUDA_SUCCESS) return rc;
+    g->nodes.push_back(new Node(std::move(n)));
+    *out = g->nodes.back();
+    return CUDA_SUCCESS;
+}
+int cuGraphInstantiateWithFlags(GraphExec** out, Graph* g, unsigned long long flags) {
+    if (!out || !g || flags != 0) return CUDA_ERROR_INVALID_VALUE;
+    GraphExec* e = new GraphExec;
+    for (Node* n : g->nodes) {
+        e->index[n] = e->nodes.size();
+        e->nodes.push_back(*n);
     }
-    if ((int)smem > f->max_dynamic_smem) {
-        fprintf(stderr, "cuda emulator: %s asks for %u bytes of dynamic shared memory; the limit "
-                        "is %d\n", f->name.c_str(), smem, f->max_dynamic_smem);
-        return CUDA_ERROR_INVALID_VALUE;
-    }
-    const char* error = nullptr;
-    running_kernel = f->name.c_str();
-    int rc = f->entry(params, Dim3{gx, gy, gz}, Dim3{bx, by, bz}, smem, &error);
-    running_kernel = nullptr;
-    if (rc != 0) {
-        fprintf(stderr, "cuda emulator: kernel `%s` failed: %s\n", f->name.c_str(),
-                error ? error : "unknown");
-        return CUDA_ERROR_LAUNCH_FAILED;
+    *out = e;
+    return CUDA_SUCCESS;
+}
+int cuGraphExecDestroy(GraphExec* e) {
+    if (!e) return CUDA_ERROR_INVALID_HANDLE;
+    delete e;
+    return CUDA_SUCCESS;
+}
+// As the driver: the node keeps its kernel (changing it is refused here), and the new
+// parameters are copied.
+int cuGraphExecKernelNodeSetParams_v2(GraphExec* e, Node* node, const KernelNodeParams* p) {
+    if (!e || !p) return CUDA_ERROR_INVALID_VALUE;
+    auto it = e->index.find(node);
+    if (it == e->index.end()) return CUDA_ERROR_INVALID_VALUE;
+    Node n;
+    int rc = make_node(p, n);
+    if (rc != CUDA_SUCCESS) return rc;
+    if (n.f != e->nodes[it->second].f) return CUDA_ERROR_INVALID_VALUE;
+    e->nodes[it->second] = std::move(n);
+    return CUDA_SUCCESS;
+}
+int cuGraphLaunch(GraphExec* e, void*) {
+    if (!e) return CUDA_ERROR_INVALID_HANDLE;
+    for (Node& n : e->nodes) {
+        std::vector<void*> ptrs;
+        for (auto& a : n.args) ptrs.push_back(a.data());
+        int rc = run_kernel(n.f, n.grid, n.block, n.smem, ptrs.data());
+        if (rc != CUDA_SUCCESS) return rc;
     }
     return CUDA_SUCCESS;
 }

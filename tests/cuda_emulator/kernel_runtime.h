@@ -268,6 +268,15 @@ inline void call(void (*f)(A...), void** args) {
     call_with(f, args, std::index_sequence_for<A...>{});
 }
 
+// The byte size of each of a kernel's parameters, for a graph node to copy them as the
+// driver does.
+template <class... A>
+inline int arg_sizes(void (*)(A...), const unsigned** sizes) {
+    static const unsigned s[] = {(unsigned)sizeof(A)..., 0u};
+    *sizes = s;
+    return (int)sizeof...(A);
+}
+
 // The lanes of `mask` exchange values; each returns what lane `src(lane)` gave.
 template <class T, class Src>
 inline T exchange(unsigned mask, T v, Src src) {

@@ -1,7 +1,8 @@
 // NVRTC, emulated for the CUDA emulator: "compiling" a kernel source builds it with the host
 // C++ compiler into a shared library, behind kernel_runtime.h, and the "PTX" handed back names
 // that library for the emulated driver (driver.cpp) to load. Every `extern "C" __global__`
-// kernel gets an entry point `emu_launch_<name>` that runs it over a grid.
+// kernel gets an entry point `emu_launch_<name>` that runs it over a grid, and `emu_args_<name>`
+// that gives its parameters' sizes (graph nodes copy them).
 //
 // Built by tests/support/cuda_emulator.rs with EMU_RUNTIME_HEADER, EMU_CACHE_DIR and EMU_CXX
 // defined. Libraries are cached by a hash of everything that goes into them.
@@ -98,7 +99,9 @@ int compile(Program& p) {
         src += "extern \"C\" int emu_launch_" + k +
                "(void** args, dim3 grid, dim3 block, unsigned smem, const char** error) {\n"
                "    return emu::launch([](void** a) { emu::call(" + k +
-               ", a); }, args, grid, block, smem, error);\n}\n";
+               ", a); }, args, grid, block, smem, error);\n}\n"
+               "extern \"C\" int emu_args_" + k + "(const unsigned** sizes) {\n"
+               "    return emu::arg_sizes(" + k + ", sizes);\n}\n";
     }
     const std::string flags = "-std=c++17 -O2 -g0 -fPIC -shared -w";
     unsigned long long h = fnv1a(read_file(EMU_RUNTIME_HEADER), fnv1a(flags, fnv1a(src)));
