@@ -100,3 +100,9 @@ extern "C" __global__ void kv_append_fp8(const float* x, u8* cache, u64 offset, 
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
         cache[offset + i] = (u8)f32_to_e4m3_signed(x[i] / scale);
 }
+
+// cache[offset + i] = x[i]: an f32 cache's append.
+extern "C" __global__ void kv_append(const float* x, float* cache, u64 offset, u64 n) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        cache[offset + i] = x[i];
+}

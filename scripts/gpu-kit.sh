@@ -18,7 +18,7 @@ done
 rm -rf .gpu && mkdir -p .gpu/bin
 cargo build --release
 cp target/release/nemotron-rt .gpu/bin/
-for t in cuda_compile conformance golden generation variants cuda_lossy; do
+for t in cuda_compile conformance golden generation variants cuda_lossy cuda_graphs; do
     exe=$(cargo test --release --no-run --test "$t" --message-format=json 2>/dev/null |
         jq -r 'select(.executable != null and .target.kind == ["test"]) | .executable' | tail -1)
     [ -n "$exe" ] || { echo "no test binary for $t" >&2; exit 1; }

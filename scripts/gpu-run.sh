@@ -2,7 +2,7 @@
 # Runs on a lent GPU machine, from the repository root, with .gpu and .gl carried (see
 # scripts/gpu-kit.sh). Writes logs and a results table under $OUT and prints the table last.
 #   scripts/gpu-run.sh tests   the CUDA kernels compiled for this card, then the conformance,
-#                              golden, generation, variants and lossy-path suites on every
+#                              golden, generation, variants, lossy-path and graph suites on every
 #                              backend present, the unit tests, and where the host CPU has
 #                              AVX-512F the golden and variant suites again on its kernels
 #   scripts/gpu-run.sh bench   bench --backend cuda and --backend wgpu (the card's Vulkan
@@ -53,7 +53,7 @@ tests)
     echo >>"$results"
     echo "| suite | result | time |" >>"$results"
     echo "|---|---|---|" >>"$results"
-    for t in cuda_compile conformance golden generation variants cuda_lossy unit; do
+    for t in cuda_compile conformance golden generation variants cuda_lossy cuda_graphs unit; do
         start=$(date +%s)
         "$bin/$t" --test-threads=4 >"$out/test-$t.log" 2>&1
         rc=$?
@@ -100,6 +100,8 @@ bench)
     runb "Super slice, wgpu" --model "$slice" "${wgpu[@]}" --prompt-len 512 --gen 128 --repeat 3
     runb "Super slice, cuda, exact path only" --model "$slice" --backend cuda --cuda-fp4 off \
         --prompt-len 512 --gen 128 --repeat 3
+    runb "Super slice, cuda, without CUDA graphs" --model "$slice" --backend cuda \
+        --cuda-no-graphs --prompt-len 512 --gen 128 --repeat 3
     # The host CPU, on the AVX2 kernels and (where it has AVX-512F) the AVX-512 NVFP4 dot.
     cores=$(nproc)
     NEMOTRON_CPU_SIMD=avx2 runb "Super slice, cpu AVX2" --model "$slice" --backend cpu \

@@ -106,6 +106,10 @@ struct ModelArgs {
     /// reference keeps it in f32).
     #[arg(long)]
     cuda_fp8_kv: bool,
+    /// CUDA: launch each decode step's kernels one by one instead of replaying the step as a
+    /// CUDA graph (to measure what the graphs save, or to rule them out).
+    #[arg(long)]
+    cuda_no_graphs: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -243,6 +247,7 @@ fn load(args: &ModelArgs) -> anyhow::Result<Model> {
             Fp4Mode::Off => Some(false),
         },
         cuda_fp8_kv: args.cuda_fp8_kv,
+        cuda_no_graphs: args.cuda_no_graphs,
     };
     let be = backend::create_with(args.backend, &opts)?;
     let model = Model::load(&args.model, be, LoadOptions { progress: true })
@@ -776,6 +781,9 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
         );
     } else {
         println!("device              {}", r.device);
+    }
+    if let Some(steps) = model.backend.decode_step_summary() {
+        println!("decode steps        {steps}");
     }
     println!("load                {load_s:.2} s");
     println!(

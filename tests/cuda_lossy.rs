@@ -27,6 +27,7 @@ fn fp4_backend() -> Option<CudaBackend> {
         device: 0,
         fp4_mma: Some(true),
         fp8_kv_cache: false,
+        ..Default::default()
     }) {
         Ok(b) => Some(b),
         Err(e) => {
@@ -152,6 +153,7 @@ fn fp8_kv_cache_attention_error_is_bounded() {
             device: 0,
             fp4_mma: Some(false),
             fp8_kv_cache: true,
+            ..Default::default()
         }),
         CudaBackend::exact(0),
     ) {

@@ -292,6 +292,18 @@ pub trait Backend: Send + Sync {
     -> Result<Tensor>;
     /// Index of the first maximum of each row.
     fn argmax(&self, logits: &Tensor) -> Result<Vec<u32>>;
+    /// Runs `step`, one single-token forward pass of the sequence `key` that returns its
+    /// logits. A backend may run the step's device work as a replay of the previous step of
+    /// the same sequence (CUDA graphs) while `step` still runs for its host effects. Tensors
+    /// made inside, other than the one returned, are valid only until the next step begins.
+    fn decode_step(&self, key: u64, step: &mut dyn FnMut() -> Result<Tensor>) -> Result<Tensor> {
+        let _ = key;
+        step()
+    }
+    /// How decode steps ran, in a line for the bench (`None` where there is nothing to say).
+    fn decode_step_summary(&self) -> Option<String> {
+        None
+    }
     /// The `k` largest logits of the last row as (id, logit), as
     /// [`top_by_logit`](crate::sampling::top_by_logit) orders them, and, when `inv_t` is given,
     /// the row's softmax mass `Σ exp(l·inv_t − max)` within [`MASS_REL_ERR`]: what seeded
@@ -407,6 +419,8 @@ pub struct BackendOptions {
     pub cuda_fp4: Option<bool>,
     /// CUDA: keep the KV cache in FP8 where the checkpoint asks for it.
     pub cuda_fp8_kv: bool,
+    /// CUDA: launch decode steps kernel by kernel instead of as CUDA graphs.
+    pub cuda_no_graphs: bool,
 }
 
 /// Builds a backend by kind; `threads = 0` means one per core.
@@ -431,6 +445,7 @@ pub fn create_with(kind: BackendKind, opts: &BackendOptions) -> Result<Arc<dyn B
             device: opts.device,
             fp4_mma: opts.cuda_fp4,
             fp8_kv_cache: opts.cuda_fp8_kv,
+            no_graphs: opts.cuda_no_graphs,
         }),
     }
 }

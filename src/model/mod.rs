@@ -10,7 +10,7 @@ pub mod moe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::backend::{Backend, Tensor, Weight};
+use crate::backend::{Backend, Routing, Tensor, Weight};
 use crate::checkpoint::Checkpoint;
 use crate::config::{GenerationConfig, LayerKind, ModelConfig, load_generation_config};
 use crate::error::{Error, Result};
@@ -130,7 +130,14 @@ enum LayerState {
 /// Per-sequence state: the KV caches, conv and SSM states, and the position.
 pub struct Sequence {
     pub pos: usize,
+    /// Names this sequence's decode steps to the backend (a CUDA graph is kept per sequence).
+    id: u64,
     layers: Vec<LayerState>,
+}
+
+fn next_sequence_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Loading options.
@@ -251,7 +258,11 @@ impl Model {
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(Sequence { pos: 0, layers })
+        Ok(Sequence {
+            pos: 0,
+            id: next_sequence_id(),
+            layers,
+        })
     }
 
     /// A deep copy of a sequence's state (compare runs, speculative drafts).
@@ -273,6 +284,7 @@ impl Model {
             .collect::<Result<_>>()?;
         Ok(Sequence {
             pos: seq.pos,
+            id: next_sequence_id(),
             layers,
         })
     }
@@ -311,28 +323,65 @@ impl Model {
             )));
         }
         let be = self.backend.as_ref();
-        let eps = self.config.layer_norm_epsilon;
         let t = ids.len();
         let mut hidden = Vec::new();
-        let mut routing = Vec::new();
+        let mut routes = Vec::new();
+        let logits = if t == 1 && !opts.hidden {
+            // Nothing is read back inside a decode step, so a backend may replay it.
+            let key = seq.id;
+            let layers = &mut seq.layers;
+            be.decode_step(key, &mut || {
+                self.run(layers, ids, opts, &mut hidden, &mut routes)
+            })?
+        } else {
+            self.run(&mut seq.layers, ids, opts, &mut hidden, &mut routes)?
+        };
+        let routing = routes
+            .into_iter()
+            .map(|(layer, r, k): (usize, Routing, usize)| {
+                Ok(LayerRouting {
+                    layer,
+                    ids: be.download_u32(&r.ids)?,
+                    weights: be.download(&r.weights)?,
+                    k,
+                })
+            })
+            .collect::<Result<_>>()?;
+        seq.pos += t;
+        Ok(ForwardOutput {
+            logits,
+            routing,
+            hidden,
+        })
+    }
+
+    /// The device work of a forward pass: embeddings, every layer and the head. The routing of
+    /// MoE layers is kept on the device for the caller to read after the pass.
+    fn run(
+        &self,
+        states: &mut [LayerState],
+        ids: &[u32],
+        opts: ForwardOptions,
+        hidden: &mut Vec<(String, Vec<f32>)>,
+        routes: &mut Vec<(usize, Routing, usize)>,
+    ) -> Result<Tensor> {
+        let be = self.backend.as_ref();
+        let eps = self.config.layer_norm_epsilon;
+        hidden.clear();
+        routes.clear();
         let mut h = be.embed(&self.embeddings, ids)?;
         if opts.hidden {
             hidden.push(("embeddings".to_string(), be.download(&h)?));
         }
         let mut x = be.rms_norm(&h, &self.layers[0].norm, eps)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let out = match (&layer.mixer, &mut seq.layers[i]) {
+            let out = match (&layer.mixer, &mut states[i]) {
                 (Mixer::Mamba(m), LayerState::Mamba(st)) => m.forward(be, &x, st)?,
                 (Mixer::Attention(a), LayerState::Attention(cache)) => a.forward(be, &x, cache)?,
                 (Mixer::Moe(m), _) => {
                     let (out, r) = m.forward(be, &x)?;
                     if opts.routing {
-                        routing.push(LayerRouting {
-                            layer: i,
-                            ids: be.download_u32(&r.ids)?,
-                            weights: be.download(&r.weights)?,
-                            k: m.router.top_k,
-                        });
+                        routes.push((i, r, m.router.top_k));
                     }
                     out
                 }
@@ -352,17 +401,11 @@ impl Model {
         if opts.hidden {
             hidden.push(("final_norm".to_string(), be.download(&x)?));
         }
-        let x = if opts.all_logits || t == 1 {
+        let x = if opts.all_logits || ids.len() == 1 {
             x
         } else {
             be.last_row(&x)?
         };
-        let logits = be.linear(&x, self.lm_head.as_ref().unwrap_or(&self.embeddings))?;
-        seq.pos += t;
-        Ok(ForwardOutput {
-            logits,
-            routing,
-            hidden,
-        })
+        be.linear(&x, self.lm_head.as_ref().unwrap_or(&self.embeddings))
     }
 }

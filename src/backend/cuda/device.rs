@@ -3,33 +3,58 @@
 //! once per device with NVRTC), and kernel launches. Nothing here panics on a CUDA error.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::ThreadId;
 
-use cudarc::driver::sys::CUresult;
+use cudarc::driver::sys::{self, CUresult};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DriverError,
-    LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DriverError, result,
 };
 use cudarc::nvrtc::Ptx;
 
+use super::graph::{ARENA_CHUNK, Arena, GraphStats, Graphs, Params, Recorded, Step, StepGraph};
 use super::kernels::Kernel;
 use crate::error::{Error, Result};
 
-/// A device allocation of `bytes` bytes. Its address is taken once: the backend uses a single
-/// stream with cudarc's cross-stream event tracking switched off, so no guard is needed.
+/// `bytes` bytes of device memory: an allocation of its own, or a view into the decode-step
+/// arena. The address is taken once: the backend uses a single stream with cudarc's
+/// cross-stream event tracking switched off, so no guard is needed.
 pub(crate) struct Buf {
-    pub slice: CudaSlice<u8>,
+    /// `None` for an arena view: the arena owns that memory.
+    owner: Option<CudaSlice<u8>>,
     pub ptr: u64,
     pub bytes: usize,
+    /// The decode step an arena view was made in (0 for memory of its own): the next step
+    /// reuses the memory, so the backend refuses a view from an earlier step.
+    pub epoch: u64,
+}
+
+impl Buf {
+    pub(crate) fn is_arena_view(&self) -> bool {
+        self.owner.is_none()
+    }
 }
 
 /// A kernel argument.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) enum Arg {
     Ptr(u64),
     I32(i32),
     U64(u64),
     F32(f32),
+}
+
+impl Arg {
+    /// The argument as the driver copies it from its 8-byte slot: 4-byte arguments in the low
+    /// half, which is the first half on the little-endian hosts CUDA runs on.
+    pub(crate) fn bits(&self) -> u64 {
+        match *self {
+            Arg::Ptr(p) | Arg::U64(p) => p,
+            Arg::I32(v) => v as u32 as u64,
+            Arg::F32(v) => v.to_bits() as u64,
+        }
+    }
 }
 
 impl From<&Buf> for Arg {
@@ -47,6 +72,15 @@ pub(crate) struct Device {
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     /// Looked up once: a decode step launches hundreds of kernels.
     functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
+    /// The decode step being recorded, if any (see graph.rs), and the thread running it:
+    /// other threads' work on this device runs directly.
+    step: Mutex<Option<(ThreadId, Step)>>,
+    /// Serialises decode steps: one arena, one recording.
+    step_lock: Mutex<()>,
+    arena: Mutex<Arena>,
+    /// `arena.epoch`, readable without the lock on every op's buffer lookup.
+    epoch: AtomicU64,
+    graphs: Mutex<Graphs>,
 }
 
 /// Whether libcuda can be loaded: checked before any driver call, which would panic without it.
@@ -149,6 +183,11 @@ impl Device {
             cc,
             modules: Mutex::default(),
             functions: Mutex::default(),
+            step: Mutex::default(),
+            step_lock: Mutex::default(),
+            arena: Mutex::default(),
+            epoch: AtomicU64::new(0),
+            graphs: Mutex::default(),
         })
     }
 
@@ -163,15 +202,28 @@ impl Device {
         self.err(format!("{what}: {e}"))
     }
 
-    /// `bytes` of uninitialised device memory (every op overwrites its output). Running out
-    /// of memory reports what was needed and what the device had free.
+    /// Makes the context current on this thread, for the raw driver calls below.
+    fn bind(&self) -> Result<()> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| self.driver("making the context current", e))
+    }
+
+    /// `bytes` of uninitialised device memory of its own, for whatever outlives an op: weights,
+    /// caches, states. Running out of memory reports what was needed and what the device had
+    /// free.
     pub(crate) fn alloc(&self, bytes: usize, what: &str) -> Result<Buf> {
         let n = bytes.max(4);
         // SAFETY: u8 has no invalid bit patterns; callers write before they read.
         match unsafe { self.stream.alloc::<u8>(n) } {
             Ok(slice) => {
                 let (ptr, _) = slice.device_ptr(&self.stream);
-                Ok(Buf { slice, ptr, bytes })
+                Ok(Buf {
+                    owner: Some(slice),
+                    ptr,
+                    bytes,
+                    epoch: 0,
+                })
             }
             Err(e) if e.0 == CUresult::CUDA_ERROR_OUT_OF_MEMORY => {
                 let (free, total) = self.ctx.mem_get_info().unwrap_or((0, 0));
@@ -183,12 +235,56 @@ impl Device {
         }
     }
 
+    /// Memory for an op's output or temporary: from the step arena while this thread records a
+    /// decode step (the same address every step), else an allocation of its own.
+    pub(crate) fn scratch(&self, bytes: usize, what: &str) -> Result<Buf> {
+        let mut guard = self.step.lock().unwrap();
+        let Some(step) = mine(&mut guard) else {
+            drop(guard);
+            return self.alloc(bytes, what);
+        };
+        let n = bytes.max(4);
+        let mut arena = self.arena.lock().unwrap();
+        let (c, off) = match arena.place(&mut step.cursor, n) {
+            Some(at) => at,
+            None => {
+                let chunk = self.alloc(n.max(ARENA_CHUNK), "the decode-step arena")?;
+                arena.chunks.push(chunk);
+                step.cursor = (arena.chunks.len() - 1, 0);
+                arena
+                    .place(&mut step.cursor, n)
+                    .ok_or_else(|| self.err("the decode-step arena cannot place an output"))?
+            }
+        };
+        let ptr = arena.chunks[c].ptr + off as u64;
+        step.fresh.push(ptr);
+        Ok(Buf {
+            owner: None,
+            ptr,
+            bytes,
+            epoch: arena.epoch,
+        })
+    }
+
     pub(crate) fn zeros(&self, bytes: usize, what: &str) -> Result<Buf> {
-        let mut b = self.alloc(bytes, what)?;
-        self.stream
-            .memset_zeros(&mut b.slice)
-            .map_err(|e| self.driver("clearing a buffer", e))?;
+        let b = self.alloc(bytes, what)?;
+        self.clear(&b)?;
         Ok(b)
+    }
+
+    /// [`scratch`](Self::scratch), cleared to zeros.
+    pub(crate) fn scratch_zeros(&self, bytes: usize, what: &str) -> Result<Buf> {
+        let b = self.scratch(bytes, what)?;
+        self.clear(&b)?;
+        Ok(b)
+    }
+
+    fn clear(&self, b: &Buf) -> Result<()> {
+        self.before_host_op(b.ptr)?;
+        self.bind()?;
+        // SAFETY: the range lies inside `b`.
+        unsafe { result::memset_d8_async(b.ptr, 0, b.bytes.max(4), self.stream.cu_stream()) }
+            .map_err(|e| self.driver("clearing a buffer", e))
     }
 
     pub(crate) fn upload_bytes(&self, data: &[u8], what: &str) -> Result<Buf> {
@@ -202,9 +298,18 @@ impl Device {
         if data.is_empty() {
             return Ok(());
         }
-        let mut view = b.slice.slice_mut(off..off + data.len());
-        self.stream
-            .memcpy_htod(data, &mut view)
+        if off + data.len() > b.bytes.max(4) {
+            return Err(self.err(format!(
+                "uploading {what}: {} bytes at offset {off} do not fit a {}-byte buffer",
+                data.len(),
+                b.bytes
+            )));
+        }
+        self.before_host_op(b.ptr)?;
+        self.bind()?;
+        // SAFETY: the range was checked against `b`; pageable host memory is staged by the
+        // driver before the call returns.
+        unsafe { result::memcpy_htod_async(b.ptr + off as u64, data, self.stream.cu_stream()) }
             .map_err(|e| self.driver(&format!("uploading {what}"), e))
     }
 
@@ -214,11 +319,19 @@ impl Device {
 
     /// The first `bytes` of `b`, after everything queued so far: the one synchronisation point.
     pub(crate) fn read(&self, b: &Buf, bytes: usize) -> Result<Vec<u8>> {
+        if bytes > b.bytes.max(4) {
+            return Err(self.err(format!(
+                "reading back {bytes} bytes of a {}-byte buffer",
+                b.bytes
+            )));
+        }
+        self.before_host_op(0)?;
+        self.bind()?;
         let mut out = vec![0u8; bytes];
         if bytes > 0 {
-            let view = b.slice.slice(..bytes);
-            self.stream
-                .memcpy_dtoh(&view, &mut out)
+            // SAFETY: the range was checked against `b`; the stream is synchronised below,
+            // before `out` is used.
+            unsafe { result::memcpy_dtoh_async(&mut out, b.ptr, self.stream.cu_stream()) }
                 .map_err(|e| self.driver("reading back", e))?;
         }
         self.stream
@@ -239,11 +352,173 @@ impl Device {
         if bytes == 0 {
             return Ok(());
         }
-        let s = src.slice.slice(src_off..src_off + bytes);
-        let mut d = dst.slice.slice_mut(dst_off..dst_off + bytes);
-        self.stream
-            .memcpy_dtod(&s, &mut d)
-            .map_err(|e| self.driver("copying on the device", e))
+        if src_off + bytes > src.bytes.max(4) || dst_off + bytes > dst.bytes.max(4) {
+            return Err(self.err(format!(
+                "copying {bytes} bytes from offset {src_off} of a {}-byte buffer to offset \
+                 {dst_off} of a {}-byte buffer",
+                src.bytes, dst.bytes
+            )));
+        }
+        self.before_host_op(0)?;
+        self.bind()?;
+        // SAFETY: both ranges were checked against their buffers.
+        unsafe {
+            result::memcpy_dtod_async(
+                dst.ptr + dst_off as u64,
+                src.ptr + src_off as u64,
+                bytes,
+                self.stream.cu_stream(),
+            )
+        }
+        .map_err(|e| self.driver("copying on the device", e))
+    }
+
+    /// Before a stream operation other than a kernel: while a step is recorded, its kernels
+    /// have not been launched, so an operation that might touch their memory launches them
+    /// first and ends the recording. Writing an arena buffer handed out since the last
+    /// recorded kernel (`target`) is the exception: no recorded kernel can see it yet.
+    fn before_host_op(&self, target: u64) -> Result<()> {
+        let mut guard = self.step.lock().unwrap();
+        let Some(step) = mine(&mut guard) else {
+            return Ok(());
+        };
+        if !step.recording || (target != 0 && step.fresh.contains(&target)) {
+            return Ok(());
+        }
+        step.recording = false;
+        let pending = std::mem::take(&mut step.launches);
+        drop(guard);
+        pending.iter().try_for_each(|r| self.launch_now(r))
+    }
+
+    /// The current arena epoch: views of another epoch are stale.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    /// Starts recording a decode step of sequence `key` on this thread. Returns the guard
+    /// that keeps other threads' steps out until [`end_step`](Self::end_step).
+    pub(crate) fn begin_step(&self, key: u64) -> Result<MutexGuard<'_, ()>> {
+        if mine(&mut self.step.lock().unwrap()).is_some() {
+            return Err(self.err("a decode step was started inside another"));
+        }
+        let exclusive = self.step_lock.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut arena = self.arena.lock().unwrap();
+            arena.epoch += 1;
+            self.epoch.store(arena.epoch, Ordering::Relaxed);
+        }
+        *self.step.lock().unwrap() = Some((
+            std::thread::current().id(),
+            Step {
+                key,
+                launches: Vec::new(),
+                recording: true,
+                fresh: Vec::new(),
+                cursor: (0, 0),
+            },
+        ));
+        Ok(exclusive)
+    }
+
+    /// Ends the step this thread records: replays or builds its graph when `ok`, and
+    /// otherwise (the step failed part way) launches what was recorded, as direct launches
+    /// would have.
+    pub(crate) fn end_step(&self, ok: bool) -> Result<()> {
+        let Some((_, step)) = self.step.lock().unwrap().take() else {
+            return Err(self.err("a decode step ended that was never started"));
+        };
+        let mut graphs = self.graphs.lock().unwrap();
+        if !step.recording || !ok || step.launches.is_empty() {
+            graphs.stats.direct += 1;
+            drop(graphs);
+            return step.launches.iter().try_for_each(|r| self.launch_now(r));
+        }
+        graphs.clock += 1;
+        let clock = graphs.clock;
+        let nodes = step.launches.len() as u64;
+        self.bind()?;
+        if let Some(g) = graphs.by_key.get_mut(&step.key)
+            && g.fits(&step.launches)
+        {
+            let changed = g.changed(&step.launches);
+            if self.rewrite(g, &changed, &step.launches).is_ok() {
+                g.launches = step.launches;
+                g.last_used = clock;
+                let exec = g.exec;
+                graphs.stats.replayed += 1;
+                graphs.stats.nodes_updated += changed.len() as u64;
+                graphs.stats.last_nodes = nodes;
+                return self.launch_graph(exec);
+            }
+        }
+        graphs.by_key.remove(&step.key);
+        graphs.make_room();
+        let g = self.build_graph(step.launches, clock)?;
+        let exec = g.exec;
+        graphs.by_key.insert(step.key, g);
+        graphs.stats.built += 1;
+        graphs.stats.last_nodes = nodes;
+        self.launch_graph(exec)
+    }
+
+    pub(crate) fn graph_stats(&self) -> GraphStats {
+        self.graphs.lock().unwrap().stats
+    }
+
+    /// Rewrites the parameters of nodes `changed` of `g` to those of `launches`.
+    fn rewrite(&self, g: &StepGraph, changed: &[usize], launches: &[Recorded]) -> Result<()> {
+        for &i in changed {
+            let r = &launches[i];
+            let mut p = Params::new(&r.args);
+            let np = super::graph::node_params(r, &mut p);
+            // SAFETY: a node of the graph `g.exec` was instantiated from; `p` outlives the
+            // call, which copies the parameters.
+            unsafe { sys::cuGraphExecKernelNodeSetParams_v2(g.exec, g.nodes[i], &np) }
+                .result()
+                .map_err(|e| self.driver(&format!("updating {} in the step graph", r.name()), e))?;
+        }
+        Ok(())
+    }
+
+    fn build_graph(&self, launches: Vec<Recorded>, clock: u64) -> Result<StepGraph> {
+        let mut g = StepGraph {
+            graph: std::ptr::null_mut(),
+            exec: std::ptr::null_mut(),
+            nodes: Vec::with_capacity(launches.len()),
+            launches: Vec::new(),
+            last_used: clock,
+        };
+        // SAFETY: plain driver calls with valid out-pointers; `g` destroys what was made if a
+        // later call fails.
+        unsafe {
+            sys::cuGraphCreate(&mut g.graph, 0)
+                .result()
+                .map_err(|e| self.driver("creating a step graph", e))?;
+            for r in &launches {
+                let mut p = Params::new(&r.args);
+                let np = super::graph::node_params(r, &mut p);
+                let mut node: sys::CUgraphNode = std::ptr::null_mut();
+                let deps = g.nodes.last().map_or(std::ptr::null(), |n| n as *const _);
+                let ndeps = usize::from(!g.nodes.is_empty());
+                sys::cuGraphAddKernelNode_v2(&mut node, g.graph, deps, ndeps, &np)
+                    .result()
+                    .map_err(|e| self.driver(&format!("adding {} to a step graph", r.name()), e))?;
+                g.nodes.push(node);
+            }
+            sys::cuGraphInstantiateWithFlags(&mut g.exec, g.graph, 0)
+                .result()
+                .map_err(|e| self.driver("instantiating a step graph", e))?;
+        }
+        g.launches = launches;
+        Ok(g)
+    }
+
+    fn launch_graph(&self, exec: sys::CUgraphExec) -> Result<()> {
+        // SAFETY: an instantiated graph, launched on the backend's stream.
+        unsafe { sys::cuGraphLaunch(exec, self.stream.cu_stream()) }
+            .result()
+            .map_err(|e| self.driver("launching the step graph", e))
     }
 
     /// NVRTC target for this device: the virtual architecture, so only NVRTC's front end runs
@@ -302,7 +577,8 @@ impl Device {
         })
     }
 
-    /// Launches `entry` of `k` with `args` on the stream.
+    /// Launches `entry` of `k` with `args` on the stream, or records it while this thread
+    /// records a decode step.
     pub(crate) fn launch(
         &self,
         k: &'static Kernel,
@@ -312,47 +588,60 @@ impl Device {
         shared: u32,
         args: &[Arg],
     ) -> Result<()> {
-        let f = self.func(k, entry)?;
-        // Argument values must outlive the builder, which keeps pointers to them.
-        let vals: Vec<[u8; 8]> = args
-            .iter()
-            .map(|a| match *a {
-                Arg::Ptr(p) | Arg::U64(p) => p.to_ne_bytes(),
-                Arg::I32(v) => {
-                    let mut b = [0u8; 8];
-                    b[..4].copy_from_slice(&v.to_ne_bytes());
-                    b
-                }
-                Arg::F32(v) => {
-                    let mut b = [0u8; 8];
-                    b[..4].copy_from_slice(&v.to_ne_bytes());
-                    b
-                }
-            })
-            .collect();
-        let u64s: Vec<u64> = vals.iter().map(|b| u64::from_ne_bytes(*b)).collect();
-        let u32s: Vec<u32> = vals
-            .iter()
-            .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        let mut lb = self.stream.launch_builder(&f);
-        for (i, a) in args.iter().enumerate() {
-            match a {
-                Arg::Ptr(_) | Arg::U64(_) => lb.arg(&u64s[i]),
-                Arg::I32(_) | Arg::F32(_) => lb.arg(&u32s[i]),
-            };
-        }
-        let cfg = LaunchConfig {
-            grid_dim: (grid.0.max(1), grid.1.max(1), grid.2.max(1)),
-            block_dim: (block, 1, 1),
-            shared_mem_bytes: shared,
+        let r = Recorded {
+            func: self.func(k, entry)?,
+            kernel: k.name,
+            entry,
+            grid: (grid.0.max(1), grid.1.max(1), grid.2.max(1)),
+            block,
+            shared,
+            args: args.to_vec(),
         };
-        // SAFETY: every kernel's parameter list is matched by its caller in ops/, and the
-        // buffers passed outlive the stream work (they are freed only through cudarc, which
-        // orders frees on the same stream).
-        unsafe { lb.launch(cfg) }
-            .map(|_| ())
-            .map_err(|e| self.driver(&format!("launching {}::{entry}", k.name), e))
+        {
+            let mut guard = self.step.lock().unwrap();
+            if let Some(step) = mine(&mut guard)
+                && step.recording
+            {
+                step.launches.push(r);
+                step.fresh.clear();
+                return Ok(());
+            }
+        }
+        self.launch_now(&r)
+    }
+
+    fn launch_now(&self, r: &Recorded) -> Result<()> {
+        self.bind()?;
+        let mut p = Params::new(&r.args);
+        // SAFETY: every kernel's parameter list is matched by its caller in ops/, `p` holds
+        // the values while the driver copies them, and the buffers passed outlive the stream
+        // work (they are freed only through cudarc, which orders frees on the same stream, or
+        // belong to the arena, which lives as long as the device).
+        unsafe {
+            sys::cuLaunchKernel(
+                r.func.cu_function(),
+                r.grid.0,
+                r.grid.1,
+                r.grid.2,
+                r.block,
+                1,
+                1,
+                r.shared,
+                self.stream.cu_stream(),
+                p.as_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()
+        .map_err(|e| self.driver(&format!("launching {}", r.name()), e))
+    }
+}
+
+/// The step in `guard` if this thread is the one recording it.
+fn mine<'a>(guard: &'a mut MutexGuard<'_, Option<(ThreadId, Step)>>) -> Option<&'a mut Step> {
+    match guard.as_mut() {
+        Some((t, step)) if *t == std::thread::current().id() => Some(step),
+        _ => None,
     }
 }
 

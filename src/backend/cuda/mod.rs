@@ -9,6 +9,7 @@
 //! "no driver found" as an ordinary error, and nothing here panics.
 
 mod device;
+mod graph;
 pub mod kernels;
 mod ops;
 mod weights;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 
 use self::device::{Buf, Device};
 pub use self::device::{DeviceSummary, devices, driver_present, fp4_path_for};
+pub use self::graph::GraphStats;
 use self::weights::{CudaExperts, CudaLinear, ExpertStack};
 use crate::backend::{
     AttnDims, Backend, BackendInfo, ElemType, ExpertWeights, RouterParams, Routing, SsmDims,
@@ -64,12 +66,16 @@ pub struct CudaOptions {
     /// Keep the KV cache in FP8 where the checkpoint asks for it (its `k_scale`/`v_scale`).
     /// Off by default: the reference keeps the cache in f32, so this changes results.
     pub fp8_kv_cache: bool,
+    /// Launch every kernel of a decode step directly instead of replaying the step as a CUDA
+    /// graph (to compare the two, or to rule graphs out).
+    pub no_graphs: bool,
 }
 
 pub struct CudaBackend {
     pub(crate) dev: Device,
     pub(crate) fp4_mma: bool,
     pub(crate) fp8_kv_cache: bool,
+    graphs: bool,
 }
 
 impl CudaBackend {
@@ -91,6 +97,7 @@ impl CudaBackend {
             dev,
             fp4_mma,
             fp8_kv_cache: opts.fp8_kv_cache,
+            graphs: !opts.no_graphs,
         })
     }
 
@@ -99,7 +106,7 @@ impl CudaBackend {
         Self::new(CudaOptions {
             device,
             fp4_mma: Some(false),
-            fp8_kv_cache: false,
+            ..Default::default()
         })
     }
 
@@ -113,10 +120,28 @@ impl CudaBackend {
         self.fp4_mma
     }
 
+    /// Whether decode steps replay as CUDA graphs.
+    pub fn uses_graphs(&self) -> bool {
+        self.graphs
+    }
+
+    /// How decode steps have run so far on this backend.
+    pub fn graph_stats(&self) -> GraphStats {
+        self.dev.graph_stats()
+    }
+
     pub(crate) fn buf<'a>(&self, t: &'a Tensor) -> Result<&'a Buf> {
-        t.inner::<CudaTensor>()
+        let b = t
+            .inner::<CudaTensor>()
             .map(|g| &g.buf)
-            .ok_or_else(|| self.dev.err("expected a tensor made by the CUDA backend"))
+            .ok_or_else(|| self.dev.err("expected a tensor made by the CUDA backend"))?;
+        if b.epoch != 0 && b.epoch != self.dev.epoch() {
+            return Err(self.dev.err(
+                "a tensor made inside a decode step was used after the next step began (the \
+                 step arena reuses its memory)",
+            ));
+        }
+        Ok(b)
     }
 
     pub(crate) fn linear_of<'a>(&self, w: &'a Weight) -> Result<&'a CudaLinear> {
@@ -161,9 +186,9 @@ impl CudaBackend {
     ) -> Result<Tensor> {
         let bytes = 4 * shape.iter().product::<usize>();
         let buf = if zeroed {
-            self.dev.zeros(bytes, what)?
+            self.dev.scratch_zeros(bytes, what)?
         } else {
-            self.dev.alloc(bytes, what)?
+            self.dev.scratch(bytes, what)?
         };
         Ok(Tensor::new(shape, elem, Box::new(CudaTensor { buf })))
     }
@@ -473,6 +498,49 @@ impl Backend for CudaBackend {
 
     fn argmax(&self, logits: &Tensor) -> Result<Vec<u32>> {
         self.op_argmax(logits)
+    }
+
+    fn decode_step(&self, key: u64, step: &mut dyn FnMut() -> Result<Tensor>) -> Result<Tensor> {
+        if !self.graphs {
+            return step();
+        }
+        let exclusive = self.dev.begin_step(key)?;
+        let out = step();
+        let ended = self.dev.end_step(out.is_ok());
+        let out = out?;
+        ended?;
+        // The arena is reused by the next step; what the caller keeps gets memory of its own.
+        let b = self.buf(&out)?;
+        let out = if b.is_arena_view() {
+            let mut own = self.dev.alloc(b.bytes, "decode step output")?;
+            self.dev.copy(b, 0, &mut own, 0, b.bytes)?;
+            Tensor::new(
+                out.shape().to_vec(),
+                out.elem(),
+                Box::new(CudaTensor { buf: own }),
+            )
+        } else {
+            out
+        };
+        drop(exclusive);
+        Ok(out)
+    }
+
+    fn decode_step_summary(&self) -> Option<String> {
+        if !self.graphs {
+            return Some("kernels launched one by one (--cuda-no-graphs)".into());
+        }
+        let s = self.graph_stats();
+        let replays = s.replayed.max(1);
+        Some(format!(
+            "CUDA graphs: {} steps replayed, {} built, {} ran directly; {} kernels per step, \
+             {:.1} node rewrites per replay",
+            s.replayed,
+            s.built,
+            s.direct,
+            s.last_nodes,
+            s.nodes_updated as f64 / replays as f64
+        ))
     }
 }
 

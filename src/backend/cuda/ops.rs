@@ -33,9 +33,9 @@ impl CudaBackend {
         if ids.is_empty() {
             return Ok(out);
         }
-        let idb = self
-            .dev
-            .upload_bytes(bytemuck::cast_slice(ids), "token ids")?;
+        let mut idb = self.dev.scratch(ids.len() * 4, "token ids")?;
+        self.dev
+            .write(&mut idb, 0, bytemuck::cast_slice(ids), "token ids")?;
         self.dev.launch(
             &k::EMBED,
             "embed",
@@ -182,10 +182,10 @@ impl CudaBackend {
         y: Tensor,
     ) -> Result<Tensor> {
         let tokens = x.rows();
-        let xq = self.dev.alloc(tokens * l.cols / 2, "NVFP4 activations")?;
+        let xq = self.dev.scratch(tokens * l.cols / 2, "NVFP4 activations")?;
         let xs = self
             .dev
-            .alloc(tokens * l.cols / 16, "NVFP4 activation scales")?;
+            .scratch(tokens * l.cols / 16, "NVFP4 activation scales")?;
         self.dev.launch(
             &k::LINEAR_NVFP4_MMA,
             "quantize_nvfp4",
@@ -545,30 +545,33 @@ impl CudaBackend {
             c.cap = cap;
         }
         let n = tokens * c.width;
-        match c.fp8 {
-            None => {
-                self.dev.copy(kb, 0, &mut c.k, start * c.width * 4, n * 4)?;
-                self.dev.copy(vb, 0, &mut c.v, start * c.width * 4, n * 4)?;
-            }
-            Some((ks, vs)) if n > 0 => {
-                for (src, dst, s) in [(kb, &c.k, ks), (vb, &c.v, vs)] {
-                    self.dev.launch(
-                        &k::ATTENTION,
-                        "kv_append_fp8",
-                        (blocks(n, 256), 1, 1),
-                        256,
-                        0,
-                        &[
-                            src.into(),
-                            dst.into(),
-                            Arg::U64((start * c.width) as u64),
-                            Arg::U64(n as u64),
-                            Arg::F32(s),
-                        ],
-                    )?;
+        // A kernel rather than a copy, so a decode step's append is a graph node like the rest.
+        if n > 0 {
+            let (ks, vs) = c.fp8.unwrap_or((1.0, 1.0));
+            let entry = if c.fp8.is_some() {
+                "kv_append_fp8"
+            } else {
+                "kv_append"
+            };
+            for (src, dst, s) in [(kb, &c.k, ks), (vb, &c.v, vs)] {
+                let mut args = vec![
+                    src.into(),
+                    dst.into(),
+                    Arg::U64((start * c.width) as u64),
+                    Arg::U64(n as u64),
+                ];
+                if c.fp8.is_some() {
+                    args.push(Arg::F32(s));
                 }
+                self.dev.launch(
+                    &k::ATTENTION,
+                    entry,
+                    (blocks(n, 256).min(65535), 1, 1),
+                    256,
+                    0,
+                    &args,
+                )?;
             }
-            Some(_) => {}
         }
         c.len = need;
         let (kc, vc, width, fp8) = (c.k.ptr, c.v.ptr, c.width, c.fp8);
@@ -690,7 +693,7 @@ impl CudaBackend {
             return self.moe_experts_grouped(x, ex, experts.experts, routing, (f, l), out);
         }
         // Slot activations [T·k, F] stay on the device between the two launches.
-        let h = self.dev.alloc(tokens * k * f * 4, "expert activations")?;
+        let h = self.dev.scratch(tokens * k * f * 4, "expert activations")?;
         self.dev.launch(
             &k::MOE_EXPERTS,
             "moe_up",
@@ -749,12 +752,12 @@ impl CudaBackend {
         let (tokens, k) = (x.rows(), routing.ids.cols());
         let slots = tokens * k;
         let ids = self.buf(&routing.ids)?;
-        let counts = self.dev.alloc(n_experts * 4, "expert counts")?;
-        let starts = self.dev.alloc(n_experts * 4, "expert starts")?;
-        let tile_base = self.dev.alloc((n_experts + 1) * 4, "expert tiles")?;
-        let order = self.dev.alloc(slots * 4, "slots by expert")?;
-        let h = self.dev.alloc(slots * f * 4, "expert activations")?;
-        let contrib = self.dev.alloc(slots * l * 4, "expert outputs")?;
+        let counts = self.dev.scratch(n_experts * 4, "expert counts")?;
+        let starts = self.dev.scratch(n_experts * 4, "expert starts")?;
+        let tile_base = self.dev.scratch((n_experts + 1) * 4, "expert tiles")?;
+        let order = self.dev.scratch(slots * 4, "slots by expert")?;
+        let h = self.dev.scratch(slots * f * 4, "expert activations")?;
+        let contrib = self.dev.scratch(slots * l * 4, "expert outputs")?;
         self.dev.launch(
             &k::MOE_EXPERTS,
             "moe_group",
