@@ -442,7 +442,7 @@ impl Device {
             && g.fits(&step.launches)
         {
             let changed = g.changed(&step.launches);
-            if self.rewrite(g, &changed, &step.launches).is_ok() {
+            if g.rewrite(self, &changed, &step.launches).is_ok() {
                 g.launches = step.launches;
                 g.last_used = clock;
                 let exec = g.exec;
@@ -454,7 +454,7 @@ impl Device {
         }
         graphs.by_key.remove(&step.key);
         graphs.make_room();
-        let g = self.build_graph(step.launches, clock)?;
+        let g = StepGraph::build(self, step.launches, clock)?;
         let exec = g.exec;
         graphs.by_key.insert(step.key, g);
         graphs.stats.built += 1;
@@ -464,54 +464,6 @@ impl Device {
 
     pub(crate) fn graph_stats(&self) -> GraphStats {
         self.graphs.lock().unwrap().stats
-    }
-
-    /// Rewrites the parameters of nodes `changed` of `g` to those of `launches`.
-    fn rewrite(&self, g: &StepGraph, changed: &[usize], launches: &[Recorded]) -> Result<()> {
-        for &i in changed {
-            let r = &launches[i];
-            let mut p = Params::new(&r.args);
-            let np = super::graph::node_params(r, &mut p);
-            // SAFETY: a node of the graph `g.exec` was instantiated from; `p` outlives the
-            // call, which copies the parameters.
-            unsafe { sys::cuGraphExecKernelNodeSetParams_v2(g.exec, g.nodes[i], &np) }
-                .result()
-                .map_err(|e| self.driver(&format!("updating {} in the step graph", r.name()), e))?;
-        }
-        Ok(())
-    }
-
-    fn build_graph(&self, launches: Vec<Recorded>, clock: u64) -> Result<StepGraph> {
-        let mut g = StepGraph {
-            graph: std::ptr::null_mut(),
-            exec: std::ptr::null_mut(),
-            nodes: Vec::with_capacity(launches.len()),
-            launches: Vec::new(),
-            last_used: clock,
-        };
-        // SAFETY: plain driver calls with valid out-pointers; `g` destroys what was made if a
-        // later call fails.
-        unsafe {
-            sys::cuGraphCreate(&mut g.graph, 0)
-                .result()
-                .map_err(|e| self.driver("creating a step graph", e))?;
-            for r in &launches {
-                let mut p = Params::new(&r.args);
-                let np = super::graph::node_params(r, &mut p);
-                let mut node: sys::CUgraphNode = std::ptr::null_mut();
-                let deps = g.nodes.last().map_or(std::ptr::null(), |n| n as *const _);
-                let ndeps = usize::from(!g.nodes.is_empty());
-                sys::cuGraphAddKernelNode_v2(&mut node, g.graph, deps, ndeps, &np)
-                    .result()
-                    .map_err(|e| self.driver(&format!("adding {} to a step graph", r.name()), e))?;
-                g.nodes.push(node);
-            }
-            sys::cuGraphInstantiateWithFlags(&mut g.exec, g.graph, 0)
-                .result()
-                .map_err(|e| self.driver("instantiating a step graph", e))?;
-        }
-        g.launches = launches;
-        Ok(g)
     }
 
     fn launch_graph(&self, exec: sys::CUgraphExec) -> Result<()> {

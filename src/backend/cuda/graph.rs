@@ -21,7 +21,8 @@ use std::ffi::c_void;
 use cudarc::driver::CudaFunction;
 use cudarc::driver::sys;
 
-use super::device::{Arg, Buf};
+use super::device::{Arg, Buf, Device};
+use crate::error::Result;
 
 /// One recorded kernel launch.
 #[derive(Clone)]
@@ -189,6 +190,60 @@ impl StepGraph {
                 .iter()
                 .zip(launches)
                 .all(|(a, b)| a.same_shape(b))
+    }
+
+    /// Rewrites the parameters of nodes `changed` to those of `launches`.
+    pub(crate) fn rewrite(
+        &self,
+        dev: &Device,
+        changed: &[usize],
+        launches: &[Recorded],
+    ) -> Result<()> {
+        for &i in changed {
+            let r = &launches[i];
+            let mut p = Params::new(&r.args);
+            let np = node_params(r, &mut p);
+            // SAFETY: a node of the graph `self.exec` was instantiated from; `p` outlives the
+            // call, which copies the parameters.
+            unsafe { sys::cuGraphExecKernelNodeSetParams_v2(self.exec, self.nodes[i], &np) }
+                .result()
+                .map_err(|e| dev.driver(&format!("updating {} in the step graph", r.name()), e))?;
+        }
+        Ok(())
+    }
+
+    /// A graph of `launches` in order, instantiated.
+    pub(crate) fn build(dev: &Device, launches: Vec<Recorded>, clock: u64) -> Result<StepGraph> {
+        let mut g = StepGraph {
+            graph: std::ptr::null_mut(),
+            exec: std::ptr::null_mut(),
+            nodes: Vec::with_capacity(launches.len()),
+            launches: Vec::new(),
+            last_used: clock,
+        };
+        // SAFETY: plain driver calls with valid out-pointers; `g` destroys what was made if a
+        // later call fails.
+        unsafe {
+            sys::cuGraphCreate(&mut g.graph, 0)
+                .result()
+                .map_err(|e| dev.driver("creating a step graph", e))?;
+            for r in &launches {
+                let mut p = Params::new(&r.args);
+                let np = node_params(r, &mut p);
+                let mut node: sys::CUgraphNode = std::ptr::null_mut();
+                let deps = g.nodes.last().map_or(std::ptr::null(), |n| n as *const _);
+                let ndeps = usize::from(!g.nodes.is_empty());
+                sys::cuGraphAddKernelNode_v2(&mut node, g.graph, deps, ndeps, &np)
+                    .result()
+                    .map_err(|e| dev.driver(&format!("adding {} to a step graph", r.name()), e))?;
+                g.nodes.push(node);
+            }
+            sys::cuGraphInstantiateWithFlags(&mut g.exec, g.graph, 0)
+                .result()
+                .map_err(|e| dev.driver("instantiating a step graph", e))?;
+        }
+        g.launches = launches;
+        Ok(g)
     }
 
     /// Indices of the nodes whose arguments differ from `launches`.
