@@ -69,6 +69,8 @@ pub(crate) struct Device {
     pub ordinal: usize,
     pub name: String,
     pub cc: (i32, i32),
+    /// Streaming multiprocessors: how many warps it takes to fill the GPU.
+    pub sms: usize,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     /// Looked up once: a decode step launches hundreds of kernels.
     functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
@@ -175,12 +177,17 @@ impl Device {
         let cc = ctx
             .compute_capability()
             .map_err(|e| cerr(format!("cannot read the compute capability: {e}")))?;
+        let sms = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .unwrap_or(1)
+            .max(1) as usize;
         Ok(Device {
             ctx,
             stream,
             ordinal,
             name,
             cc,
+            sms,
             modules: Mutex::default(),
             functions: Mutex::default(),
             step: Mutex::default(),

@@ -20,6 +20,22 @@ const GEMV_THREADS: u32 = 128;
 /// Rows of one `moe_down` block (`MOE_NR` in cuda/moe_experts.cu).
 const MOE_NR: usize = 4;
 
+/// Prefill tokens per chunk of the chunked scan, at least: shorter chunks would spend more on
+/// carrying states between them than they save.
+const SCAN_CHUNK_MIN: usize = 64;
+/// Resident warps per SM the scan aims to fill (half of Hopper's 64).
+const SCAN_WARPS_PER_SM: usize = 32;
+
+/// How many chunks a scan of `tokens` over `pairs` (head, channel) warps is cut into: 1 when
+/// the pairs fill the GPU on their own (Super's 8192 do on an H100) or the prefill is short.
+pub(crate) fn scan_chunks(tokens: usize, pairs: usize, sms: usize) -> usize {
+    let fill = sms * SCAN_WARPS_PER_SM;
+    if pairs == 0 || pairs >= fill || tokens < 2 * SCAN_CHUNK_MIN {
+        return 1;
+    }
+    fill.div_ceil(pairs).min(tokens / SCAN_CHUNK_MIN).max(1)
+}
+
 impl CudaBackend {
     pub(crate) fn op_embed(&self, table: &Weight, ids: &[u32]) -> Result<Tensor> {
         let t = self.linear_of(table)?;
@@ -427,7 +443,68 @@ impl CudaBackend {
         let (a, dv, db) = (per_head(a_log)?, per_head(d)?, per_head(dt_bias)?);
         let tokens = xbc.rows();
         let y = self.output(vec![tokens, inner], "ssm_scan output")?;
-        if tokens > 0 && inner > 0 {
+        let chunks = scan_chunks(tokens, inner, self.dev.sms);
+        if chunks > 1 {
+            let chunk = tokens.div_ceil(chunks);
+            let chunks = tokens.div_ceil(chunk);
+            let cs = self
+                .dev
+                .scratch(chunks * inner * dims.state * 4, "ssm_scan chunk states")?;
+            let cd = self
+                .dev
+                .scratch(chunks * dims.heads * 4, "ssm_scan chunk decays")?;
+            let shape = [
+                Arg::I32(tokens as i32),
+                Arg::I32(chunk as i32),
+                Arg::I32(dims.heads as i32),
+                Arg::I32(dims.head_dim as i32),
+                Arg::I32(dims.groups as i32),
+                Arg::I32(dims.state as i32),
+                Arg::I32(dt_min.is_some() as i32),
+                Arg::F32(dt_min.unwrap_or(0.0)),
+            ];
+            let (xb, dtb) = (self.buf(xbc)?, self.buf(dt)?);
+            let grid = (blocks(inner, 4), chunks as u32, 1);
+            let mut args: Vec<Arg> = vec![
+                xb.into(),
+                dtb.into(),
+                a.into(),
+                db.into(),
+                (&cs).into(),
+                (&cd).into(),
+            ];
+            args.extend(shape);
+            self.dev
+                .launch(&k::SSM_SCAN, "ssm_chunk_state", grid, 128, 0, &args)?;
+            self.dev.launch(
+                &k::SSM_SCAN,
+                "ssm_chunk_carry",
+                (blocks(inner, 4), 1, 1),
+                128,
+                0,
+                &[
+                    self.buf(state)?.into(),
+                    (&cs).into(),
+                    (&cd).into(),
+                    Arg::I32(chunks as i32),
+                    Arg::I32(dims.heads as i32),
+                    Arg::I32(dims.head_dim as i32),
+                    Arg::I32(dims.state as i32),
+                ],
+            )?;
+            let mut args: Vec<Arg> = vec![
+                xb.into(),
+                dtb.into(),
+                a.into(),
+                dv.into(),
+                db.into(),
+                (&cs).into(),
+                self.buf(&y)?.into(),
+            ];
+            args.extend(shape);
+            self.dev
+                .launch(&k::SSM_SCAN, "ssm_chunk_output", grid, 128, 0, &args)?;
+        } else if tokens > 0 && inner > 0 {
             self.dev.launch(
                 &k::SSM_SCAN,
                 "ssm_scan",
@@ -868,5 +945,22 @@ impl CudaBackend {
         )?;
         let bytes = self.dev.read(self.buf(&out)?, rows * 4)?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scan_chunks;
+
+    #[test]
+    fn scans_are_cut_only_where_the_pairs_cannot_fill_the_gpu() {
+        // Super on an H100: 128 heads x 64 channels fill 132 SMs.
+        assert_eq!(scan_chunks(4096, 128 * 64, 132), 1);
+        // Short prefills and decode steps never.
+        assert_eq!(scan_chunks(1, 15, 132), 1);
+        assert_eq!(scan_chunks(127, 15, 132), 1);
+        // A small model: as many chunks as fill the GPU, none shorter than 64 tokens.
+        assert_eq!(scan_chunks(300, 15, 4), 4);
+        assert_eq!(scan_chunks(100_000, 128, 132), 33);
     }
 }
