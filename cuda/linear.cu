@@ -3,8 +3,9 @@
 // linear_gemv (decode, few tokens): a warp per four output rows and up to four tokens, so each
 // weight byte is read once from DRAM as 16-byte loads (four in flight per lane) and meets
 // every token in registers; f32 accumulation and a warp-shuffle reduction.
-// linear_gemm (prefill): 64x64 output tiles; a 64-row x 32-column slice of W is decoded once
-// into shared memory and reused by 64 tokens. All f32, so prefill agrees with decode.
+// linear_gemm / linear_gemm_tc (prefill): 64x64 output tiles (gemm_tile.cuh), each weight
+// decoded once per 64 tokens, in f32 on the CUDA cores or exactly into bf16 for the tensor
+// cores with the activations split into bf16 terms.
 
 // A warp computes NR rows for NT tokens (warp_rows_dot in common.cuh) and writes them.
 template <int FMT, int NT, int NR>
@@ -65,54 +66,41 @@ extern "C" __global__ void linear_gemv(int fmt, const u8* w, const u8* sc, float
     }
 }
 
-#define TM 64
-#define TN 64
-#define TK 32
+// y[t, r] for a 64-row x 64-token tile (gemm_tile.cuh): column j of the tile is token t0 + j.
+template <int KIND>
+__device__ void gemm_tile_rows(int fmt, const u8* w, const u8* sc, float ts, const float* bias,
+                               int has_bias, const float* x, float* y, int rows, int cols, int tokens) {
+    __shared__ long long xrow[TILE];
+    int r0 = blockIdx.x * TILE, t0 = blockIdx.y * TILE;
+    for (int j = threadIdx.x; j < TILE; j += blockDim.x)
+        xrow[j] = t0 + j < tokens ? (long long)(t0 + j) * cols : -1;
+    __syncthreads();
+    float acc[16];
+    tile_product<KIND>(fmt, w, sc, ts, rows, cols, r0, x, xrow, acc);
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+        int rr, j;
+        tile_coord<KIND>(i, &rr, &j);
+        int r = r0 + rr, t = t0 + j;
+        if (r < rows && t < tokens) y[(u64)t * rows + r] = acc[i] + (has_bias ? bias[r] : 0.0f);
+    }
+}
 
-// 256 threads; thread (ty, tx) computes rows r0+ty*4.., tokens t0+tx*4.. of the tile.
+// f32 on the CUDA cores, any stored format. Grid (row tiles, token tiles), 256 threads.
 extern "C" __global__ void __launch_bounds__(256) linear_gemm(
     int fmt, const u8* w, const u8* sc, float ts, const float* bias, int has_bias,
     const float* x, float* y, int rows, int cols, int tokens) {
-    __shared__ float ws[TK][TM + 1];
-    __shared__ float xs[TK][TN + 1];
-    int r0 = blockIdx.x * TM, t0 = blockIdx.y * TN;
-    int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
-    float acc[4][4];
-#pragma unroll
-    for (int i = 0; i < 4; i++)
-#pragma unroll
-        for (int j = 0; j < 4; j++) acc[i][j] = 0.0f;
-    for (int k0 = 0; k0 < cols; k0 += TK) {
-        for (int i = threadIdx.x; i < TM * TK; i += blockDim.x) {
-            int rr = i / TK, kk = i % TK;
-            int r = r0 + rr, k = k0 + kk;
-            ws[kk][rr] = (r < rows && k < cols) ? weight_at(fmt, w, sc, ts, (u64)r * cols + k) : 0.0f;
-            int t = t0 + rr;
-            xs[kk][rr] = (t < tokens && k < cols) ? x[(u64)t * cols + k] : 0.0f;
-        }
-        __syncthreads();
-#pragma unroll 8
-        for (int kk = 0; kk < TK; kk++) {
-            float a[4], b[4];
-#pragma unroll
-            for (int i = 0; i < 4; i++) a[i] = ws[kk][ty * 4 + i];
-#pragma unroll
-            for (int j = 0; j < 4; j++) b[j] = xs[kk][tx * 4 + j];
-#pragma unroll
-            for (int i = 0; i < 4; i++)
-#pragma unroll
-                for (int j = 0; j < 4; j++) acc[i][j] += a[i] * b[j];
-        }
-        __syncthreads();
-    }
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        int r = r0 + ty * 4 + i;
-        if (r >= rows) continue;
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            int t = t0 + tx * 4 + j;
-            if (t < tokens) y[(u64)t * rows + r] = acc[i][j] + (has_bias ? bias[r] : 0.0f);
-        }
+    gemm_tile_rows<0>(fmt, w, sc, ts, bias, has_bias, x, y, rows, cols, tokens);
+}
+
+// bf16 tensor cores (sm_80+; BF16, FP8 and NVFP4 weights) with activations in `terms` bf16
+// terms (1-3). Same grid as linear_gemm.
+extern "C" __global__ void __launch_bounds__(256) linear_gemm_tc(
+    int terms, int fmt, const u8* w, const u8* sc, float ts, const float* bias, int has_bias,
+    const float* x, float* y, int rows, int cols, int tokens) {
+    switch (terms) {
+    case 1: gemm_tile_rows<1>(fmt, w, sc, ts, bias, has_bias, x, y, rows, cols, tokens); break;
+    case 2: gemm_tile_rows<2>(fmt, w, sc, ts, bias, has_bias, x, y, rows, cols, tokens); break;
+    default: gemm_tile_rows<3>(fmt, w, sc, ts, bias, has_bias, x, y, rows, cols, tokens); break;
     }
 }

@@ -63,8 +63,8 @@ extern "C" __global__ void moe_down(int fmt, const u8* w, const u8* sc, const fl
 // ---- Prefill: experts run as grouped GEMMs, each chosen expert's weights read once per 64
 // of its tokens instead of once per token. Four launches:
 //   moe_group:   slots grouped by expert (stable), and the tiles of 64 slots each expert owns
-//   moe_up_tiles / moe_down_tiles: a 64-row x 64-slot tile of one expert per block, decoded
-//                W tiles in shared memory as in linear_gemm, f32 throughout
+//   moe_up_tiles / moe_down_tiles: a 64-row x 64-slot tile of one expert per block
+//                (gemm_tile.cuh), f32 on the CUDA cores, or on the bf16 tensor cores (_tc)
 //   moe_combine: out[t] = Σ_j contribution[t·k + j], in slot (= ascending expert) order
 
 // One block. counts/starts/tile_base have E (+1) entries; order has S = T·k.
@@ -107,41 +107,15 @@ __device__ bool find_tile(const u32* tile_base, int experts, u32 tile, int* e, u
     return true;
 }
 
-// acc[i][j] = W_e[r0 + ty·4 + i] · x_row(slot j) for the block's 64 rows x 64 slots; `xrow`
-// holds the 64 gathered input rows' element offsets (or -1 past the expert's slots).
-__device__ void tile_product(int fmt, const u8* w, const u8* sc, float ts, int rows, int cols,
-                             int r0, const float* x, const long long* xrow, float (&acc)[4][4]) {
-    __shared__ float ws[32][65];
-    __shared__ float xs[32][65];
-    int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
-    for (int i = 0; i < 4; i++)
-        for (int j = 0; j < 4; j++) acc[i][j] = 0.0f;
-    for (int k0 = 0; k0 < cols; k0 += 32) {
-        for (int i = threadIdx.x; i < 64 * 32; i += blockDim.x) {
-            int rr = i / 32, kk = i % 32;
-            int r = r0 + rr, k = k0 + kk;
-            ws[kk][rr] = (r < rows && k < cols) ? weight_at(fmt, w, sc, ts, (u64)r * cols + k) : 0.0f;
-            xs[kk][rr] = (xrow[rr] >= 0 && k < cols) ? x[xrow[rr] + k] : 0.0f;
-        }
-        __syncthreads();
-        for (int kk = 0; kk < 32; kk++) {
-            float a[4], b[4];
-            for (int i = 0; i < 4; i++) a[i] = ws[kk][ty * 4 + i];
-            for (int j = 0; j < 4; j++) b[j] = xs[kk][tx * 4 + j];
-            for (int i = 0; i < 4; i++)
-                for (int j = 0; j < 4; j++) acc[i][j] += a[i] * b[j];
-        }
-        __syncthreads();
-    }
-}
-
 // The block's tile: which expert, which of its slots (`slot_of`, `n` of them), and the product
-// of its 64 weight rows from blockIdx.y·64 with those slots' input rows, x[slot / per_row]
-// (per_row = k when x holds tokens, 1 when it holds slots). False for blocks past the last tile.
+// (gemm_tile.cuh, kind KIND) of its 64 weight rows from blockIdx.y·64 with those slots' input
+// rows, x[slot / per_row] (per_row = k when x holds tokens, 1 when it holds slots). False for
+// blocks past the last tile.
+template <int KIND>
 __device__ bool expert_tile(int fmt, const u8* w, const u8* sc, const float* ts, const u32* counts,
                             const u32* starts, const u32* tile_base, const u32* order,
                             const float* x, int per_row, int rows, int cols, int experts,
-                            u32* slot_of, u32* n, float (&acc)[4][4]) {
+                            u32* slot_of, u32* n, float (&acc)[16]) {
     __shared__ long long xrow[64];
     int e;
     u32 first;
@@ -154,56 +128,93 @@ __device__ bool expert_tile(int fmt, const u8* w, const u8* sc, const float* ts,
     }
     __syncthreads();
     u64 rb = row_bytes(fmt, cols);
-    tile_product(fmt, w + (u64)e * rows * rb, sc + (u64)e * rows * (cols / 16), ts[e], rows, cols,
-                 blockIdx.y * 64, x, xrow, acc);
+    tile_product<KIND>(fmt, w + (u64)e * rows * rb, sc + (u64)e * rows * (cols / 16), ts[e], rows,
+                       cols, blockIdx.y * 64, x, xrow, acc);
     return true;
 }
 
-// h[slot] = relu2(up_e · x[token of slot]); grid (max tiles, row blocks of 64), 256 threads.
-extern "C" __global__ void __launch_bounds__(256) moe_up_tiles(
-    int fmt, const u8* w, const u8* sc, const float* ts, const u32* counts, const u32* starts,
-    const u32* tile_base, const u32* order, const float* x, float* h, int rows, int cols, int k,
-    int experts) {
+// h[slot] = relu2(up_e · x[token of slot]) for one tile.
+template <int KIND>
+__device__ void up_tile(int fmt, const u8* w, const u8* sc, const float* ts, const u32* counts,
+                        const u32* starts, const u32* tile_base, const u32* order, const float* x,
+                        float* h, int rows, int cols, int k, int experts) {
     __shared__ u32 slot_of[64];
     u32 n;
-    float acc[4][4];
-    if (!expert_tile(fmt, w, sc, ts, counts, starts, tile_base, order, x, k, rows, cols, experts,
-                     slot_of, &n, acc))
+    float acc[16];
+    if (!expert_tile<KIND>(fmt, w, sc, ts, counts, starts, tile_base, order, x, k, rows, cols,
+                           experts, slot_of, &n, acc))
         return;
-    int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
-    for (int i = 0; i < 4; i++) {
-        int r = blockIdx.y * 64 + ty * 4 + i;
-        for (int j = 0; j < 4; j++) {
-            int c = tx * 4 + j;
-            if (r < rows && c < (int)n) {
-                float v = fmaxf(acc[i][j], 0.0f);
-                h[(u64)slot_of[c] * rows + r] = v * v;
-            }
+    for (int i = 0; i < 16; i++) {
+        int rr, c;
+        tile_coord<KIND>(i, &rr, &c);
+        int r = blockIdx.y * 64 + rr;
+        if (r < rows && c < (int)n) {
+            float v = fmaxf(acc[i], 0.0f);
+            h[(u64)slot_of[c] * rows + r] = v * v;
         }
     }
 }
 
-// contrib[slot] = weight[slot] · (down_e · h[slot]); grid (max tiles, row blocks of 64).
+// contrib[slot] = weight[slot] · (down_e · h[slot]) for one tile.
+template <int KIND>
+__device__ void down_tile(int fmt, const u8* w, const u8* sc, const float* ts, const u32* counts,
+                          const u32* starts, const u32* tile_base, const u32* order,
+                          const float* weights, const float* h, float* contrib, int rows, int cols,
+                          int experts) {
+    __shared__ u32 slot_of[64];
+    u32 n;
+    float acc[16];
+    if (!expert_tile<KIND>(fmt, w, sc, ts, counts, starts, tile_base, order, h, 1, rows, cols,
+                           experts, slot_of, &n, acc))
+        return;
+    for (int i = 0; i < 16; i++) {
+        int rr, c;
+        tile_coord<KIND>(i, &rr, &c);
+        int r = blockIdx.y * 64 + rr;
+        if (r < rows && c < (int)n) {
+            u32 s = slot_of[c];
+            contrib[(u64)s * rows + r] = weights[s] * acc[i];
+        }
+    }
+}
+
+// Grid (max tiles, row blocks of 64), 256 threads; f32 on the CUDA cores.
+extern "C" __global__ void __launch_bounds__(256) moe_up_tiles(
+    int fmt, const u8* w, const u8* sc, const float* ts, const u32* counts, const u32* starts,
+    const u32* tile_base, const u32* order, const float* x, float* h, int rows, int cols, int k,
+    int experts) {
+    up_tile<0>(fmt, w, sc, ts, counts, starts, tile_base, order, x, h, rows, cols, k, experts);
+}
+
 extern "C" __global__ void __launch_bounds__(256) moe_down_tiles(
     int fmt, const u8* w, const u8* sc, const float* ts, const u32* counts, const u32* starts,
     const u32* tile_base, const u32* order, const float* weights, const float* h, float* contrib,
     int rows, int cols, int experts) {
-    __shared__ u32 slot_of[64];
-    u32 n;
-    float acc[4][4];
-    if (!expert_tile(fmt, w, sc, ts, counts, starts, tile_base, order, h, 1, rows, cols, experts,
-                     slot_of, &n, acc))
-        return;
-    int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
-    for (int i = 0; i < 4; i++) {
-        int r = blockIdx.y * 64 + ty * 4 + i;
-        for (int j = 0; j < 4; j++) {
-            int c = tx * 4 + j;
-            if (r < rows && c < (int)n) {
-                u32 s = slot_of[c];
-                contrib[(u64)s * rows + r] = weights[s] * acc[i][j];
-            }
-        }
+    down_tile<0>(fmt, w, sc, ts, counts, starts, tile_base, order, weights, h, contrib, rows, cols,
+                 experts);
+}
+
+// The same on the bf16 tensor cores (sm_80+; BF16, FP8 and NVFP4 experts), activations in
+// `terms` bf16 terms (1-3).
+extern "C" __global__ void __launch_bounds__(256) moe_up_tiles_tc(
+    int terms, int fmt, const u8* w, const u8* sc, const float* ts, const u32* counts,
+    const u32* starts, const u32* tile_base, const u32* order, const float* x, float* h, int rows,
+    int cols, int k, int experts) {
+    switch (terms) {
+    case 1: up_tile<1>(fmt, w, sc, ts, counts, starts, tile_base, order, x, h, rows, cols, k, experts); break;
+    case 2: up_tile<2>(fmt, w, sc, ts, counts, starts, tile_base, order, x, h, rows, cols, k, experts); break;
+    default: up_tile<3>(fmt, w, sc, ts, counts, starts, tile_base, order, x, h, rows, cols, k, experts); break;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) moe_down_tiles_tc(
+    int terms, int fmt, const u8* w, const u8* sc, const float* ts, const u32* counts,
+    const u32* starts, const u32* tile_base, const u32* order, const float* weights, const float* h,
+    float* contrib, int rows, int cols, int experts) {
+    switch (terms) {
+    case 1: down_tile<1>(fmt, w, sc, ts, counts, starts, tile_base, order, weights, h, contrib, rows, cols, experts); break;
+    case 2: down_tile<2>(fmt, w, sc, ts, counts, starts, tile_base, order, weights, h, contrib, rows, cols, experts); break;
+    default: down_tile<3>(fmt, w, sc, ts, counts, starts, tile_base, order, weights, h, contrib, rows, cols, experts); break;
     }
 }
 

@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
+use nemotron_rt::backend::cuda::PrefillMath;
 use nemotron_rt::backend::{self, BackendKind};
 use nemotron_rt::generate::{self, Event, GenerateParams, TokenRoute};
 use nemotron_rt::model::{ForwardOptions, LoadOptions, Model};
@@ -110,6 +111,20 @@ struct ModelArgs {
     /// CUDA graph (to measure what the graphs save, or to rule them out).
     #[arg(long)]
     cuda_no_graphs: bool,
+    /// CUDA: how prefill GEMMs (over 8 tokens) multiply. auto = bf16x3 on sm_80 and newer,
+    /// f32 before; bf16x3 = tensor cores with activations in three bf16 terms (f32's
+    /// precision); bf16 = tensor cores with bf16 activations (fastest, lossy); f32 = CUDA
+    /// cores.
+    #[arg(long, value_enum, default_value = "auto")]
+    cuda_prefill: PrefillArg,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PrefillArg {
+    Auto,
+    F32,
+    Bf16x3,
+    Bf16,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -248,6 +263,12 @@ fn load(args: &ModelArgs) -> anyhow::Result<Model> {
         },
         cuda_fp8_kv: args.cuda_fp8_kv,
         cuda_no_graphs: args.cuda_no_graphs,
+        cuda_prefill: match args.cuda_prefill {
+            PrefillArg::Auto => PrefillMath::Auto,
+            PrefillArg::F32 => PrefillMath::F32,
+            PrefillArg::Bf16x3 => PrefillMath::Bf16x3,
+            PrefillArg::Bf16 => PrefillMath::Bf16,
+        },
     };
     let be = backend::create_with(args.backend, &opts)?;
     let model = Model::load(&args.model, be, LoadOptions { progress: true })

@@ -421,6 +421,8 @@ pub struct BackendOptions {
     pub cuda_fp8_kv: bool,
     /// CUDA: launch decode steps kernel by kernel instead of as CUDA graphs.
     pub cuda_no_graphs: bool,
+    /// CUDA: how prefill GEMMs multiply (tensor cores by default where the GPU has them).
+    pub cuda_prefill: cuda::PrefillMath,
 }
 
 /// Builds a backend by kind; `threads = 0` means one per core.
@@ -446,6 +448,7 @@ pub fn create_with(kind: BackendKind, opts: &BackendOptions) -> Result<Arc<dyn B
             fp4_mma: opts.cuda_fp4,
             fp8_kv_cache: opts.cuda_fp8_kv,
             no_graphs: opts.cuda_no_graphs,
+            prefill: opts.cuda_prefill,
         }),
     }
 }

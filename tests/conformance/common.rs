@@ -51,6 +51,25 @@ pub fn others() -> Vec<Arc<dyn Backend>> {
         .clone()
 }
 
+/// `others()`, plus CUDA with its prefill GEMMs on the f32 CUDA cores where CUDA is present:
+/// the default multiplies them on the tensor cores (activations in three bf16 terms), so the
+/// ops with a prefill GEMM (linear, MoE experts) test both kernels.
+pub fn others_with_prefill_variants() -> Vec<Arc<dyn Backend>> {
+    let mut v = others();
+    if cuda_emulator::install().is_ok() {
+        let f32_tiles = backend::cuda::CudaBackend::new(backend::cuda::CudaOptions {
+            fp4_mma: Some(false),
+            prefill: backend::cuda::PrefillMath::F32,
+            ..Default::default()
+        });
+        match f32_tiles {
+            Ok(b) => v.push(Arc::new(b)),
+            Err(e) => eprintln!("conformance: cuda with f32 prefill tiles skipped: {e}"),
+        }
+    }
+    v
+}
+
 /// Deterministic xorshift generator; values roughly N(0, scale) via a sum of uniforms.
 pub struct Rand(u64);
 

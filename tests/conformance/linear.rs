@@ -20,7 +20,8 @@ const REL: f32 = 1e-5;
 #[test]
 fn linear_matches_cpu_in_every_format() {
     let mut rng = Rand::new(1);
-    for be in others() {
+    for be in others_with_prefill_variants() {
+        let mut worst = 0.0f32;
         for fmt in ALL_FORMATS {
             for &(rows, cols, tokens, bias) in &[
                 (1, 16, 1, false),
@@ -31,6 +32,10 @@ fn linear_matches_cpu_in_every_format() {
                 // are whole blocks by definition).
                 (7, 37, 5, true),
                 (300, 30, 1, false),
+                // Prefill tiles with a partial last column step: a width that is a multiple of
+                // 4 but not 8, and an odd one.
+                (70, 100, 33, false),
+                (33, 37, 12, true),
             ] {
                 if matches!(fmt, Fmt::Nvfp4) && cols % 16 != 0 {
                     continue;
@@ -40,6 +45,9 @@ fn linear_matches_cpu_in_every_format() {
                 let cpu = cpu();
                 let want = apply(&*cpu, &w, &x, [tokens, cols]);
                 let got = apply(&*be, &w, &x, [tokens, cols]);
+                for (g, c) in got.iter().zip(&want) {
+                    worst = worst.max((g - c).abs());
+                }
                 assert_close(
                     &format!(
                         "{} linear {fmt:?} [{rows}x{cols}] x{tokens} bias={bias}",
@@ -52,6 +60,7 @@ fn linear_matches_cpu_in_every_format() {
                 );
             }
         }
+        eprintln!("linear on {}: max |got - cpu| = {worst:e}", label(&*be));
     }
 }
 
@@ -60,7 +69,7 @@ fn linear_matches_cpu_in_every_format() {
 #[test]
 fn linear_decodes_weights_exactly() {
     let mut rng = Rand::new(2);
-    for be in others() {
+    for be in others_with_prefill_variants() {
         for fmt in ALL_FORMATS {
             let (rows, cols) = (9, 32);
             let w = linear(&mut rng, "w", rows, cols, fmt, false);
@@ -76,6 +85,99 @@ fn linear_decodes_weights_exactly() {
                     g.to_bits() == c.to_bits() || (*g == 0.0 && *c == 0.0),
                     "{} {fmt:?}: weight {i} decodes to {g:e}, CPU gives {c:e}",
                     label(&*be)
+                );
+            }
+        }
+    }
+}
+
+/// The same weights with every sign bit cleared: `|W|` in its stored format.
+fn magnitudes(w: &StoredLinear) -> StoredLinear {
+    use nemotron_rt::checkpoint::ByteView;
+    use nemotron_rt::weights::LinearData;
+    let mask = |bytes: &[u8], m: &dyn Fn(usize, u8) -> u8| -> ByteView {
+        let v = bytes.iter().enumerate().map(|(i, &b)| m(i, b)).collect();
+        ByteView::owned(v, "abs")
+    };
+    let data = match &w.data {
+        LinearData::Dense { dtype, data } => LinearData::Dense {
+            dtype: *dtype,
+            // BF16 / F16: the high byte of each little-endian half holds the sign.
+            data: mask(data.bytes(), &|i, b| if i % 2 == 1 { b & 0x7f } else { b }),
+        },
+        LinearData::Fp8 { data, scale } => LinearData::Fp8 {
+            data: mask(data.bytes(), &|_, b| b & 0x7f),
+            scale: *scale,
+        },
+        LinearData::Nvfp4 {
+            packed,
+            block_scales,
+            tensor_scale,
+        } => LinearData::Nvfp4 {
+            packed: mask(packed.bytes(), &|_, b| b & 0x77),
+            block_scales: block_scales.clone(),
+            tensor_scale: *tensor_scale,
+        },
+    };
+    StoredLinear {
+        data,
+        bias: None,
+        ..w.clone()
+    }
+}
+
+/// The prefill GEMM on the tensor cores (activations in three bf16 terms) against the f32
+/// CUDA-core tiles, both measured against the CPU as error / Σ|w·x| per output, on a width
+/// large enough for rounding to accumulate: three terms must keep f32's precision, so their
+/// error may not exceed twice the f32 tiles' (two terms, 16 bits of x, give about three
+/// times it on the emulator, and fail).
+#[test]
+fn prefill_tiles_keep_f32_precision() {
+    let mut rng = Rand::new(3);
+    let (rows, cols, tokens) = (80, 512, 72);
+    let cuda: Vec<_> = others_with_prefill_variants()
+        .into_iter()
+        .filter(|b| b.info().name == "cuda")
+        .collect();
+    if cuda.is_empty() {
+        eprintln!("skipped: no CUDA backend");
+        return;
+    }
+    for fmt in [Fmt::Bf16, Fmt::Fp8, Fmt::Nvfp4] {
+        let w = linear(&mut rng, "w", rows, cols, fmt, false);
+        let x = rng.vec(tokens * cols, 1.0);
+        let cpu = cpu();
+        let want = apply(&*cpu, &w, &x, [tokens, cols]);
+        let x_abs: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+        let size = apply(&*cpu, &magnitudes(&w), &x_abs, [tokens, cols]);
+        let mut errors = Vec::new();
+        for be in &cuda {
+            let got = apply(&**be, &w, &x, [tokens, cols]);
+            let rel = got
+                .iter()
+                .zip(&want)
+                .zip(&size)
+                .map(|((g, c), s)| (g - c).abs() / s.max(f32::MIN_POSITIVE))
+                .fold(0.0f32, f32::max);
+            eprintln!(
+                "{} linear {fmt:?} [{rows}x{cols}] x{tokens}: max |got - cpu| / Σ|w·x| = {rel:.2e}",
+                label(&**be)
+            );
+            // f32 summation of 512 terms in another order: a few 2^-24 · √512 at most.
+            assert!(
+                rel < 2e-6,
+                "{} {fmt:?}: error {rel:e} of Σ|w·x| is beyond f32 rounding",
+                label(&**be)
+            );
+            errors.push((be.info().device.contains("prefill f32"), rel));
+        }
+        let f32_tiles = errors.iter().find(|e| e.0).map(|e| e.1);
+        if let Some(f32_tiles) = f32_tiles {
+            for &(_, rel) in errors.iter().filter(|e| !e.0) {
+                assert!(
+                    rel <= 2.0 * f32_tiles + 1e-8,
+                    "{fmt:?}: tensor-core tiles err by {rel:e} of Σ|w·x|, the f32 tiles by \
+                     {f32_tiles:e}"
                 );
             }
         }

@@ -236,7 +236,7 @@ const EX_REL: f32 = 1e-5;
 fn moe_experts_match_cpu_in_every_format() {
     let mut rng = Rand::new(31);
     let mut worst = 0.0f32;
-    for be in others() {
+    for be in others_with_prefill_variants() {
         for fmt in ALL_FORMATS {
             // (E, F, L, k, T); NVFP4 needs widths that are multiples of its 16-element blocks,
             // so F = 33 becomes 48 there.

@@ -1,5 +1,6 @@
 // The CUDA driver API, emulated on the CPU for the test suite: one device with compute
-// capability 9.0, device memory in host memory, every call synchronous, and kernels loaded
+// capability 9.0 (or another that a test sets, to reach the paths of other architectures),
+// device memory in host memory, every call synchronous, and kernels loaded
 // from the libraries the emulated NVRTC (nvrtc.cpp) builds. Only what cudarc and
 // src/backend/cuda call is here; cudarc names any other symbol it fails to find.
 //
@@ -115,6 +116,7 @@ std::mutex mem_lock;
 std::map<unsigned long long, Allocation> allocations;
 size_t used_bytes = 0;
 size_t total_bytes = 8ull << 30;
+int cc_major = 9, cc_minor = 0;
 int context_token, stream_token, pool_token;
 
 thread_local const char* running_kernel;
@@ -273,6 +275,13 @@ void emu_set_device_memory(size_t bytes) {
     total_bytes = bytes;
 }
 
+// For tests: the compute capability the device reports (9.0 unless set), so the kernels of
+// other architectures' paths (the FP4 tensor cores of sm_120) run too.
+void emu_set_compute_capability(int major, int minor) {
+    cc_major = major;
+    cc_minor = minor;
+}
+
 int cuInit(unsigned) {
     install_segv_handler();
     // A child process (the CLI under test) gets its memory size from the environment.
@@ -327,8 +336,8 @@ int cuDeviceGetAttribute(int* v, int attr, int) {
     case 8: *v = DEFAULT_DYNAMIC_SMEM; break;  // shared memory per block
     case 10: *v = 32; break;                   // warp size
     case 16: *v = 4; break;                    // multiprocessors
-    case 75: *v = 9; break;                    // compute capability
-    case 76: *v = 0; break;
+    case 75: *v = cc_major; break;             // compute capability
+    case 76: *v = cc_minor; break;
     case 97: *v = MAX_DYNAMIC_SMEM; break;     // shared memory per block, opt-in
     case 115: *v = 1; break;                   // memory pools
     default: *v = 0; break;

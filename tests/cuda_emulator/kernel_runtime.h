@@ -66,6 +66,11 @@ struct Fiber {
 };
 
 constexpr int MAX_THREADS = 1024;
+
+// One lane's registers at an `mma.sync`: A and B fragments and the block-scale words.
+struct MmaRegs {
+    unsigned a[4], b[2], sfa, sfb;
+};
 constexpr size_t STACK_BYTES = 256 * 1024;
 
 struct Launch {
@@ -81,6 +86,9 @@ struct Launch {
     // can start its next shuffle only after the whole warp passed this one's barrier, and
     // the one after that only once every lane has read this one.
     unsigned long long slot[2][MAX_THREADS];
+    // The operand registers of each lane at a warp-wide MMA, double-buffered as the shuffle
+    // slots are (the two share the parity counter: both are warp barriers).
+    MmaRegs mma[2][MAX_THREADS];
     // Per warp, the lanes that have returned or do not exist (a partial last warp).
     unsigned gone[MAX_THREADS / 32];
     const char* error;
@@ -296,7 +304,102 @@ inline T exchange(unsigned mask, T v, Src src) {
     return out;
 }
 
+// The warp's operand registers at an `mma.sync`, once every lane has given its own. The
+// instruction is `.aligned`: all 32 lanes must execute it, so a lane that has returned (or a
+// partial warp) is an error here where a GPU's behaviour is undefined.
+inline const MmaRegs* mma_exchange(const MmaRegs& mine) {
+    Launch& l = *cur_launch;
+    if (l.gone[cur->warp])
+        fail("an mma.sync runs while lanes of its warp have returned or do not exist");
+    MmaRegs* warp = l.mma[cur->shuffles++ & 1u] + cur->warp * 32;
+    warp[cur->lane] = mine;
+    yield_to_scheduler(WAIT_WARP);
+    return warp;
+}
+
+inline float bf16_value(unsigned h) {
+    unsigned bits = (h & 0xffffu) << 16;
+    float v;
+    memcpy(&v, &bits, 4);
+    return v;
+}
+
+// E2M1 and the unsigned E4M3 of block scales, decoded here independently of the kernels'
+// own decodes (which are what is under test).
+inline float e2m1_value(unsigned code) {
+    static const float mag[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+    return (code & 8u) ? -mag[code & 7u] : mag[code & 7u];
+}
+inline float ue4m3_value(unsigned b) {
+    if (b & 0x80u) {
+        // The tensor cores read scales as unsigned; a set sign bit means the kernel feeds them
+        // something the exact path would read as negative.
+        fail("an mma block scale (ue4m3) has its sign bit set");
+        return 0.0f;
+    }
+    unsigned e = (b >> 3) & 15u, m = b & 7u;
+    if (e == 15u && m == 7u) return NAN;
+    return e == 0u ? ldexpf((float)m, -9) : ldexpf(1.0f + (float)m / 8.0f, (int)e - 7);
+}
+
 }  // namespace emu
+
+// The tensor-core instructions the kernels use (their wrappers in cuda/*.cu are inline PTX,
+// compiled only where NEMOTRON_CUDA_EMULATOR is not defined). The operand layouts are those of
+// the PTX ISA ("Matrix Fragments for mma.m16n8k16 with floating point type" and "for
+// mma.m16n8k64", "Block Scaling for mma.sync"), with groupID g = lane / 4 and threadID_in_group
+// t = lane % 4; elements are packed low to high within a register. Products are exact in f32
+// for these types; they are added in k order onto C in f32 (the hardware's order and rounding
+// of the sum are unspecified, so results can differ from a GPU's in the last bits).
+#define NEMOTRON_CUDA_EMULATOR 1
+
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32: d = A·B + d.
+//   A 16x16: register r holds row g + 8·(r & 1), columns 2t + 8·(r >> 1) and the next.
+//   B 16x8:  register r holds column g, rows 2t + 8·r and the next.
+//   C/D:     d[c] is row g + 8·(c >> 1), column 2t + (c & 1).
+inline void mma_bf16_16x8x16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    emu::MmaRegs mine{{a[0], a[1], a[2], a[3]}, {b[0], b[1]}, 0u, 0u};
+    const emu::MmaRegs* w = emu::mma_exchange(mine);
+    unsigned g = emu::cur->lane >> 2, t = emu::cur->lane & 3u;
+    for (unsigned c = 0; c < 4; c++) {
+        unsigned row = g + 8u * (c >> 1), col = 2u * t + (c & 1u);
+        float s = d[c];
+        for (unsigned k = 0; k < 16; k++) {
+            unsigned half = (k & 1u) * 16u;
+            unsigned av = w[4u * (row % 8u) + (k % 8u) / 2u].a[(row / 8u) + 2u * (k / 8u)] >> half;
+            unsigned bv = w[4u * col + (k % 8u) / 2u].b[k / 8u] >> half;
+            s += emu::bf16_value(av) * emu::bf16_value(bv);
+        }
+        d[c] = s;
+    }
+}
+
+// mma.sync.aligned.m16n8k64.row.col.kind::mxf4nvf4.block_scale.scale_vec::4X
+// .f32.e2m1.e2m1.f32.ue4m3 with selectors {0, 0}: d = (A·SFA)(B·SFB) + d.
+//   A 16x64: register r holds row g + 8·(r & 1), columns 8t + 32·(r >> 1) .. +7.
+//   B 64x8:  register r holds column g, rows 8t + 32·r .. +7.
+//   SFA: row m's four scales (one per 16 columns, byte j for columns 16j..) in lane
+//        4·(m % 8) + m / 8; SFB: column n's in lane 4·n.
+inline void mma_fp4_16x8x64(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2],
+                            unsigned sfa, unsigned sfb) {
+    emu::MmaRegs mine{{a[0], a[1], a[2], a[3]}, {b[0], b[1]}, sfa, sfb};
+    const emu::MmaRegs* w = emu::mma_exchange(mine);
+    unsigned g = emu::cur->lane >> 2, t = emu::cur->lane & 3u;
+    for (unsigned c = 0; c < 4; c++) {
+        unsigned row = g + 8u * (c >> 1), col = 2u * t + (c & 1u);
+        unsigned sa = w[4u * (row % 8u) + row / 8u].sfa, sb = w[4u * col].sfb;
+        float s = d[c];
+        for (unsigned k = 0; k < 64; k++) {
+            unsigned shift = (k % 8u) * 4u;
+            unsigned av = w[4u * (row % 8u) + (k % 32u) / 8u].a[(row / 8u) + 2u * (k / 32u)] >> shift;
+            unsigned bv = w[4u * col + (k % 32u) / 8u].b[k / 32u] >> shift;
+            float sfa_k = emu::ue4m3_value((sa >> (8u * (k / 16u))) & 0xffu);
+            float sfb_k = emu::ue4m3_value((sb >> (8u * (k / 16u))) & 0xffu);
+            s += (emu::e2m1_value(av & 15u) * sfa_k) * (emu::e2m1_value(bv & 15u) * sfb_k);
+        }
+        d[c] = s;
+    }
+}
 
 #define threadIdx (emu::cur->tid)
 #define blockIdx (emu::cur_launch->block_idx)

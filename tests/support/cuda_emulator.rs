@@ -148,3 +148,25 @@ fn build() -> Result<PathBuf, String> {
         )),
     }
 }
+
+/// Makes the emulated device report compute capability `major.minor` (9.0 by default), so the
+/// paths of other architectures run on it (the FP4 tensor cores of sm_120); set it before
+/// opening a backend. An error where a real driver is present: its GPU is what it is.
+pub fn emulate_compute_capability(major: i32, minor: i32) -> Result<(), String> {
+    if install()? != "emulator" {
+        return Err("a real CUDA driver is present".into());
+    }
+    // Built already: install() loaded it (so driver_present() now sees it as a driver).
+    let dir = build()?;
+    // SAFETY: the emulator's own library, already loaded; this only takes another reference.
+    let lib = unsafe { libloading::Library::new(dir.join("libcuda.so")) }
+        .map_err(|e| format!("cannot open the CUDA emulator's libcuda.so: {e}"))?;
+    // SAFETY: `emu_set_compute_capability(int, int)` in driver.cpp.
+    unsafe {
+        let set: libloading::Symbol<unsafe extern "C" fn(i32, i32)> = lib
+            .get(b"emu_set_compute_capability")
+            .map_err(|e| format!("the CUDA emulator lacks emu_set_compute_capability: {e}"))?;
+        set(major, minor);
+    }
+    Ok(())
+}

@@ -13,15 +13,24 @@ pub struct Kernel {
     pub sm120_only: bool,
 }
 
+/// `kernel!("op")`: `cuda/op.cu` after `cuda/common.cuh`; `tiles` also prepends the prefill
+/// GEMM tile (`cuda/gemm_tile.cuh`); `sm120` marks a kernel for sm_120-class GPUs only.
 macro_rules! kernel {
     ($name:literal) => {
-        kernel!($name, false)
+        kernel!(@make $name, "", false)
     };
-    ($name:literal, $bw:expr) => {
+    ($name:literal, tiles) => {
+        kernel!(@make $name, include_str!("../../../cuda/gemm_tile.cuh"), false)
+    };
+    ($name:literal, sm120) => {
+        kernel!(@make $name, "", true)
+    };
+    (@make $name:literal, $extra:expr, $bw:expr) => {
         Kernel {
             name: $name,
             source: concat!(
                 include_str!("../../../cuda/common.cuh"),
+                $extra,
                 include_str!(concat!("../../../cuda/", $name, ".cu"))
             ),
             sm120_only: $bw,
@@ -38,9 +47,9 @@ pub const CONV1D_SILU: Kernel = kernel!("conv1d_silu");
 pub const EMBED: Kernel = kernel!("embed");
 pub const GATED_GROUP_RMS_NORM: Kernel = kernel!("gated_group_rms_norm");
 pub const LAST_ROW: Kernel = kernel!("last_row");
-pub const LINEAR: Kernel = kernel!("linear");
-pub const LINEAR_NVFP4_MMA: Kernel = kernel!("linear_nvfp4_mma", true);
-pub const MOE_EXPERTS: Kernel = kernel!("moe_experts");
+pub const LINEAR: Kernel = kernel!("linear", tiles);
+pub const LINEAR_NVFP4_MMA: Kernel = kernel!("linear_nvfp4_mma", sm120);
+pub const MOE_EXPERTS: Kernel = kernel!("moe_experts", tiles);
 pub const RELU2: Kernel = kernel!("relu2");
 pub const RMS_NORM: Kernel = kernel!("rms_norm");
 pub const ROUTER: Kernel = kernel!("router");

@@ -69,12 +69,51 @@ pub struct CudaOptions {
     /// Launch every kernel of a decode step directly instead of replaying the step as a CUDA
     /// graph (to compare the two, or to rule graphs out).
     pub no_graphs: bool,
+    /// How prefill GEMMs (more than 8 tokens) multiply.
+    pub prefill: PrefillMath,
+}
+
+/// How the prefill GEMMs (linears and routed experts over more than 8 tokens) multiply.
+/// Decode always runs the f32 GEMV kernels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PrefillMath {
+    /// `Bf16x3` where the GPU has bf16 tensor cores (sm_80 and newer), `F32` elsewhere.
+    #[default]
+    Auto,
+    /// f32 on the CUDA cores.
+    F32,
+    /// bf16 tensor cores with the activations split into three bf16 terms: 24 significant
+    /// bits, the precision of f32 (weights decode exactly into bf16). F16 and F32 weights keep
+    /// the f32 kernels.
+    Bf16x3,
+    /// bf16 tensor cores with bf16 activations (8 significant bits): the fastest, and lossy.
+    Bf16,
+}
+
+impl PrefillMath {
+    /// Activation terms of the tensor-core tiles (0 = the f32 kernels) on a device of compute
+    /// capability `cc`; an error where tensor cores are asked for and absent.
+    fn terms(self, cc: (i32, i32)) -> std::result::Result<u32, String> {
+        let has = cc.0 >= 8;
+        match self {
+            PrefillMath::Auto => Ok(if has { 3 } else { 0 }),
+            PrefillMath::F32 => Ok(0),
+            PrefillMath::Bf16x3 | PrefillMath::Bf16 if !has => Err(format!(
+                "bf16 tensor-core prefill needs sm_80 or newer; this GPU is sm_{}{}",
+                cc.0, cc.1
+            )),
+            PrefillMath::Bf16x3 => Ok(3),
+            PrefillMath::Bf16 => Ok(1),
+        }
+    }
 }
 
 pub struct CudaBackend {
     pub(crate) dev: Device,
     pub(crate) fp4_mma: bool,
     pub(crate) fp8_kv_cache: bool,
+    /// bf16 activation terms of the tensor-core prefill tiles; 0 = f32 tiles.
+    pub(crate) prefill_terms: u32,
     graphs: bool,
 }
 
@@ -93,10 +132,12 @@ impl CudaBackend {
                 )));
             }
         };
+        let prefill_terms = opts.prefill.terms(dev.cc).map_err(|e| dev.err(e))?;
         Ok(CudaBackend {
             dev,
             fp4_mma,
             fp8_kv_cache: opts.fp8_kv_cache,
+            prefill_terms,
             graphs: !opts.no_graphs,
         })
     }
@@ -118,6 +159,16 @@ impl CudaBackend {
     /// Whether NVFP4 linears take the W4A4 FP4 tensor-core path.
     pub fn uses_fp4_mma(&self) -> bool {
         self.fp4_mma
+    }
+
+    /// How prefill GEMMs multiply, in words.
+    pub fn prefill_math(&self) -> &'static str {
+        match self.prefill_terms {
+            0 => "f32 CUDA cores",
+            1 => "bf16 tensor cores (bf16 activations)",
+            2 => "bf16 tensor cores (activations in 2 bf16 terms)",
+            _ => "bf16 tensor cores (activations in 3 bf16 terms)",
+        }
     }
 
     /// Whether decode steps replay as CUDA graphs.
@@ -236,13 +287,19 @@ impl Backend for CudaBackend {
         BackendInfo {
             name: "cuda".into(),
             device: format!(
-                "{} (device {}, sm_{ma}{mi}, {})",
+                "{} (device {}, sm_{ma}{mi}, {}, prefill {})",
                 self.dev.name,
                 self.dev.ordinal,
                 if self.fp4_mma {
                     "FP4 tensor cores"
                 } else {
                     "exact weight-only 4-bit"
+                },
+                match self.prefill_terms {
+                    0 => "f32",
+                    1 => "bf16",
+                    2 => "bf16x2",
+                    _ => "bf16x3",
                 }
             ),
             threads: 0,

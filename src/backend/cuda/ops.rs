@@ -3,7 +3,7 @@
 
 use super::device::{Arg, blocks};
 use super::kernels as k;
-use super::weights::{CudaExperts, FMT_NVFP4};
+use super::weights::{CudaExperts, FMT_NVFP4, tensor_core_format};
 use super::{CudaBackend, CudaKv};
 use crate::backend::{
     AttnDims, ElemType, ExpertWeights, RouterParams, Routing, SsmDims, Tensor, Weight,
@@ -148,6 +148,8 @@ impl CudaBackend {
             && l.format == FMT_NVFP4
             && l.cols.is_multiple_of(64)
             && let Some(input_scale) = l.input_scale
+            && input_scale.is_finite()
+            && input_scale > 0.0
         {
             return self.linear_fp4_mma(x, l, input_scale, bias, has_bias, y);
         }
@@ -174,16 +176,30 @@ impl CudaBackend {
                 &args,
             )?;
         } else {
-            self.dev.launch(
-                &k::LINEAR,
-                "linear_gemm",
-                (l.rows.div_ceil(64) as u32, tokens.div_ceil(64) as u32, 1),
-                256,
-                0,
-                &args,
-            )?;
+            let grid = (l.rows.div_ceil(64) as u32, tokens.div_ceil(64) as u32, 1);
+            match self.tile_terms(l.format) {
+                0 => self
+                    .dev
+                    .launch(&k::LINEAR, "linear_gemm", grid, 256, 0, &args)?,
+                terms => {
+                    let mut tc = vec![Arg::I32(terms)];
+                    tc.extend(args);
+                    self.dev
+                        .launch(&k::LINEAR, "linear_gemm_tc", grid, 256, 0, &tc)?;
+                }
+            }
         }
         Ok(y)
+    }
+
+    /// Activation terms of the tensor-core GEMM tiles for weights of `format`; 0 = the f32
+    /// tiles (asked for, no tensor cores, or a format that does not decode exactly to bf16).
+    fn tile_terms(&self, format: i32) -> i32 {
+        if tensor_core_format(format) {
+            self.prefill_terms as i32
+        } else {
+            0
+        }
     }
 
     /// W4A4 on sm_120 Blackwell: quantize the activations to NVFP4 with the checkpoint's input
@@ -859,12 +875,21 @@ impl CudaBackend {
             (&tile_base).into(),
             (&order).into(),
         ];
-        let mut up_args = vec![
+        // The tensor-core tiles take the number of activation terms first.
+        let (up_terms, down_terms) = (
+            self.tile_terms(ex.up.format),
+            self.tile_terms(ex.down.format),
+        );
+        let mut up_args: Vec<Arg> = (up_terms > 0)
+            .then_some(Arg::I32(up_terms))
+            .into_iter()
+            .collect();
+        up_args.extend([
             Arg::I32(ex.up.format),
             (&ex.up.data).into(),
             (&ex.up.scales).into(),
             (&ex.up.tensor_scales).into(),
-        ];
+        ]);
         up_args.extend(group);
         up_args.extend([
             self.buf(x)?.into(),
@@ -876,18 +901,26 @@ impl CudaBackend {
         ]);
         self.dev.launch(
             &k::MOE_EXPERTS,
-            "moe_up_tiles",
+            if up_terms > 0 {
+                "moe_up_tiles_tc"
+            } else {
+                "moe_up_tiles"
+            },
             (max_tiles, f.div_ceil(64) as u32, 1),
             256,
             0,
             &up_args,
         )?;
-        let mut down_args = vec![
+        let mut down_args: Vec<Arg> = (down_terms > 0)
+            .then_some(Arg::I32(down_terms))
+            .into_iter()
+            .collect();
+        down_args.extend([
             Arg::I32(ex.down.format),
             (&ex.down.data).into(),
             (&ex.down.scales).into(),
             (&ex.down.tensor_scales).into(),
-        ];
+        ]);
         down_args.extend(group);
         down_args.extend([
             self.buf(&routing.weights)?.into(),
@@ -899,7 +932,11 @@ impl CudaBackend {
         ]);
         self.dev.launch(
             &k::MOE_EXPERTS,
-            "moe_down_tiles",
+            if down_terms > 0 {
+                "moe_down_tiles_tc"
+            } else {
+                "moe_down_tiles"
+            },
             (max_tiles, l.div_ceil(64) as u32, 1),
             256,
             0,

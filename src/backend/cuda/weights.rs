@@ -10,6 +10,17 @@ use crate::weights::StoredLinear;
 /// The NVFP4 format code as the kernels take it (`FMT_NVFP4` in cuda/common.cuh).
 pub(crate) const FMT_NVFP4: i32 = crate::backend::FMT_NVFP4 as i32;
 
+/// Whether the tensor-core GEMM tiles take weights of this format: those that decode exactly
+/// into bf16 (BF16, FP8 and NVFP4; F16's 11-bit significands and F32 do not fit).
+pub(crate) fn tensor_core_format(format: i32) -> bool {
+    [
+        crate::backend::FMT_BF16,
+        crate::backend::FMT_FP8,
+        crate::backend::FMT_NVFP4,
+    ]
+    .contains(&(format as u32))
+}
+
 pub(crate) struct CudaLinear {
     pub rows: usize,
     pub cols: usize,
