@@ -102,6 +102,12 @@ bench)
         --prompt-len 512 --gen 128 --repeat 3
     runb "Super slice, cuda, without CUDA graphs" --model "$slice" --backend cuda \
         --cuda-no-graphs --prompt-len 512 --gen 128 --repeat 3
+    # Prefill GEMMs: the default tensor-core tiles (three bf16 terms) against the f32 CUDA-core
+    # tiles and the lossy one-term tiles.
+    runb "Super slice, cuda, f32 prefill tiles" --model "$slice" --backend cuda \
+        --cuda-prefill f32 --prompt-len 512 --gen 16 --repeat 3
+    runb "Super slice, cuda, bf16 prefill tiles" --model "$slice" --backend cuda \
+        --cuda-prefill bf16 --prompt-len 512 --gen 16 --repeat 3
     # The host CPU, on the AVX2 kernels and (where it has AVX-512F) the AVX-512 NVFP4 dot.
     cores=$(nproc)
     NEMOTRON_CPU_SIMD=avx2 runb "Super slice, cpu AVX2" --model "$slice" --backend cpu \
