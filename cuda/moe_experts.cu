@@ -94,19 +94,6 @@ extern "C" __global__ void moe_group(const u32* ids, int slots, int experts, u32
     }
 }
 
-// Which expert and which 64 of its slots tile `tile` covers; false past the last tile.
-__device__ bool find_tile(const u32* tile_base, int experts, u32 tile, int* e, u32* first) {
-    if (tile >= tile_base[experts]) return false;
-    int lo = 0, hi = experts - 1;
-    while (lo < hi) { // last e with tile_base[e] <= tile
-        int mid = (lo + hi + 1) / 2;
-        if (tile_base[mid] <= tile) lo = mid; else hi = mid - 1;
-    }
-    *e = lo;
-    *first = (tile - tile_base[lo]) * 64;
-    return true;
-}
-
 // The block's tile: which expert, which of its slots (`slot_of`, `n` of them), and the product
 // (gemm_tile.cuh, kind KIND) of its 64 weight rows from blockIdx.y·64 with those slots' input
 // rows, x[slot / per_row] (per_row = k when x holds tokens, 1 when it holds slots). False for
@@ -118,14 +105,9 @@ __device__ bool expert_tile(int fmt, const u8* w, const u8* sc, const float* ts,
                             u32* slot_of, u32* n, float (&acc)[16]) {
     __shared__ long long xrow[64];
     int e;
-    u32 first;
-    if (!find_tile(tile_base, experts, blockIdx.x, &e, &first)) return false;
-    *n = min(64u, counts[e] - first);
-    for (int i = threadIdx.x; i < 64; i += blockDim.x) {
-        u32 s = i < (int)*n ? order[starts[e] + first + i] : 0u;
-        slot_of[i] = s;
-        xrow[i] = i < (int)*n ? (long long)(s / per_row) * cols : -1;
-    }
+    if (!tile_slots(counts, starts, tile_base, order, experts, slot_of, &e, n)) return false;
+    for (int i = threadIdx.x; i < 64; i += blockDim.x)
+        xrow[i] = i < (int)*n ? (long long)(slot_of[i] / per_row) * cols : -1;
     __syncthreads();
     u64 rb = row_bytes(fmt, cols);
     tile_product<KIND>(fmt, w + (u64)e * rows * rb, sc + (u64)e * rows * (cols / 16), ts[e], rows,

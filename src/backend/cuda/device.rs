@@ -624,7 +624,7 @@ pub struct DeviceSummary {
 /// The 4-bit path a device of compute capability `cc` takes by default.
 pub fn fp4_path_for(cc: (i32, i32)) -> &'static str {
     if cc.0 == 12 {
-        "FP4 tensor cores (mma.sync block_scale, W4A4) for NVFP4 linears; weight-only for experts"
+        "FP4 tensor cores (mma.sync block_scale, W4A4) for NVFP4 linears and experts"
     } else {
         "weight-only NVFP4 (decoded in registers, f32 math)"
     }

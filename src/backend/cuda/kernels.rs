@@ -13,24 +13,18 @@ pub struct Kernel {
     pub sm120_only: bool,
 }
 
-/// `kernel!("op")`: `cuda/op.cu` after `cuda/common.cuh`; `tiles` also prepends the prefill
-/// GEMM tile (`cuda/gemm_tile.cuh`); `sm120` marks a kernel for sm_120-class GPUs only.
+/// `kernel!("op")`: `cuda/op.cu` after `cuda/common.cuh`; `kernel!("op", [headers], sm120)`
+/// also prepends those `cuda/` headers, and marks a kernel for sm_120-class GPUs only.
 macro_rules! kernel {
     ($name:literal) => {
-        kernel!(@make $name, "", false)
+        kernel!($name, [], false)
     };
-    ($name:literal, tiles) => {
-        kernel!(@make $name, include_str!("../../../cuda/gemm_tile.cuh"), false)
-    };
-    ($name:literal, sm120) => {
-        kernel!(@make $name, "", true)
-    };
-    (@make $name:literal, $extra:expr, $bw:expr) => {
+    ($name:literal, [$($header:literal),*], $bw:expr) => {
         Kernel {
             name: $name,
             source: concat!(
                 include_str!("../../../cuda/common.cuh"),
-                $extra,
+                $(include_str!(concat!("../../../cuda/", $header)),)*
                 include_str!(concat!("../../../cuda/", $name, ".cu"))
             ),
             sm120_only: $bw,
@@ -47,9 +41,15 @@ pub const CONV1D_SILU: Kernel = kernel!("conv1d_silu");
 pub const EMBED: Kernel = kernel!("embed");
 pub const GATED_GROUP_RMS_NORM: Kernel = kernel!("gated_group_rms_norm");
 pub const LAST_ROW: Kernel = kernel!("last_row");
-pub const LINEAR: Kernel = kernel!("linear", tiles);
-pub const LINEAR_NVFP4_MMA: Kernel = kernel!("linear_nvfp4_mma", sm120);
-pub const MOE_EXPERTS: Kernel = kernel!("moe_experts", tiles);
+pub const LINEAR: Kernel = kernel!("linear", ["gemm_tile.cuh"], false);
+pub const LINEAR_NVFP4_MMA: Kernel = kernel!("linear_nvfp4_mma", ["nvfp4_mma.cuh"], true);
+pub const MOE_EXPERTS: Kernel =
+    kernel!("moe_experts", ["gemm_tile.cuh", "expert_tiles.cuh"], false);
+pub const MOE_EXPERTS_NVFP4_MMA: Kernel = kernel!(
+    "moe_experts_nvfp4_mma",
+    ["nvfp4_mma.cuh", "expert_tiles.cuh"],
+    true
+);
 pub const RELU2: Kernel = kernel!("relu2");
 pub const RMS_NORM: Kernel = kernel!("rms_norm");
 pub const ROUTER: Kernel = kernel!("router");
@@ -57,7 +57,7 @@ pub const SPLIT_COLUMNS: Kernel = kernel!("split_columns");
 pub const SSM_SCAN: Kernel = kernel!("ssm_scan");
 
 /// Every kernel file, for the compile test.
-pub const ALL: [&Kernel; 17] = [
+pub const ALL: [&Kernel; 18] = [
     &ADD,
     &ADD_RMS_NORM,
     &ARGMAX,
@@ -70,6 +70,7 @@ pub const ALL: [&Kernel; 17] = [
     &LINEAR,
     &LINEAR_NVFP4_MMA,
     &MOE_EXPERTS,
+    &MOE_EXPERTS_NVFP4_MMA,
     &RELU2,
     &RMS_NORM,
     &ROUTER,

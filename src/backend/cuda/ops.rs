@@ -146,7 +146,6 @@ impl CudaBackend {
         };
         if self.fp4_mma
             && l.format == FMT_NVFP4
-            && l.cols.is_multiple_of(64)
             && let Some(input_scale) = l.input_scale
             && input_scale.is_finite()
             && input_scale > 0.0
@@ -236,7 +235,7 @@ impl CudaBackend {
         self.dev.launch(
             &k::LINEAR_NVFP4_MMA,
             "linear_nvfp4_mma",
-            (l.rows.div_ceil(64) as u32, tokens.div_ceil(8) as u32, 1),
+            (l.rows.div_ceil(64) as u32, tokens.div_ceil(64) as u32, 1),
             128,
             0,
             &[
@@ -781,6 +780,9 @@ impl CudaBackend {
             return self.zero_output(vec![tokens, l], "moe output");
         }
         let out = self.output(vec![tokens, l], "moe output")?;
+        if self.fp4_mma && ex.up.input_scales.is_some() && ex.down.input_scales.is_some() {
+            return self.moe_experts_fp4(x, ex, experts.experts, routing, (f, l), out);
+        }
         let ids = self.buf(&routing.ids)?;
         if tokens > GEMV_MAX_TOKENS {
             return self.moe_experts_grouped(x, ex, experts.experts, routing, (f, l), out);
@@ -831,6 +833,56 @@ impl CudaBackend {
         Ok(out)
     }
 
+    /// Slots grouped by expert on the device (`moe_group`): what every tiled expert kernel
+    /// takes to find its tile.
+    fn group_slots(&self, ids: &super::Buf, slots: usize, n_experts: usize) -> Result<SlotGroups> {
+        let g = SlotGroups {
+            counts: self.dev.scratch(n_experts * 4, "expert counts")?,
+            starts: self.dev.scratch(n_experts * 4, "expert starts")?,
+            tile_base: self.dev.scratch((n_experts + 1) * 4, "expert tiles")?,
+            order: self.dev.scratch(slots * 4, "slots by expert")?,
+            // An upper bound on the tiles (Σ ceil(count/64)); blocks past the last one exit.
+            max_tiles: (slots / 64 + n_experts) as u32,
+        };
+        self.dev.launch(
+            &k::MOE_EXPERTS,
+            "moe_group",
+            (1, 1, 1),
+            1024,
+            0,
+            &[
+                ids.into(),
+                Arg::I32(slots as i32),
+                Arg::I32(n_experts as i32),
+                (&g.counts).into(),
+                (&g.starts).into(),
+                (&g.tile_base).into(),
+                (&g.order).into(),
+            ],
+        )?;
+        Ok(g)
+    }
+
+    /// out[t] = Σ_j contrib[t·k + j], in slot (= ascending expert) order as the CPU adds them.
+    fn combine_slots(&self, contrib: &super::Buf, out: Tensor, k: usize) -> Result<Tensor> {
+        let (tokens, l) = (out.rows(), out.cols());
+        self.dev.launch(
+            &k::MOE_EXPERTS,
+            "moe_combine",
+            (blocks(tokens * l, 256), 1, 1),
+            256,
+            0,
+            &[
+                contrib.into(),
+                self.buf(&out)?.into(),
+                Arg::I32(tokens as i32),
+                Arg::I32(l as i32),
+                Arg::I32(k as i32),
+            ],
+        )?;
+        Ok(out)
+    }
+
     /// Prefill: slots grouped by expert on the device, then one tiled GEMM per (expert, 64
     /// slots) for up and for down, and an ordered sum of the contributions.
     fn moe_experts_grouped(
@@ -844,37 +896,9 @@ impl CudaBackend {
     ) -> Result<Tensor> {
         let (tokens, k) = (x.rows(), routing.ids.cols());
         let slots = tokens * k;
-        let ids = self.buf(&routing.ids)?;
-        let counts = self.dev.scratch(n_experts * 4, "expert counts")?;
-        let starts = self.dev.scratch(n_experts * 4, "expert starts")?;
-        let tile_base = self.dev.scratch((n_experts + 1) * 4, "expert tiles")?;
-        let order = self.dev.scratch(slots * 4, "slots by expert")?;
+        let g = self.group_slots(self.buf(&routing.ids)?, slots, n_experts)?;
         let h = self.dev.scratch(slots * f * 4, "expert activations")?;
         let contrib = self.dev.scratch(slots * l * 4, "expert outputs")?;
-        self.dev.launch(
-            &k::MOE_EXPERTS,
-            "moe_group",
-            (1, 1, 1),
-            1024,
-            0,
-            &[
-                ids.into(),
-                Arg::I32(slots as i32),
-                Arg::I32(n_experts as i32),
-                (&counts).into(),
-                (&starts).into(),
-                (&tile_base).into(),
-                (&order).into(),
-            ],
-        )?;
-        // An upper bound on the tiles (Σ ceil(count/64)); blocks past the last one exit.
-        let max_tiles = (slots / 64 + n_experts) as u32;
-        let group: [Arg; 4] = [
-            (&counts).into(),
-            (&starts).into(),
-            (&tile_base).into(),
-            (&order).into(),
-        ];
         // The tensor-core tiles take the number of activation terms first.
         let (up_terms, down_terms) = (
             self.tile_terms(ex.up.format),
@@ -884,13 +908,8 @@ impl CudaBackend {
             .then_some(Arg::I32(up_terms))
             .into_iter()
             .collect();
-        up_args.extend([
-            Arg::I32(ex.up.format),
-            (&ex.up.data).into(),
-            (&ex.up.scales).into(),
-            (&ex.up.tensor_scales).into(),
-        ]);
-        up_args.extend(group);
+        up_args.extend(ex.up.args());
+        up_args.extend(g.args());
         up_args.extend([
             self.buf(x)?.into(),
             (&h).into(),
@@ -906,7 +925,7 @@ impl CudaBackend {
             } else {
                 "moe_up_tiles"
             },
-            (max_tiles, f.div_ceil(64) as u32, 1),
+            (g.max_tiles, f.div_ceil(64) as u32, 1),
             256,
             0,
             &up_args,
@@ -915,13 +934,8 @@ impl CudaBackend {
             .then_some(Arg::I32(down_terms))
             .into_iter()
             .collect();
-        down_args.extend([
-            Arg::I32(ex.down.format),
-            (&ex.down.data).into(),
-            (&ex.down.scales).into(),
-            (&ex.down.tensor_scales).into(),
-        ]);
-        down_args.extend(group);
+        down_args.extend(ex.down.args());
+        down_args.extend(g.args());
         down_args.extend([
             self.buf(&routing.weights)?.into(),
             (&h).into(),
@@ -937,26 +951,109 @@ impl CudaBackend {
             } else {
                 "moe_down_tiles"
             },
-            (max_tiles, l.div_ceil(64) as u32, 1),
+            (g.max_tiles, l.div_ceil(64) as u32, 1),
             256,
             0,
             &down_args,
         )?;
-        self.dev.launch(
-            &k::MOE_EXPERTS,
-            "moe_combine",
-            (blocks(tokens * l, 256), 1, 1),
-            256,
-            0,
-            &[
-                (&contrib).into(),
-                self.buf(&out)?.into(),
-                Arg::I32(tokens as i32),
-                Arg::I32(l as i32),
-                Arg::I32(k as i32),
-            ],
+        self.combine_slots(&contrib, out, k)
+    }
+
+    /// W4A4 on sm_120 Blackwell, any token count: slots grouped by expert, each slot's input
+    /// quantized to NVFP4 with its expert's input scale, the block-scaled FP4 MMA for up (with
+    /// relu²), the same for down (with the routing weight), and the ordered sum.
+    fn moe_experts_fp4(
+        &self,
+        x: &Tensor,
+        ex: &CudaExperts,
+        n_experts: usize,
+        routing: &Routing,
+        (f, l): (usize, usize),
+        out: Tensor,
+    ) -> Result<Tensor> {
+        let (Some(up_in), Some(down_in)) = (&ex.up.input_scales, &ex.down.input_scales) else {
+            return Err(self
+                .dev
+                .err("moe_experts: W4A4 needs every expert's input_scale"));
+        };
+        let (tokens, k) = (x.rows(), routing.ids.cols());
+        let slots = tokens * k;
+        let ids = self.buf(&routing.ids)?;
+        let g = self.group_slots(ids, slots, n_experts)?;
+        // One slot's rows of `cols` quantized with its expert's scale: packed codes and scales.
+        let quantize = |src: &super::Buf, per_row: usize, scales: &super::Buf, cols: usize| {
+            let q = self.dev.scratch(slots * cols / 2, "NVFP4 expert inputs")?;
+            let qs = self
+                .dev
+                .scratch(slots * cols / 16, "NVFP4 expert input scales")?;
+            self.dev.launch(
+                &k::MOE_EXPERTS_NVFP4_MMA,
+                "quantize_slots_nvfp4",
+                (blocks(slots * cols / 16, 256), 1, 1),
+                256,
+                0,
+                &[
+                    src.into(),
+                    Arg::I32(per_row as i32),
+                    ids.into(),
+                    scales.into(),
+                    (&q).into(),
+                    (&qs).into(),
+                    Arg::I32(slots as i32),
+                    Arg::I32(cols as i32),
+                ],
+            )?;
+            Ok::<_, crate::error::Error>((q, qs))
+        };
+        // One projection of the chosen experts over the quantized slots: `[rows, cols]` each,
+        // writing `out` (the down projection also takes the routing weights).
+        let project = |name: &'static str,
+                       stack: &super::weights::ExpertStack,
+                       input_scales: &super::Buf,
+                       (q, qs): (&super::Buf, &super::Buf),
+                       weights: Option<Arg>,
+                       out: &super::Buf,
+                       (rows, cols): (usize, usize)| {
+            let mut args = vec![
+                (&stack.data).into(),
+                (&stack.scales).into(),
+                (&stack.tensor_scales).into(),
+                input_scales.into(),
+            ];
+            args.extend(g.args());
+            args.extend([Arg::from(q), Arg::from(qs)]);
+            args.extend(weights);
+            args.extend([
+                out.into(),
+                Arg::I32(rows as i32),
+                Arg::I32(cols as i32),
+                Arg::I32(n_experts as i32),
+            ]);
+            self.dev.launch(
+                &k::MOE_EXPERTS_NVFP4_MMA,
+                name,
+                (g.max_tiles, rows.div_ceil(64) as u32, 1),
+                128,
+                0,
+                &args,
+            )
+        };
+        let (xq, xs) = quantize(self.buf(x)?, k, up_in, l)?;
+        let h = self.dev.scratch(slots * f * 4, "expert activations")?;
+        project("moe_up_fp4", &ex.up, up_in, (&xq, &xs), None, &h, (f, l))?;
+        let (hq, hs) = quantize(&h, 1, down_in, f)?;
+        let contrib = self.dev.scratch(slots * l * 4, "expert outputs")?;
+        let weights = Some(self.buf(&routing.weights)?.into());
+        project(
+            "moe_down_fp4",
+            &ex.down,
+            down_in,
+            (&hq, &hs),
+            weights,
+            &contrib,
+            (l, f),
         )?;
-        Ok(out)
+        self.combine_slots(&contrib, out, k)
     }
 
     pub(crate) fn op_argmax(&self, logits: &Tensor) -> Result<Vec<u32>> {
@@ -982,6 +1079,38 @@ impl CudaBackend {
         )?;
         let bytes = self.dev.read(self.buf(&out)?, rows * 4)?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+}
+
+/// The slots of a MoE call grouped by expert (`moe_group`), as the tiled kernels take them.
+struct SlotGroups {
+    counts: super::Buf,
+    starts: super::Buf,
+    tile_base: super::Buf,
+    order: super::Buf,
+    max_tiles: u32,
+}
+
+impl SlotGroups {
+    fn args(&self) -> [Arg; 4] {
+        [
+            (&self.counts).into(),
+            (&self.starts).into(),
+            (&self.tile_base).into(),
+            (&self.order).into(),
+        ]
+    }
+}
+
+impl super::weights::ExpertStack {
+    /// Format, data, block scales and tensor scales, as the expert kernels take them first.
+    fn args(&self) -> [Arg; 4] {
+        [
+            Arg::I32(self.format),
+            (&self.data).into(),
+            (&self.scales).into(),
+            (&self.tensor_scales).into(),
+        ]
     }
 }
 

@@ -78,6 +78,9 @@ pub(crate) struct ExpertStack {
     pub scales: Buf,
     /// Per-expert tensor scale (f32 `[experts]`).
     pub tensor_scales: Buf,
+    /// Per-expert NVFP4 activation scale (f32 `[experts]`) for the W4A4 tensor-core path:
+    /// present where every expert is NVFP4 with a finite, positive `input_scale`.
+    pub input_scales: Option<Buf>,
 }
 
 impl ExpertStack {
@@ -113,11 +116,19 @@ impl ExpertStack {
             s_off += s.len();
         }
         let ts: Vec<f32> = ws.iter().map(|w| parts(w).1).collect();
+        let input_scales: Option<Vec<f32>> = ws
+            .iter()
+            .map(|w| w.input_scale.filter(|s| s.is_finite() && *s > 0.0))
+            .collect();
         Ok(ExpertStack {
             format,
             data,
             scales,
             tensor_scales: dev.upload_f32(&ts, name)?,
+            input_scales: match input_scales {
+                Some(s) if format == FMT_NVFP4 => Some(dev.upload_f32(&s, name)?),
+                _ => None,
+            },
         })
     }
 }
