@@ -67,12 +67,45 @@ pub fn list() -> Vec<Device> {
             unavailable: None,
         });
     }
-    out.push(Device {
-        kind: None,
+    out.extend(cuda_devices());
+    out
+}
+
+/// Every CUDA device, or one entry saying why there is none.
+fn cuda_devices() -> Vec<Device> {
+    let none = |why: String| Device {
+        kind: Some(BackendKind::Cuda),
         label: "CUDA".into(),
         details: Vec::new(),
         options: BackendOptions::default(),
-        unavailable: Some("not available in this build".into()),
-    });
-    out
+        unavailable: Some(why),
+    };
+    match crate::backend::cuda::devices() {
+        Err(why) => vec![none(why)],
+        Ok(devs) if devs.is_empty() => vec![none("the driver reports no device".into())],
+        Ok(devs) => devs
+            .into_iter()
+            .map(|d| {
+                let (ma, mi) = d.compute_capability;
+                Device {
+                    kind: Some(BackendKind::Cuda),
+                    label: format!("CUDA {}: {}", d.ordinal, d.name),
+                    details: vec![
+                        format!("sm_{ma}{mi}"),
+                        format!(
+                            "{} MiB ({} MiB free)",
+                            d.total_bytes >> 20,
+                            d.free_bytes >> 20
+                        ),
+                        d.fp4_path.to_string(),
+                    ],
+                    options: BackendOptions {
+                        device: d.ordinal,
+                        ..Default::default()
+                    },
+                    unavailable: None,
+                }
+            })
+            .collect(),
+    }
 }

@@ -70,6 +70,48 @@ fn devices_lists_the_cuda_device() {
     assert!(line.contains("memory"), "no memory size in {line:?}");
 }
 
+/// What the app offers: `devices::list()` has each CUDA device as a usable entry whose options
+/// open it, and a model generates the reference's tokens through it (in this process).
+#[test]
+fn the_device_list_offers_cuda_devices_that_open() {
+    if let Err(e) = cuda_emulator::install() {
+        eprintln!("skipped: {e}");
+        return;
+    }
+    let devices = nemotron_rt::devices::list();
+    let cuda: Vec<_> = devices
+        .iter()
+        .filter(|d| d.kind == Some(nemotron_rt::backend::BackendKind::Cuda))
+        .collect();
+    assert!(
+        !cuda.is_empty() && cuda.iter().all(|d| d.usable()),
+        "{cuda:?}"
+    );
+    let golden = Golden::open(&model_dir().join("golden.safetensors"));
+    let prompt = golden.ids("prompt1.input_ids");
+    let want = golden.ids("prompt1.gen.tokens");
+    for d in cuda {
+        assert!(d.details.iter().any(|x| x.starts_with("sm_")), "{d:?}");
+        let be =
+            nemotron_rt::backend::create_with(nemotron_rt::backend::BackendKind::Cuda, &d.options)
+                .unwrap();
+        let model = nemotron_rt::model::Model::load(
+            &model_dir().join("hf"),
+            be,
+            nemotron_rt::model::LoadOptions::default(),
+        )
+        .unwrap();
+        let params = nemotron_rt::generate::GenerateParams {
+            max_tokens: want.len(),
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let out =
+            nemotron_rt::generate::generate(&model, None, &prompt, &params, &mut |_| true).unwrap();
+        assert_eq!(out.tokens, want, "{}: greedy tokens", d.label);
+    }
+}
+
 #[test]
 fn generate_on_cuda_matches_the_reference_tokens() {
     let Some(cmd) = cli(&[]) else { return };

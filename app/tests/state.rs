@@ -71,7 +71,7 @@ fn an_unavailable_backend_is_a_message() {
     assert!(
         errors(&s)
             .iter()
-            .any(|e| e.contains("CUDA") && e.contains("not available")),
+            .any(|e| e.contains("CUDA cannot be used") && e.contains("no driver found")),
         "{:?}",
         s.notices
     );
