@@ -100,25 +100,28 @@ fn mamba_and_attention_decode_steps_allocate_only_their_outputs() {
     be.attention(&pq, &prompt, &prompt, &mut cache, attn)
         .unwrap();
 
+    // The fewest allocations over `n` steps: the counter sees every thread, and a pool worker
+    // may now and then allocate for itself (a stray one was seen under a loaded machine); what
+    // an op allocates per head or per position shows in every step.
     let mut step = |n: usize| {
-        let mut counts = [0usize; 3];
+        let mut counts = [usize::MAX; 3];
         for _ in 0..n {
-            counts[0] = allocations(|| {
+            counts[0] = counts[0].min(allocations(|| {
                 be.conv1d_silu(&x, &conv_w, Some(&conv_b), &mut conv_state)
                     .unwrap();
-            });
-            counts[1] = allocations(|| {
+            }));
+            counts[1] = counts[1].min(allocations(|| {
                 be.ssm_scan(&x, &dt, &a_log, &d, &dt_bias, &mut ssm_state, dims, None)
                     .unwrap();
-            });
-            counts[2] = allocations(|| {
+            }));
+            counts[2] = counts[2].min(allocations(|| {
                 be.attention(&q, &kv, &kv, &mut cache, attn).unwrap();
-            });
+            }));
         }
         counts
     };
     step(3);
-    let [conv, scan, att] = step(2);
+    let [conv, scan, att] = step(4);
     assert!(
         conv <= PER_RESULT,
         "conv1d_silu decode step: {conv} allocations"
