@@ -92,29 +92,6 @@ __device__ __forceinline__ float e2m1(u32 code) {
 
 __device__ __forceinline__ float bf16(u32 h) { return __uint_as_float(h << 16); }
 
-// The bf16 nearest to v (ties to even), as its 16 bits; NaN stays NaN.
-__device__ __forceinline__ u32 bf16_bits(float v) {
-    u32 b = __float_as_uint(v);
-    if ((b & 0x7fffffffu) > 0x7f800000u) return 0x7fc0u;
-    return (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
-}
-
-// d = A·B + d for one 16x8x16 bf16 tile on the tensor cores (sm_80 and newer; the host never
-// launches a kernel that reaches it on older GPUs). The tests' CPU emulator, which cannot run
-// PTX, defines this itself from the PTX ISA's fragment layouts.
-#ifndef NEMOTRON_CUDA_EMULATOR
-__device__ __forceinline__ void mma_bf16_16x8x16(float (&d)[4], const u32 (&a)[4], const u32 (&b)[2]) {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#else
-    asm volatile("trap;");
-#endif
-}
-#endif
-
 // IEEE half: bias 15; subnormals are m * 2^-24, which f32 holds exactly.
 __device__ __forceinline__ float f16(u32 h) {
     u32 sign = (h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;

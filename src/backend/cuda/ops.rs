@@ -3,7 +3,7 @@
 
 use super::device::{Arg, blocks};
 use super::kernels as k;
-use super::weights::{CudaExperts, FMT_NVFP4, tensor_core_format};
+use super::weights::{CudaExperts, ExpertStack, FMT_NVFP4, tensor_core_format};
 use super::{CudaBackend, CudaKv};
 use crate::backend::{
     AttnDims, ElemType, ExpertWeights, RouterParams, Routing, SsmDims, Tensor, Weight,
@@ -899,62 +899,51 @@ impl CudaBackend {
         let g = self.group_slots(self.buf(&routing.ids)?, slots, n_experts)?;
         let h = self.dev.scratch(slots * f * 4, "expert activations")?;
         let contrib = self.dev.scratch(slots * l * 4, "expert outputs")?;
-        // The tensor-core tiles take the number of activation terms first.
-        let (up_terms, down_terms) = (
-            self.tile_terms(ex.up.format),
-            self.tile_terms(ex.down.format),
-        );
-        let mut up_args: Vec<Arg> = (up_terms > 0)
-            .then_some(Arg::I32(up_terms))
-            .into_iter()
-            .collect();
-        up_args.extend(ex.up.args());
-        up_args.extend(g.args());
-        up_args.extend([
-            self.buf(x)?.into(),
-            (&h).into(),
-            Arg::I32(f as i32),
-            Arg::I32(l as i32),
-            Arg::I32(k as i32),
-            Arg::I32(n_experts as i32),
-        ]);
-        self.dev.launch(
-            &k::MOE_EXPERTS,
-            if up_terms > 0 {
-                "moe_up_tiles_tc"
-            } else {
-                "moe_up_tiles"
-            },
-            (g.max_tiles, f.div_ceil(64) as u32, 1),
-            256,
-            0,
-            &up_args,
+        // One projection of the chosen experts as tiles, `rows` outputs per slot: f32 tiles, or
+        // the tensor-core ones, which take the number of activation terms first.
+        let tiles = |(f32_name, tc_name): (&'static str, &'static str),
+                     stack: &ExpertStack,
+                     rest: &[Arg],
+                     rows: usize| {
+            let terms = self.tile_terms(stack.format);
+            let mut args: Vec<Arg> = (terms > 0).then_some(Arg::I32(terms)).into_iter().collect();
+            args.extend(stack.args());
+            args.extend(g.args());
+            args.extend_from_slice(rest);
+            self.dev.launch(
+                &k::MOE_EXPERTS,
+                if terms > 0 { tc_name } else { f32_name },
+                (g.max_tiles, rows.div_ceil(64) as u32, 1),
+                256,
+                0,
+                &args,
+            )
+        };
+        tiles(
+            ("moe_up_tiles", "moe_up_tiles_tc"),
+            &ex.up,
+            &[
+                self.buf(x)?.into(),
+                (&h).into(),
+                Arg::I32(f as i32),
+                Arg::I32(l as i32),
+                Arg::I32(k as i32),
+                Arg::I32(n_experts as i32),
+            ],
+            f,
         )?;
-        let mut down_args: Vec<Arg> = (down_terms > 0)
-            .then_some(Arg::I32(down_terms))
-            .into_iter()
-            .collect();
-        down_args.extend(ex.down.args());
-        down_args.extend(g.args());
-        down_args.extend([
-            self.buf(&routing.weights)?.into(),
-            (&h).into(),
-            (&contrib).into(),
-            Arg::I32(l as i32),
-            Arg::I32(f as i32),
-            Arg::I32(n_experts as i32),
-        ]);
-        self.dev.launch(
-            &k::MOE_EXPERTS,
-            if down_terms > 0 {
-                "moe_down_tiles_tc"
-            } else {
-                "moe_down_tiles"
-            },
-            (g.max_tiles, l.div_ceil(64) as u32, 1),
-            256,
-            0,
-            &down_args,
+        tiles(
+            ("moe_down_tiles", "moe_down_tiles_tc"),
+            &ex.down,
+            &[
+                self.buf(&routing.weights)?.into(),
+                (&h).into(),
+                (&contrib).into(),
+                Arg::I32(l as i32),
+                Arg::I32(f as i32),
+                Arg::I32(n_experts as i32),
+            ],
+            l,
         )?;
         self.combine_slots(&contrib, out, k)
     }
@@ -1008,7 +997,7 @@ impl CudaBackend {
         // One projection of the chosen experts over the quantized slots: `[rows, cols]` each,
         // writing `out` (the down projection also takes the routing weights).
         let project = |name: &'static str,
-                       stack: &super::weights::ExpertStack,
+                       stack: &ExpertStack,
                        input_scales: &super::Buf,
                        (q, qs): (&super::Buf, &super::Buf),
                        weights: Option<Arg>,
@@ -1098,18 +1087,6 @@ impl SlotGroups {
             (&self.starts).into(),
             (&self.tile_base).into(),
             (&self.order).into(),
-        ]
-    }
-}
-
-impl super::weights::ExpertStack {
-    /// Format, data, block scales and tensor scales, as the expert kernels take them first.
-    fn args(&self) -> [Arg; 4] {
-        [
-            Arg::I32(self.format),
-            (&self.data).into(),
-            (&self.scales).into(),
-            (&self.tensor_scales).into(),
         ]
     }
 }

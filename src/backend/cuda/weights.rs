@@ -3,7 +3,7 @@
 //! routed experts are stacked into one buffer per projection with a fixed stride, so a kernel
 //! addresses expert `e` by index and the chosen ids never leave the device.
 
-use super::device::{Buf, Device};
+use super::device::{Arg, Buf, Device};
 use crate::error::Result;
 use crate::weights::StoredLinear;
 
@@ -130,6 +130,18 @@ impl ExpertStack {
                 _ => None,
             },
         })
+    }
+}
+
+impl ExpertStack {
+    /// Format, data, block scales and tensor scales, as the expert kernels take them first.
+    pub(crate) fn args(&self) -> [Arg; 4] {
+        [
+            Arg::I32(self.format),
+            (&self.data).into(),
+            (&self.scales).into(),
+            (&self.tensor_scales).into(),
+        ]
     }
 }
 
