@@ -125,6 +125,24 @@ __device__ __forceinline__ u64 row_bytes(int fmt, u64 cols) {
     }
 }
 
+// Eight E2M1 codes (one word) of `row` of a packed [*, cols] matrix from column k (k % 8 == 0);
+// 0 for a missing row or past the row's end (cols % 16 == 0, so a word is all in or all out).
+__device__ __forceinline__ u32 codes8(const u8* q, long long row, int cols, int k) {
+    return row >= 0 && k < cols ? *(const u32*)(q + (u64)row * (cols / 2) + k / 2) : 0u;
+}
+
+// The four block scales of `row` for columns k0 .. k0 + 63 (byte j = columns k0 + 16j ..),
+// 0 for a missing row or past the row's end.
+__device__ __forceinline__ u32 scales4(const u8* sc, long long row, int cols, int k0) {
+    if (row < 0) return 0u;
+    int nb = cols / 16, b0 = k0 / 16;
+    const u8* p = sc + (u64)row * nb + b0;
+    if (b0 + 4 <= nb && ((u64)p & 3) == 0) return *(const u32*)p;
+    u32 v = 0u;
+    for (int j = 0; j < 4 && b0 + j < nb; j++) v |= (u32)p[j] << (8 * j);
+    return v;
+}
+
 template <int FMT>
 __device__ constexpr int elems16() {
     return FMT == FMT_F32 ? 4 : (FMT == FMT_FP8 ? 16 : (FMT == FMT_NVFP4 ? 32 : 8));

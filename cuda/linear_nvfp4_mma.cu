@@ -1,20 +1,13 @@
 // linear, W4A4 on sm_120-class Blackwell (nvfp4_mma.cuh): the activations quantized to NVFP4
-// with the checkpoint's input scale, then the block-scaled FP4 MMA. The exact path is linear.cu.
-
-// x [T, K] f32 -> packed [T, K/2] and E4M3 scales [T, K/16] (quantize_block16).
-extern "C" __global__ void quantize_nvfp4(const float* x, u8* packed, u8* scales, int tokens,
-                                          int cols, float input_scale) {
-    u64 blocks = (u64)tokens * (cols / 16);
-    for (u64 b = (u64)blockIdx.x * blockDim.x + threadIdx.x; b < blocks; b += (u64)gridDim.x * blockDim.x)
-        scales[b] = quantize_block16(x + b * 16, input_scale, packed + b * 8);
-}
+// with the checkpoint's input scale (quantize_nvfp4.cu), then the block-scaled FP4 MMA. sm_100's
+// is linear_nvfp4_tcgen05.cu; the exact path is linear.cu.
 
 // y[t, r] = input_scale · ts · Σ_k (A·sa)(B·sb) (+ bias). A block of 4 warps covers 64 rows by
 // 64 tokens, each warp 16 rows by the block's tokens (its A fragments reused for each 8 of
 // them). Grid (row blocks, token blocks of 64), 128 threads; cols % 16 == 0.
-extern "C" __global__ void linear_nvfp4_mma(const u8* w, const u8* wsc, float ts, const u8* xq,
-                                            const u8* xsc, float input_scale, const float* bias,
-                                            int has_bias, float* y, int rows, int cols, int tokens) {
+extern "C" __global__ void linear_fp4(const u8* w, const u8* wsc, float ts, const u8* xq,
+                                      const u8* xsc, float input_scale, const float* bias,
+                                      int has_bias, float* y, int rows, int cols, int tokens) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int r0 = (blockIdx.x * 4 + warp) * 16, n0 = blockIdx.y * 64;
     if (r0 >= rows) return;

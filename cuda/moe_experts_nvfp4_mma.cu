@@ -4,19 +4,6 @@
 // by expert. moe_group and moe_combine of moe_experts.cu group the slots and add the
 // contributions in slot order; the exact path is moe_experts.cu.
 
-// Slot s's input row x[s / per_row] ([*, cols] f32; per_row = k for tokens, 1 for slots) to
-// packed [S, cols/2] and scales [S, cols/16], with input_scales[ids[s]].
-extern "C" __global__ void quantize_slots_nvfp4(const float* x, int per_row, const u32* ids,
-                                                const float* input_scales, u8* packed, u8* scales,
-                                                int slots, int cols) {
-    u64 nb = cols / 16, blocks = (u64)slots * nb;
-    for (u64 b = (u64)blockIdx.x * blockDim.x + threadIdx.x; b < blocks; b += (u64)gridDim.x * blockDim.x) {
-        u64 s = b / nb, blk = b % nb;
-        const float* src = x + (s / per_row) * cols + blk * 16;
-        scales[b] = quantize_block16(src, input_scales[ids[s]], packed + b * 8);
-    }
-}
-
 // One block: 64 rows (warp w the 16 from blockIdx.y·64 + 16w) of the expert of tile
 // blockIdx.x by the tile's slots; out(slot, row, value) receives ts·input_scale·Σ.
 template <class Out>

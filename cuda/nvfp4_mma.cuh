@@ -7,33 +7,6 @@
 // NOT YET RUN ON BLACKWELL HARDWARE: the fragment and scale layouts follow the PTX ISA, and the
 // tests' CPU emulator runs the instruction from the same layouts.
 
-// Round to the nearest E2M1 (ties to even code), saturating at 6.
-__device__ __forceinline__ u32 f32_to_e2m1(float v) {
-    float a = fabsf(v);
-    u32 m = a <= 0.25f ? 0u : a < 0.75f ? 1u : a <= 1.25f ? 2u : a < 1.75f ? 3u
-          : a <= 2.5f ? 4u : a < 3.5f ? 5u : a <= 5.0f ? 6u : 7u;
-    return m | (v < 0.0f && m != 0u ? 8u : 0u);
-}
-
-// 16 values to 8 packed bytes (low nibble = even element) and their E4M3 scale, returned, as
-// ModelOpt quantizes with a fixed global scale (src/codec/nvfp4.rs does the same on the host):
-// block scale amax / (6 · input_scale) with the product formed first, an all-zero block's scale
-// 1, clamped to E4M3's range; elements divided by block scale · input_scale.
-__device__ __forceinline__ u8 quantize_block16(const float* src, float input_scale, u8* packed) {
-    float amax = 0.0f;
-    for (int i = 0; i < 16; i++) amax = fmaxf(amax, fabsf(src[i]));
-    float ratio = amax / (6.0f * input_scale);
-    ratio = ratio == 0.0f ? 1.0f : fminf(fmaxf(ratio, 0.001953125f), 448.0f);
-    u32 sc = f32_to_e4m3(ratio);
-    float s = e4m3(sc) * input_scale;
-    for (int i = 0; i < 16; i += 2) {
-        u32 lo = s > 0.0f ? f32_to_e2m1(src[i] / s) : 0u;
-        u32 hi = s > 0.0f ? f32_to_e2m1(src[i + 1] / s) : 0u;
-        packed[i / 2] = (u8)(lo | (hi << 4));
-    }
-    return (u8)sc;
-}
-
 // d = (A·SFA)(B·SFB) + d for one 16x8x64 tile, selectors {0, 0}. The tests' CPU emulator,
 // which cannot run PTX, defines this itself from the PTX ISA's fragment and scale layouts.
 #ifndef NEMOTRON_CUDA_EMULATOR
@@ -48,24 +21,6 @@ __device__ __forceinline__ void mma_fp4_16x8x64(float (&d)[4], const u32 (&a)[4]
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(sfa), "r"(sfb));
 }
 #endif
-
-// Eight E2M1 codes (one word) of `row` of a packed [*, cols] matrix from column k (k % 8 == 0);
-// 0 for a missing row or past the row's end (cols % 16 == 0, so a word is all in or all out).
-__device__ __forceinline__ u32 codes8(const u8* q, long long row, int cols, int k) {
-    return row >= 0 && k < cols ? *(const u32*)(q + (u64)row * (cols / 2) + k / 2) : 0u;
-}
-
-// The four block scales of `row` for columns k0 .. k0 + 63 (byte j = columns k0 + 16j ..),
-// 0 for a missing row or past the row's end.
-__device__ __forceinline__ u32 scales4(const u8* sc, long long row, int cols, int k0) {
-    if (row < 0) return 0u;
-    int nb = cols / 16, b0 = k0 / 16;
-    const u8* p = sc + (u64)row * nb + b0;
-    if (b0 + 4 <= nb && ((u64)p & 3) == 0) return *(const u32*)p;
-    u32 v = 0u;
-    for (int j = 0; j < 4 && b0 + j < nb; j++) v |= (u32)p[j] << (8 * j);
-    return v;
-}
 
 // d[j] += the 16x8 tile of W rows r0 .. r0 + 15 (of `rows`) by the quantized activation rows
 // act_row(8j) .. act_row(8j + 7) (-1 for none), for the n-tiles j with 8j < n. W is the packed

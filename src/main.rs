@@ -99,8 +99,8 @@ struct ModelArgs {
     /// CUDA: the device ordinal (see `nemotron-rt devices`).
     #[arg(long, default_value_t = 0)]
     device: usize,
-    /// CUDA: the W4A4 FP4 tensor-core path for NVFP4 linears (auto = on sm_120 Blackwell only;
-    /// off = exact weight-only decode everywhere).
+    /// CUDA: the W4A4 FP4 tensor-core path for NVFP4 linears and routed experts (auto = on
+    /// Blackwell only, sm_100 and sm_120 class; off = exact weight-only decode everywhere).
     #[arg(long, value_enum, default_value = "auto")]
     cuda_fp4: Fp4Mode,
     /// CUDA: keep the KV cache in FP8 where the checkpoint asks for it (changes results: the

@@ -1,14 +1,16 @@
 //! Every CUDA kernel (`cuda/<op>.cu`) compiles with NVRTC for Hopper (sm_90) and for Blackwell
-//! (sm_100a, sm_120a, sm_121a; the two FP4 tensor-core kernels for the sm_12x ones only), so a
-//! broken kernel fails the tests on machines without a GPU.
+//! (sm_100a, sm_103a, sm_120a, sm_121a; the FP4 tensor-core kernels for their own family only:
+//! tcgen05 for the sm_10x, the block-scaled mma.sync for the sm_12x), so a broken kernel fails
+//! the tests on machines without a GPU.
 //! Needs only libnvrtc (`pip install nvidia-cuda-nvrtc-cu12`, then point LD_LIBRARY_PATH at
 //! its `nvidia/cuda_nvrtc/lib`, as `.ci/run` does); without it the test says it skipped, unless
 //! `NEMOTRON_REQUIRE_NVRTC` is set (CI), where that is a failure.
 
 use nemotron_rt::backend::cuda::kernels;
 
-/// sm_121a is the GB10 (DGX Spark), which gets the FP4 path too (compute capability 12.x).
-const ARCHS: [&str; 4] = ["sm_90", "sm_100a", "sm_120a", "sm_121a"];
+/// sm_103a is the B300 and sm_121a the GB10 (DGX Spark): each takes its family's FP4 path
+/// (compute capability 10.x and 12.x).
+const ARCHS: [&str; 5] = ["sm_90", "sm_100a", "sm_103a", "sm_120a", "sm_121a"];
 
 #[test]
 fn every_kernel_compiles_for_hopper_and_blackwell() {
@@ -32,7 +34,7 @@ fn every_kernel_compiles_for_hopper_and_blackwell() {
                 s.spawn(move || {
                     let (mut built, mut failures) = (0, Vec::new());
                     for k in kernels::ALL {
-                        if k.sm120_only && !arch.starts_with("sm_12") {
+                        if !k.family.has_arch(arch) {
                             continue;
                         }
                         match kernels::compile(k, arch) {
@@ -52,9 +54,9 @@ fn every_kernel_compiles_for_hopper_and_blackwell() {
     let built: usize = results.iter().map(|r| r.0).sum();
     let failures: Vec<String> = results.into_iter().flat_map(|r| r.1).collect();
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
-    // 16 kernel files for each of the four architectures, plus the two FP4 ones for the two
-    // sm_12x.
-    assert_eq!(built, 68, "every kernel file must be compiled");
+    // 17 kernel files for each of the five architectures, plus the two FP4 tensor-core ones of
+    // each Blackwell family for its two: tcgen05 for the sm_10x, mma.sync for the sm_12x.
+    assert_eq!(built, 93, "every kernel file must be compiled");
     eprintln!("compiled {built} kernel/architecture pairs");
 }
 
@@ -91,7 +93,7 @@ fn a_compile_error_names_the_kernel_and_carries_the_log() {
     let broken = kernels::Kernel {
         name: "broken",
         source: "extern \"C\" __global__ void f(float* y) { y[0] = no_such_value; }",
-        sm120_only: false,
+        family: kernels::Family::Any,
     };
     let e = kernels::compile(&broken, "compute_90").unwrap_err();
     assert!(e.contains("cuda/broken.cu"), "{e}");

@@ -8,7 +8,7 @@
 //! Skipped, with the reason, without such a GPU.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use nemotron_rt::backend::cuda::{CudaBackend, CudaOptions, PrefillMath};
 use nemotron_rt::backend::{AttnDims, Backend};
@@ -21,27 +21,43 @@ use nemotron_rt::weights::{LinearData, StoredLinear};
 #[path = "support/cuda_emulator.rs"]
 mod cuda_emulator;
 
-fn fp4_backend() -> Option<CudaBackend> {
-    match cuda_emulator::install() {
+/// The W4A4 backends to test, each named by its architecture: on the emulator one per Blackwell
+/// family (it reports sm_120, then sm_100, while each opens: the block-scaled `mma.sync` and
+/// the `tcgen05` kernels); on a GPU its own, where it has FP4 tensor cores.
+fn fp4_backends() -> Vec<(String, CudaBackend)> {
+    // The emulated compute capability is the process's; a backend keeps the one it opened with.
+    static OPENING: Mutex<()> = Mutex::new(());
+    let emulated: &[(i32, i32)] = match cuda_emulator::install() {
         Err(e) => {
             eprintln!("skipped: {e}");
-            return None;
+            return Vec::new();
         }
-        Ok("emulator") => cuda_emulator::emulate_compute_capability(12, 0).unwrap(),
-        Ok(_) => {}
-    }
-    match CudaBackend::new(CudaOptions {
-        device: 0,
-        fp4_mma: Some(true),
-        fp8_kv_cache: false,
-        ..Default::default()
-    }) {
-        Ok(b) => Some(b),
-        Err(e) => {
-            eprintln!("skipped: no CUDA device with FP4 tensor cores (sm_120 class): {e}");
-            None
+        Ok("emulator") => &[(12, 0), (10, 0)],
+        Ok(_) => &[(0, 0)],
+    };
+    let mut out = Vec::new();
+    for &(major, minor) in emulated {
+        let _one_at_a_time = OPENING.lock().unwrap();
+        if major > 0 {
+            cuda_emulator::emulate_compute_capability(major, minor).unwrap();
+        }
+        match CudaBackend::new(CudaOptions {
+            device: 0,
+            fp4_mma: Some(true),
+            fp8_kv_cache: false,
+            ..Default::default()
+        }) {
+            Ok(b) => {
+                let (ma, mi) = b.compute_capability();
+                out.push((format!("sm_{ma}{mi}"), b));
+            }
+            Err(e) => eprintln!(
+                "skipped: no CUDA device with FP4 tensor cores (Blackwell, sm_100 or sm_120 \
+                 class): {e}"
+            ),
         }
     }
+    out
 }
 
 /// `n` values uniform in [-1, 1), from an xorshift generator seeded with `seed`.
@@ -113,8 +129,16 @@ fn error_of_sum(got: &[f32], wd: &[f32], x: &[f32], rows: usize, cols: usize) ->
 /// significant bits.
 #[test]
 fn fp4_linear_matches_its_quantized_reference() {
-    let Some(be) = fp4_backend() else { return };
-    let (rows, cols, tokens) = (96, 256, 5);
+    for (arch, be) in fp4_backends() {
+        // A few tokens in part of one tile; then several row and token tiles, partial ones
+        // included, and a K of nine pipeline stages whose last is half a 32-column chunk.
+        for (rows, cols, tokens) in [(96, 256, 5), (200, 1040, 70)] {
+            fp4_linear_case(&arch, &be, rows, cols, tokens);
+        }
+    }
+}
+
+fn fp4_linear_case(arch: &str, be: &CudaBackend, rows: usize, cols: usize, tokens: usize) {
     let w = uniform(0x2545F4914F6CDD1D, rows * cols);
     let mut x = uniform(0x9E3779B97F4A7C15, tokens * cols);
     // A block of zeros and one of tiny values: the scale rules at both ends.
@@ -124,7 +148,7 @@ fn fp4_linear_matches_its_quantized_reference() {
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let input_scale = amax / (6.0 * 448.0);
     let stored = weight(rows, cols, nvfp4_data(&q), Some(input_scale));
-    let got = run_linear(&be, &stored, &x, tokens);
+    let got = run_linear(be, &stored, &x, tokens);
     let xq = nvfp4::quantize_with_tensor_scale(&x, tokens, cols, input_scale).unwrap();
     let worst = error_of_sum(
         &got,
@@ -138,16 +162,16 @@ fn fp4_linear_matches_its_quantized_reference() {
     let den: f32 = want.iter().map(|w| w * w).sum();
     let rms = (num / den).sqrt();
     eprintln!(
-        "W4A4 linear: max |got - quantized reference| / Σ|w·x| = {worst:.2e}; relative RMS \
-         error against f32 activations {rms:.4}"
+        "{arch} W4A4 linear [{rows}x{cols}] x {tokens} tokens: max |got - quantized reference| \
+         / Σ|w·x| = {worst:.2e}; relative RMS error against f32 activations {rms:.4}"
     );
     assert!(
         worst < 1e-5,
-        "W4A4 linear differs from its quantized reference by {worst:e} of Σ|w·x|"
+        "{arch}: W4A4 linear differs from its quantized reference by {worst:e} of Σ|w·x|"
     );
     assert!(
         rms < 0.15,
-        "W4A4 linear error {rms} against f32 activations is too large"
+        "{arch}: W4A4 linear error {rms} against f32 activations is too large"
     );
 }
 
@@ -159,7 +183,12 @@ fn fp4_linear_matches_its_quantized_reference() {
 /// token counts: a decode step's few slots and a prefill's several 64-slot tiles per expert.
 #[test]
 fn fp4_experts_match_composed_fp4_linears() {
-    let Some(be) = fp4_backend() else { return };
+    for (arch, be) in fp4_backends() {
+        fp4_experts_case(&arch, &be);
+    }
+}
+
+fn fp4_experts_case(arch: &str, be: &CudaBackend) {
     let (e, f, l, k) = (6, 96, 80, 3);
     let mk = |seed: u64, rows: usize, cols: usize, input_scale: f32| {
         let q = nvfp4::quantize(&uniform(seed, rows * cols), rows, cols).unwrap();
@@ -224,13 +253,13 @@ fn fp4_experts_match_composed_fp4_linears() {
             .map(|(g, w)| (g - w).abs())
             .fold(0.0f32, f32::max);
         eprintln!(
-            "W4A4 experts, {tokens} tokens: max |experts - composed linears| = {worst:.2e} \
-             (outputs up to {scale:.2})"
+            "{arch} W4A4 experts, {tokens} tokens: max |experts - composed linears| = \
+             {worst:.2e} (outputs up to {scale:.2})"
         );
         assert!(
             worst <= 1e-5 * scale,
-            "{tokens} tokens: W4A4 experts differ from composed W4A4 linears by {worst} \
-             (outputs up to {scale})"
+            "{arch}, {tokens} tokens: W4A4 experts differ from composed W4A4 linears by \
+             {worst} (outputs up to {scale})"
         );
     }
 }
@@ -242,7 +271,12 @@ fn fp4_experts_match_composed_fp4_linears() {
 /// routing weights.
 #[test]
 fn fp4_agreement_with_the_exact_path() {
-    let Some(be) = fp4_backend() else { return };
+    for (arch, be) in fp4_backends() {
+        fp4_agreement_case(&arch, be);
+    }
+}
+
+fn fp4_agreement_case(arch: &str, be: CudaBackend) {
     let be: Arc<dyn Backend> = Arc::new(be);
     let exact_be: Arc<dyn Backend> = Arc::new(CudaBackend::exact(0).unwrap());
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
@@ -293,7 +327,7 @@ fn fp4_agreement_with_the_exact_path() {
             .map(|(x, y)| (x - y).abs())
             .fold(0.0f32, f32::max);
         eprintln!(
-            "{dir}: FP4 vs exact: {same_tokens}/{} tokens equal, first {prefix} identical; \
+            "{arch} {dir}: FP4 vs exact: {same_tokens}/{} tokens equal, first {prefix} identical; \
              expert ids over that prefix {ids_same}/{ids_all}; last prompt logits differ by up \
              to {diff:.3e}",
             a.tokens.len()

@@ -71,6 +71,17 @@ constexpr int MAX_THREADS = 1024;
 struct MmaRegs {
     unsigned a[4], b[2], sfa, sfb;
 };
+
+// A tcgen05 operation waiting for its completion (see "tcgen05" below): an MMA, or a commit
+// (bar set) that arrives on an mbarrier once everything queued before it is done.
+struct AsyncOp {
+    unsigned d, idesc, sfa, sfb, accumulate;
+    unsigned long long adesc, bdesc, *bar;
+};
+constexpr int TMEM_LANES = 128, TMEM_COLS = 512, MAX_ASYNC = 256;
+// Shared-memory addresses handed out for dynamic shared memory start here, not at 0, so a
+// kernel that assumes where its buffer lies computes wrong addresses.
+constexpr unsigned SMEM_WINDOW = 1024;
 constexpr size_t STACK_BYTES = 256 * 1024;
 
 struct Launch {
@@ -92,6 +103,15 @@ struct Launch {
     // Per warp, the lanes that have returned or do not exist (a partial last warp).
     unsigned gone[MAX_THREADS / 32];
     const char* error;
+    unsigned dyn_bytes;
+    // The block's tensor memory (sm_100), its allocations (size at the first column, 0
+    // elsewhere; used marks every allocated column) and its queue of tcgen05 operations.
+    unsigned tmem[TMEM_LANES][TMEM_COLS];
+    unsigned short tmem_size[TMEM_COLS];
+    bool tmem_used[TMEM_COLS];
+    bool tmem_touched;
+    AsyncOp queue[MAX_ASYNC];
+    int queued;
 };
 
 inline Launch* cur_launch;
@@ -195,6 +215,15 @@ inline bool run_block(Launch& l) {
         int lanes = l.threads - w * 32 < 32 ? l.threads - w * 32 : 32;
         l.gone[w] = lanes == 32 ? 0u : ~((1u << lanes) - 1u);
     }
+    // Tensor memory starts as NaN (and as block scales with the sign bit set, which the MMA
+    // rejects), so reading what was never written shows.
+    if (l.tmem_touched) {
+        memset(l.tmem, 0xff, sizeof l.tmem);
+        memset(l.tmem_size, 0, sizeof l.tmem_size);
+        memset(l.tmem_used, 0, sizeof l.tmem_used);
+        l.tmem_touched = false;
+    }
+    l.queued = 0;
     for (;;) {
         for (int i = 0; i < l.threads; i++) {
             if (l.fibers[i].state != RUNNABLE) continue;
@@ -224,7 +253,12 @@ inline bool run_block(Launch& l) {
             n++;
             waiting += l.fibers[i].state == WAIT_BLOCK;
         }
-        if (!live) return true;
+        if (!live) {
+            for (int c = 0; c < TMEM_COLS; c++)
+                if (l.tmem_used[c]) fail("tensor memory was not deallocated before the block exited");
+            if (l.queued) fail("tcgen05 operations were still in flight when the block exited");
+            return true;
+        }
         if (waiting != n) {
             fail("deadlock: some threads of a block wait at __syncthreads while others of it "
                  "wait at a warp shuffle");
@@ -239,7 +273,11 @@ inline int launch(void (*body)(void**), void** args, dim3 grid, dim3 block, unsi
                   const char** error) {
     static std::mutex serial;
     std::lock_guard<std::mutex> hold(serial);
-    static Launch* l = new Launch();
+    static Launch* l = [] {
+        Launch* n = new Launch();
+        n->tmem_touched = true;
+        return n;
+    }();
     l->grid = grid;
     l->block = block;
     l->body = body;
@@ -250,6 +288,7 @@ inline int launch(void (*body)(void**), void** args, dim3 grid, dim3 block, unsi
     unsigned char* smem = (unsigned char*)malloc(dyn_smem + 16);
     memset(smem, 0xff, dyn_smem + 16);
     l->dyn_smem = smem;
+    l->dyn_bytes = dyn_smem;
     cur_launch = l;
     bool ok = true;
     for (unsigned z = 0; z < grid.z && ok; z++)
@@ -400,6 +439,238 @@ inline void mma_fp4_16x8x64(float (&d)[4], const unsigned (&a)[4], const unsigne
         d[c] = s;
     }
 }
+
+// tcgen05 on sm_100 (cuda/tcgen05.cuh), from the PTX ISA: "Tensor Memory" (128 lanes by 512
+// columns of 32 bits per block; address = lane << 16 | column; a warp reaches only lanes
+// 32·(warp % 4) .. + 31), "tcgen05 Instruction descriptor", "Shared memory descriptor",
+// "Canonical layouts" (K-major, no swizzle), "Block scaling" (scale_vec::4X: row m's four E4M3
+// scales of one MMA in column first + m / 32, lane m % 32, duplicated to all four lane quarters)
+// and "Matrix fragments for tcgen05.ld / st" (.32x32b: lane t of the warp, column + j in
+// register j). An MMA does not run when issued: it is queued, and runs (with whatever the
+// shared and tensor memory then hold) when a thread waits on the mbarrier of a commit after
+// it, the latest a GPU could complete it. So a kernel that overwrites an operand before that
+// wait computes wrong numbers here. Only what cuda/tcgen05.cuh uses is emulated; anything
+// else (swizzled layouts, other kinds, negation) is reported as an error.
+namespace emu {
+
+inline unsigned char* smem_at(unsigned addr, unsigned bytes) {
+    Launch& l = *cur_launch;
+    if (addr < SMEM_WINDOW || addr - SMEM_WINDOW + bytes > l.dyn_bytes) {
+        fail("a tcgen05 operand lies outside the block's dynamic shared memory");
+        return nullptr;
+    }
+    return l.dyn_smem + (addr - SMEM_WINDOW);
+}
+
+// The word at TMEM lane `lane`, column `col`; null (and an error) where nothing is allocated.
+inline unsigned* tmem_at(unsigned lane, unsigned col) {
+    Launch& l = *cur_launch;
+    if (lane >= (unsigned)TMEM_LANES || col >= (unsigned)TMEM_COLS || !l.tmem_used[col]) {
+        fail("a tcgen05 access reaches tensor memory that is not allocated");
+        return nullptr;
+    }
+    return &l.tmem[lane][col];
+}
+
+// The lanes a warp may access with tcgen05.ld / st: its quarter.
+inline unsigned tmem_warp_lane(unsigned taddr) {
+    unsigned lane = taddr >> 16;
+    if (lane != 32u * (cur->warp % 4u))
+        fail("tcgen05.ld/st: a warp may access only TMEM lanes 32·(warp % 4) .. + 31");
+    if (cur_launch->gone[cur->warp])
+        fail("a .sync.aligned tcgen05 instruction runs while lanes of its warp have returned");
+    return lane + cur->lane;
+}
+
+struct SmemDesc {
+    unsigned start, lbo, sbo;
+};
+
+inline SmemDesc decode_smem_desc(unsigned long long d) {
+    if (((d >> 46) & 7u) != 1u) fail("shared memory descriptor: bits 46-48 must be 0b001 on sm_100");
+    if ((d >> 49) & 0x7ffu) fail("shared memory descriptor: base offset, LBO mode or bits 53-60 set");
+    if (d >> 61) fail("shared memory descriptor: only SWIZZLE_NONE (0) is emulated");
+    if (d & 0xc000c000ull) fail("shared memory descriptor: bits 14-15 or 30-31 set");
+    return SmemDesc{(unsigned)(d & 0x3fffu) << 4, (unsigned)((d >> 16) & 0x3fffu) << 4,
+                    (unsigned)((d >> 32) & 0x3fffu) << 4};
+}
+
+// E2M1 element (row, k) of a K-major operand without swizzle: 8-row by 16-byte core matrices,
+// row groups SBO apart, 16-byte K chunks LBO apart; the even element in the low nibble.
+inline unsigned e2m1_code(const SmemDesc& m, unsigned row, unsigned k) {
+    unsigned addr = m.start + (row / 8u) * m.sbo + (k / 32u) * m.lbo + (row % 8u) * 16u + (k % 32u) / 2u;
+    unsigned char* p = smem_at(addr, 1);
+    return p ? (*p >> (4u * (k % 2u))) & 15u : 0u;
+}
+
+// Scale byte j of row `row` from the scale columns starting at `taddr`, which must be the
+// same in all four lane quarters.
+inline unsigned scale_byte(unsigned taddr, unsigned row, unsigned j) {
+    if (taddr >> 16) fail("tcgen05.mma: a scale factor address must be at lane 0");
+    unsigned col = (taddr & 0xffffu) + row / 32u, v = 0;
+    for (unsigned q = 0; q < 4; q++) {
+        unsigned* w = tmem_at(32u * q + row % 32u, col);
+        if (!w) return 0u;
+        if (q == 0) v = *w;
+        else if (*w != v) fail("tcgen05.mma: block scales differ between TMEM lane quarters "
+                               "(scale_vec::4X needs them duplicated to all four)");
+    }
+    return (v >> (8u * j)) & 0xffu;
+}
+
+// tcgen05.mma.cta_group::1.kind::mxf4nvf4.block_scale.scale_vec::4X: D[m][n] (+)= Σ_k
+// (A[m][k]·SFA[m][k/16])·(B[n][k]·SFB[n][k/16]), k < 64, summed in k order in f32.
+inline void run_mma(const AsyncOp& op) {
+    unsigned i = op.idesc;
+    if (i & 0x0700107fu) fail("instruction descriptor: reserved bits, sparsity or a scale factor id set");
+    if (((i >> 7) & 7u) != 1u || ((i >> 10) & 3u) != 1u)
+        fail("instruction descriptor: kind::mxf4nvf4 needs atype = btype = E2M1 (1)");
+    if ((i >> 13) & 15u) fail("instruction descriptor: negate/transpose bits are not emulated");
+    if ((i >> 23) & 1u) fail("instruction descriptor: UE4M3 scales need bit 23 clear");
+    if (((i >> 27) & 3u) != 1u) fail("instruction descriptor: M must be 128 (M >> 7 = 1 at bits 27-28)");
+    if (((i >> 29) & 3u) || (i >> 31)) fail("instruction descriptor: scale factor A id or K bit set");
+    unsigned n_dim = ((i >> 17) & 63u) * 8u;
+    if (n_dim < 16u || n_dim > 256u || n_dim % 16u)
+        fail("instruction descriptor: N must be a multiple of 16 in 16 .. 256");
+    if (op.d >> 16) fail("tcgen05.mma: D must start at lane 0");
+    if (cur_launch->error) return;
+    SmemDesc a = decode_smem_desc(op.adesc), b = decode_smem_desc(op.bdesc);
+    // Each operand element times its block scale, exact in f32 (as the products below).
+    static float av[128][64], bv[256][64];
+    for (unsigned m = 0; m < 128u; m++)
+        for (unsigned k = 0; k < 64u; k++)
+            av[m][k] = e2m1_value(e2m1_code(a, m, k)) * ue4m3_value(scale_byte(op.sfa, m, k / 16u));
+    for (unsigned n = 0; n < n_dim; n++)
+        for (unsigned k = 0; k < 64u; k++)
+            bv[n][k] = e2m1_value(e2m1_code(b, n, k)) * ue4m3_value(scale_byte(op.sfb, n, k / 16u));
+    if (cur_launch->error) return;
+    for (unsigned m = 0; m < 128u; m++)
+        for (unsigned n = 0; n < n_dim; n++) {
+            unsigned* d = tmem_at(m, (op.d & 0xffffu) + n);
+            if (!d) return;
+            float s = 0.0f;
+            if (op.accumulate) memcpy(&s, d, 4);
+            for (unsigned k = 0; k < 64u; k++) s += av[m][k] * bv[n][k];
+            memcpy(d, &s, 4);
+        }
+}
+
+// Runs the queued operations up to the first commit on `bar`; false if there is none.
+inline bool complete_until(unsigned long long* bar) {
+    Launch& l = *cur_launch;
+    int last = -1;
+    for (int q = 0; q < l.queued && last < 0; q++)
+        if (l.queue[q].bar == bar) last = q;
+    if (last < 0) return false;
+    for (int q = 0; q <= last; q++) {
+        if (!l.queue[q].bar) {
+            run_mma(l.queue[q]);
+            continue;
+        }
+        // An arrival: one fewer pending; the last one completes the phase.
+        unsigned long long v = *l.queue[q].bar, pending = (v & 0xffffffffull) - 1u;
+        if (pending == 0) v = (v ^ (1ull << 63)) & ~0xffffffffull, pending = (v >> 32) & 0x7fffffffull;
+        *l.queue[q].bar = (v & ~0xffffffffull) | pending;
+    }
+    l.queued -= last + 1;
+    memmove(l.queue, l.queue + last + 1, sizeof(AsyncOp) * l.queued);
+    return true;
+}
+
+inline void enqueue(const AsyncOp& op) {
+    Launch& l = *cur_launch;
+    if (l.queued == MAX_ASYNC) {
+        fail("more tcgen05 operations in flight than the emulator holds");
+        return;
+    }
+    l.queue[l.queued++] = op;
+}
+
+}  // namespace emu
+
+inline unsigned smem_u32(const void* p) {
+    emu::Launch& l = *emu::cur_launch;
+    const unsigned char* c = (const unsigned char*)p;
+    if (c < l.dyn_smem || c > l.dyn_smem + l.dyn_bytes) {
+        emu::fail("the emulator hands out shared-memory addresses for dynamic shared memory only");
+        return 0u;
+    }
+    return emu::SMEM_WINDOW + (unsigned)(c - l.dyn_smem);
+}
+
+// An mbarrier: pending arrivals in bits 0-31, the expected count in 32-62, the phase in 63.
+inline void mbar_init(unsigned long long* bar, unsigned count) {
+    *bar = ((unsigned long long)count << 32) | count;
+}
+inline void mbar_wait(unsigned long long* bar, unsigned parity) {
+    while ((*bar >> 63) == (parity & 1u))
+        if (!emu::complete_until(bar)) {
+            emu::fail("an mbarrier wait that nothing in flight will complete");
+            return;
+        }
+}
+
+inline void tmem_alloc(unsigned* slot, unsigned cols) {
+    emu::Launch& l = *emu::cur_launch;
+    if (l.gone[emu::cur->warp]) emu::fail("tcgen05.alloc runs while lanes of its warp have returned");
+    if (emu::cur->lane == 0) {
+        if (cols < 32u || cols > 512u || (cols & (cols - 1u)))
+            emu::fail("tcgen05.alloc: the column count must be a power of 2 in 32 .. 512");
+        // From the top, so a kernel that assumes its columns start at 0 is caught.
+        int at = -1;
+        for (int c = emu::TMEM_COLS - (int)cols; c >= 0 && at < 0; c -= (int)cols) {
+            bool free = true;
+            for (unsigned j = 0; j < cols; j++) free = free && !l.tmem_used[c + j];
+            if (free) at = c;
+        }
+        if (at < 0) emu::fail("tcgen05.alloc: not enough free tensor memory (it would block forever)");
+        else {
+            for (unsigned j = 0; j < cols; j++) l.tmem_used[at + j] = true;
+            l.tmem_size[at] = (unsigned short)cols;
+            l.tmem_touched = true;
+            *slot = (unsigned)at;
+        }
+    }
+    emu::yield_to_scheduler(emu::WAIT_WARP);
+}
+inline void tmem_dealloc(unsigned taddr, unsigned cols) {
+    emu::Launch& l = *emu::cur_launch;
+    if (l.gone[emu::cur->warp]) emu::fail("tcgen05.dealloc runs while lanes of its warp have returned");
+    if (emu::cur->lane == 0) {
+        unsigned c = taddr & 0xffffu;
+        if ((taddr >> 16) || c >= (unsigned)emu::TMEM_COLS || l.tmem_size[c] != cols)
+            emu::fail("tcgen05.dealloc does not match an allocation");
+        else {
+            if (l.queued) emu::fail("tcgen05.dealloc while tcgen05 operations are in flight");
+            for (unsigned j = 0; j < cols; j++) l.tmem_used[c + j] = false;
+            l.tmem_size[c] = 0;
+        }
+    }
+    emu::yield_to_scheduler(emu::WAIT_WARP);
+}
+inline void tmem_store8(unsigned taddr, const unsigned (&r)[8]) {
+    unsigned lane = emu::tmem_warp_lane(taddr);
+    for (unsigned j = 0; j < 8; j++)
+        if (unsigned* w = emu::tmem_at(lane, (taddr & 0xffffu) + j)) *w = r[j];
+}
+inline void tmem_load16(unsigned taddr, unsigned (&r)[16]) {
+    unsigned lane = emu::tmem_warp_lane(taddr);
+    for (unsigned j = 0; j < 16; j++) {
+        unsigned* w = emu::tmem_at(lane, (taddr & 0xffffu) + j);
+        r[j] = w ? *w : 0xffffffffu;
+    }
+}
+inline void tc05_mma_nvfp4(unsigned d, unsigned long long adesc, unsigned long long bdesc,
+                           unsigned idesc, unsigned sfa, unsigned sfb, unsigned accumulate) {
+    emu::enqueue(emu::AsyncOp{d, idesc, sfa, sfb, accumulate, adesc, bdesc, nullptr});
+}
+inline void tc05_commit(unsigned long long* bar) {
+    emu::enqueue(emu::AsyncOp{0, 0, 0, 0, 0, 0, 0, bar});
+}
+// Ordering only: the emulator runs one thread at a time.
+inline void tc05_fence_before() {}
+inline void tc05_fence_after() {}
+inline void fence_async_smem() {}
 
 #define threadIdx (emu::cur->tid)
 #define blockIdx (emu::cur_launch->block_idx)

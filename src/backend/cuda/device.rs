@@ -14,7 +14,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use super::graph::{ARENA_CHUNK, Arena, GraphStats, Graphs, Params, Recorded, Step, StepGraph};
-use super::kernels::Kernel;
+use super::kernels::{Family, Kernel};
 use crate::error::{Error, Result};
 
 /// `bytes` bytes of device memory: an allocation of its own, or a view into the decode-step
@@ -484,7 +484,7 @@ impl Device {
     /// here (fast) and the driver turns the PTX into machine code (cached by the driver).
     pub(crate) fn arch(&self, k: &Kernel) -> String {
         let (ma, mi) = self.cc;
-        if k.sm120_only {
+        if k.family != Family::Any {
             format!("compute_{ma}{mi}a")
         } else {
             format!("compute_{ma}{mi}")
@@ -623,8 +623,10 @@ pub struct DeviceSummary {
 
 /// The 4-bit path a device of compute capability `cc` takes by default.
 pub fn fp4_path_for(cc: (i32, i32)) -> &'static str {
-    if cc.0 == 12 {
+    if Family::Sm120.has(cc.0) {
         "FP4 tensor cores (mma.sync block_scale, W4A4) for NVFP4 linears and experts"
+    } else if Family::Sm100.has(cc.0) {
+        "FP4 tensor cores (tcgen05.mma block_scale, W4A4) for NVFP4 linears and experts"
     } else {
         "weight-only NVFP4 (decoded in registers, f32 math)"
     }

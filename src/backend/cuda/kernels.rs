@@ -8,18 +8,51 @@ use cudarc::nvrtc::{CompileError, CompileOptions, compile_ptx_with_opts};
 pub struct Kernel {
     pub name: &'static str,
     pub source: &'static str,
-    /// Built only for sm_120-class Blackwell: the block-scaled `mma.sync` it uses exists there
-    /// and nowhere else (ptxas rejects it for sm_100a, whose FP4 tensor cores need tcgen05).
-    pub sm120_only: bool,
+    /// The GPUs it is built for: its tensor-core instructions exist on those only.
+    pub family: Family,
 }
 
-/// `kernel!("op")`: `cuda/op.cu` after `cuda/common.cuh`; `kernel!("op", [headers], sm120)`
-/// also prepends those `cuda/` headers, and marks a kernel for sm_120-class GPUs only.
+/// Which GPUs a kernel file is built for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// Every GPU the backend runs on.
+    Any,
+    /// sm_100-class Blackwell (B200, GB200, B300: compute capability 10.x), whose FP4 tensor
+    /// cores are driven by `tcgen05` (tensor memory); ptxas rejects it elsewhere.
+    Sm100,
+    /// sm_120-class Blackwell (RTX 50, RTX PRO, GB10: compute capability 12.x), whose FP4
+    /// tensor cores are the block-scaled `mma.sync`; ptxas rejects it for sm_100a.
+    Sm120,
+}
+
+impl Family {
+    /// Whether a GPU with compute capability major `major` has these kernels' instructions.
+    pub fn has(self, major: i32) -> bool {
+        match self {
+            Family::Any => true,
+            Family::Sm100 => major == 10,
+            Family::Sm120 => major == 12,
+        }
+    }
+
+    /// Whether NVRTC target `arch` (`sm_100a`, `compute_120a`, ...) is one of these GPUs.
+    pub fn has_arch(self, arch: &str) -> bool {
+        let digits = arch.trim_start_matches(|c: char| !c.is_ascii_digit());
+        match self {
+            Family::Any => true,
+            Family::Sm100 => digits.starts_with("10"),
+            Family::Sm120 => digits.starts_with("12"),
+        }
+    }
+}
+
+/// `kernel!("op")`: `cuda/op.cu` after `cuda/common.cuh`; `kernel!("op", [headers], family)`
+/// also prepends those `cuda/` headers, and builds the kernel for that family of GPUs only.
 macro_rules! kernel {
     ($name:literal) => {
-        kernel!($name, [], false)
+        kernel!($name, [], Family::Any)
     };
-    ($name:literal, [$($header:literal),*], $bw:expr) => {
+    ($name:literal, [$($header:literal),*], $family:expr) => {
         Kernel {
             name: $name,
             source: concat!(
@@ -27,7 +60,7 @@ macro_rules! kernel {
                 $(include_str!(concat!("../../../cuda/", $header)),)*
                 include_str!(concat!("../../../cuda/", $name, ".cu"))
             ),
-            sm120_only: $bw,
+            family: $family,
         }
     };
 }
@@ -41,15 +74,26 @@ pub const CONV1D_SILU: Kernel = kernel!("conv1d_silu");
 pub const EMBED: Kernel = kernel!("embed");
 pub const GATED_GROUP_RMS_NORM: Kernel = kernel!("gated_group_rms_norm");
 pub const LAST_ROW: Kernel = kernel!("last_row");
-pub const LINEAR: Kernel = kernel!("linear", ["gemm_tile.cuh"], false);
-pub const LINEAR_NVFP4_MMA: Kernel = kernel!("linear_nvfp4_mma", ["nvfp4_mma.cuh"], true);
-pub const MOE_EXPERTS: Kernel =
-    kernel!("moe_experts", ["gemm_tile.cuh", "expert_tiles.cuh"], false);
+pub const LINEAR: Kernel = kernel!("linear", ["gemm_tile.cuh"], Family::Any);
+pub const LINEAR_NVFP4_MMA: Kernel = kernel!("linear_nvfp4_mma", ["nvfp4_mma.cuh"], Family::Sm120);
+pub const MOE_EXPERTS: Kernel = kernel!(
+    "moe_experts",
+    ["gemm_tile.cuh", "expert_tiles.cuh"],
+    Family::Any
+);
 pub const MOE_EXPERTS_NVFP4_MMA: Kernel = kernel!(
     "moe_experts_nvfp4_mma",
     ["nvfp4_mma.cuh", "expert_tiles.cuh"],
-    true
+    Family::Sm120
 );
+pub const LINEAR_NVFP4_TCGEN05: Kernel =
+    kernel!("linear_nvfp4_tcgen05", ["tcgen05.cuh"], Family::Sm100);
+pub const MOE_EXPERTS_NVFP4_TCGEN05: Kernel = kernel!(
+    "moe_experts_nvfp4_tcgen05",
+    ["tcgen05.cuh", "expert_tiles.cuh"],
+    Family::Sm100
+);
+pub const QUANTIZE_NVFP4: Kernel = kernel!("quantize_nvfp4");
 pub const RELU2: Kernel = kernel!("relu2");
 pub const RMS_NORM: Kernel = kernel!("rms_norm");
 pub const ROUTER: Kernel = kernel!("router");
@@ -57,7 +101,7 @@ pub const SPLIT_COLUMNS: Kernel = kernel!("split_columns");
 pub const SSM_SCAN: Kernel = kernel!("ssm_scan");
 
 /// Every kernel file, for the compile test.
-pub const ALL: [&Kernel; 18] = [
+pub const ALL: [&Kernel; 21] = [
     &ADD,
     &ADD_RMS_NORM,
     &ARGMAX,
@@ -71,6 +115,9 @@ pub const ALL: [&Kernel; 18] = [
     &LINEAR_NVFP4_MMA,
     &MOE_EXPERTS,
     &MOE_EXPERTS_NVFP4_MMA,
+    &LINEAR_NVFP4_TCGEN05,
+    &MOE_EXPERTS_NVFP4_TCGEN05,
+    &QUANTIZE_NVFP4,
     &RELU2,
     &RMS_NORM,
     &ROUTER,

@@ -2,8 +2,9 @@
 //! per device) and launched through cudarc on one stream. Weights stay on the device as stored
 //! (NVFP4, FP8, BF16, F16, F32) and are decoded in registers; activations, accumulation, the SSM
 //! state and the KV cache are f32, so the exact path computes what the CPU reference computes.
-//! On sm_120-class Blackwell, NVFP4 linears can instead take the W4A4 FP4 tensor-core path
-//! (`cuda/linear_nvfp4_mma.cu`), which is not bit-faithful and off when asked for exactness.
+//! On Blackwell, NVFP4 linears and routed experts can instead take the W4A4 FP4 tensor-core path
+//! (`mma.sync` on sm_120: `cuda/*_nvfp4_mma.cu`; `tcgen05` on sm_100: `cuda/*_nvfp4_tcgen05.cu`),
+//! which is not bit-faithful and off when asked for exactness.
 //!
 //! CUDA is loaded at run time (cudarc's `dynamic-loading`): without libcuda the backend reports
 //! "no driver found" as an ordinary error, and nothing here panics.
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use self::device::{Buf, Device};
 pub use self::device::{DeviceSummary, devices, driver_present, fp4_path_for};
 pub use self::graph::GraphStats;
+use self::kernels::Family;
 use self::weights::{CudaExperts, CudaLinear, ExpertStack};
 use crate::backend::{
     AttnDims, Backend, BackendInfo, ElemType, ExpertWeights, RouterParams, Routing, SsmDims,
@@ -60,7 +62,7 @@ pub struct CudaOptions {
     /// Device ordinal, as `nemotron-rt devices` lists them.
     pub device: usize,
     /// The W4A4 FP4 tensor-core path for NVFP4 linears: `None` = where the device has it
-    /// (sm_120-class Blackwell), `Some(false)` = never (exact everywhere), `Some(true)` =
+    /// (Blackwell: sm_100 and sm_120 class), `Some(false)` = never (exact everywhere), `Some(true)` =
     /// required (an error on devices without it).
     pub fp4_mma: Option<bool>,
     /// Keep the KV cache in FP8 where the checkpoint asks for it (its `k_scale`/`v_scale`).
@@ -120,14 +122,15 @@ pub struct CudaBackend {
 impl CudaBackend {
     pub fn new(opts: CudaOptions) -> Result<CudaBackend> {
         let dev = Device::open(opts.device)?;
-        let has = dev.cc.0 == 12;
+        let has = Family::Sm100.has(dev.cc.0) || Family::Sm120.has(dev.cc.0);
         let fp4_mma = match opts.fp4_mma {
             None => has,
             Some(false) => false,
             Some(true) if has => true,
             Some(true) => {
                 return Err(dev.err(format!(
-                    "the FP4 tensor-core path needs an sm_120-class GPU; this one is sm_{}{}",
+                    "the FP4 tensor-core path needs a Blackwell GPU (sm_100 or sm_120 class); \
+                     this one is sm_{}{}",
                     dev.cc.0, dev.cc.1
                 )));
             }

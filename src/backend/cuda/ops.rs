@@ -2,7 +2,7 @@
 //! there. Launch shapes are chosen per op; see each kernel file for why.
 
 use super::device::{Arg, blocks};
-use super::kernels as k;
+use super::kernels::{self as k, Family, Kernel};
 use super::weights::{CudaExperts, ExpertStack, FMT_NVFP4, tensor_core_format};
 use super::{CudaBackend, CudaKv};
 use crate::backend::{
@@ -19,6 +19,22 @@ const GEMV_ROWS: usize = 16;
 const GEMV_THREADS: u32 = 128;
 /// Rows of one `moe_down` block (`MOE_NR` in cuda/moe_experts.cu).
 const MOE_NR: usize = 4;
+/// Weight rows per block of the sm_100 W4A4 kernels (TC05_ROWS in cuda/tcgen05.cuh: the
+/// tcgen05 MMA's M) and their dynamic shared memory (TC05_SMEM: two stage buffers of 128 weight
+/// rows and 64 activation rows by 64 bytes).
+const TCGEN05_ROWS: usize = 128;
+const TCGEN05_SHARED: u32 = 2 * (128 + 64) * 64;
+
+/// The W4A4 kernel files of one family of Blackwell GPUs, each with entries `linear_fp4`,
+/// `moe_up_fp4` and `moe_down_fp4`, and their launch shape.
+struct Fp4Kernels {
+    linear: &'static Kernel,
+    experts: &'static Kernel,
+    /// Weight rows per block.
+    rows: usize,
+    /// Dynamic shared memory per block, bytes.
+    shared: u32,
+}
 
 /// Prefill tokens per chunk of the chunked scan, at least: shorter chunks would spend more on
 /// carrying states between them than they save.
@@ -201,8 +217,27 @@ impl CudaBackend {
         }
     }
 
-    /// W4A4 on sm_120 Blackwell: quantize the activations to NVFP4 with the checkpoint's input
-    /// scale, then the block-scaled FP4 MMA.
+    /// The W4A4 kernels of this GPU's family of Blackwell.
+    fn fp4_kernels(&self) -> Fp4Kernels {
+        if Family::Sm100.has(self.dev.cc.0) {
+            Fp4Kernels {
+                linear: &k::LINEAR_NVFP4_TCGEN05,
+                experts: &k::MOE_EXPERTS_NVFP4_TCGEN05,
+                rows: TCGEN05_ROWS,
+                shared: TCGEN05_SHARED,
+            }
+        } else {
+            Fp4Kernels {
+                linear: &k::LINEAR_NVFP4_MMA,
+                experts: &k::MOE_EXPERTS_NVFP4_MMA,
+                rows: 64,
+                shared: 0,
+            }
+        }
+    }
+
+    /// W4A4 on Blackwell: quantize the activations to NVFP4 with the checkpoint's input scale,
+    /// then the block-scaled FP4 MMA.
     fn linear_fp4_mma(
         &self,
         x: &Tensor,
@@ -218,7 +253,7 @@ impl CudaBackend {
             .dev
             .scratch(tokens * l.cols / 16, "NVFP4 activation scales")?;
         self.dev.launch(
-            &k::LINEAR_NVFP4_MMA,
+            &k::QUANTIZE_NVFP4,
             "quantize_nvfp4",
             (blocks(tokens * l.cols / 16, 256), 1, 1),
             256,
@@ -232,12 +267,17 @@ impl CudaBackend {
                 Arg::F32(input_scale),
             ],
         )?;
+        let fp4 = self.fp4_kernels();
         self.dev.launch(
-            &k::LINEAR_NVFP4_MMA,
-            "linear_nvfp4_mma",
-            (l.rows.div_ceil(64) as u32, tokens.div_ceil(64) as u32, 1),
+            fp4.linear,
+            "linear_fp4",
+            (
+                l.rows.div_ceil(fp4.rows) as u32,
+                tokens.div_ceil(64) as u32,
+                1,
+            ),
             128,
-            0,
+            fp4.shared,
             &[
                 (&l.data).into(),
                 (&l.scales).into(),
@@ -948,7 +988,7 @@ impl CudaBackend {
         self.combine_slots(&contrib, out, k)
     }
 
-    /// W4A4 on sm_120 Blackwell, any token count: slots grouped by expert, each slot's input
+    /// W4A4 on Blackwell, any token count: slots grouped by expert, each slot's input
     /// quantized to NVFP4 with its expert's input scale, the block-scaled FP4 MMA for up (with
     /// relu²), the same for down (with the routing weight), and the ordered sum.
     fn moe_experts_fp4(
@@ -976,7 +1016,7 @@ impl CudaBackend {
                 .dev
                 .scratch(slots * cols / 16, "NVFP4 expert input scales")?;
             self.dev.launch(
-                &k::MOE_EXPERTS_NVFP4_MMA,
+                &k::QUANTIZE_NVFP4,
                 "quantize_slots_nvfp4",
                 (blocks(slots * cols / 16, 256), 1, 1),
                 256,
@@ -1018,12 +1058,13 @@ impl CudaBackend {
                 Arg::I32(cols as i32),
                 Arg::I32(n_experts as i32),
             ]);
+            let fp4 = self.fp4_kernels();
             self.dev.launch(
-                &k::MOE_EXPERTS_NVFP4_MMA,
+                fp4.experts,
                 name,
-                (g.max_tiles, rows.div_ceil(64) as u32, 1),
+                (g.max_tiles, rows.div_ceil(fp4.rows) as u32, 1),
                 128,
-                0,
+                fp4.shared,
                 &args,
             )
         };
