@@ -157,8 +157,14 @@ __device__ void fp4_tc05_tile(const u8* w, const u8* wsc, int rows, int cols, in
     int stages = max(1, (cols + 64 * TC05_MMAS - 1) / (64 * TC05_MMAS));
     for (int s = 0; s < stages; s++) {
         int b = s & 1, k0 = s * 64 * TC05_MMAS;
-        // Buffer b (shared memory and scale columns) was last read by stage s - 2's MMAs.
-        if (s >= 2) mbar_wait(&done[b], ((s - 2) >> 1) & 1);
+        // Buffer b (shared memory and scale columns) was last read by stage s - 2's MMAs: wait
+        // for them, then order this thread's next tcgen05.st and (async-proxy reads before
+        // generic writes) its next stores to shared memory after their completion.
+        if (s >= 2) {
+            mbar_wait(&done[b], ((s - 2) >> 1) & 1);
+            tc05_fence_after();
+            fence_async_smem();
+        }
         u8* sa = smem + b * (TC05_STAGE_A + TC05_STAGE_B);
         u8* sb = sa + TC05_STAGE_A;
         for (int q = tid; q < TC05_ROWS * 4 * TC05_MMAS; q += blockDim.x) {
@@ -206,9 +212,12 @@ __device__ void fp4_tc05_tile(const u8* w, const u8* wsc, int rows, int cols, in
     int m = 32 * (warp & 3) + lane;
     for (int j0 = 0; j0 < n; j0 += 16) {
         u32 d[16];
+        __syncwarp();
         tmem_load16(tmem + quarter + j0, d);
-        if (row0 + m < rows)
-            for (int j = 0; j < 16 && j0 + j < n; j++) out(j0 + j, row0 + m, __uint_as_float(d[j]));
+        // Unrolled, so d stays in registers.
+#pragma unroll
+        for (int j = 0; j < 16; j++)
+            if (row0 + m < rows && j0 + j < n) out(j0 + j, row0 + m, __uint_as_float(d[j]));
     }
     tc05_fence_before();
     __syncthreads();
