@@ -51,7 +51,7 @@ fn conv1d_silu_matches_cpu_with_carried_state() {
     for be in others() {
         let cpu = cpu();
         let mut worst = (0.0f32, 0.0f32);
-        for kernel in [1, 2, 4] {
+        for kernel in [1, 2, 4, 8] {
             for channels in [1, 37, 130] {
                 for fmt in [Fmt::F32, Fmt::Bf16] {
                     for bias in [false, true] {
