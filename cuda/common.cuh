@@ -148,28 +148,18 @@ __device__ constexpr int elems16() {
     return FMT == FMT_F32 ? 4 : (FMT == FMT_FP8 ? 16 : (FMT == FMT_NVFP4 ? 32 : 8));
 }
 
-// The 16 bytes `q` of a row decoded into E floats (E = elems16<FMT>()).
+// Element i (i < elems16<FMT>(), known at compile time once unrolled) of the 16 bytes `q` of
+// a row; `s2` holds the two NVFP4 block scales of those 32 elements.
 template <int FMT>
-__device__ __forceinline__ void decode16(uint4 q, u32 s2, float ts, float* out) {
-    u32 words[4] = {q.x, q.y, q.z, q.w};
-    if (FMT == FMT_F32) {
-#pragma unroll
-        for (int i = 0; i < 4; i++) out[i] = __uint_as_float(words[i]);
-    } else if (FMT == FMT_BF16 || FMT == FMT_F16) {
-#pragma unroll
-        for (int i = 0; i < 8; i++) {
-            u32 h = (words[i >> 1] >> ((i & 1) * 16)) & 0xffffu;
-            out[i] = FMT == FMT_BF16 ? bf16(h) : f16(h);
-        }
-    } else if (FMT == FMT_FP8) {
-#pragma unroll
-        for (int i = 0; i < 16; i++) out[i] = e4m3((words[i >> 2] >> ((i & 3) * 8)) & 0xffu) * ts;
-    } else {
-        float bs0 = e4m3(s2 & 0xffu) * ts, bs1 = e4m3((s2 >> 8) & 0xffu) * ts;
-#pragma unroll
-        for (int i = 0; i < 32; i++)
-            out[i] = e2m1((words[i >> 3] >> ((i & 7) * 4)) & 0xfu) * (i < 16 ? bs0 : bs1);
-    }
+__device__ __forceinline__ float decode_at(uint4 q, u32 s2, float ts, int i) {
+    constexpr int per_word = FMT == FMT_F32 ? 1 : (FMT == FMT_FP8 ? 4 : (FMT == FMT_NVFP4 ? 8 : 2));
+    int wi = i / per_word, sub = i % per_word;
+    u32 word = wi == 0 ? q.x : wi == 1 ? q.y : wi == 2 ? q.z : q.w;
+    if (FMT == FMT_F32) return __uint_as_float(word);
+    if (FMT == FMT_BF16) return bf16((word >> (sub * 16)) & 0xffffu);
+    if (FMT == FMT_F16) return f16((word >> (sub * 16)) & 0xffffu);
+    if (FMT == FMT_FP8) return e4m3((word >> (sub * 8)) & 0xffu) * ts;
+    return e2m1((word >> (sub * 4)) & 0xfu) * (e4m3((s2 >> (i < 16 ? 0 : 8)) & 0xffu) * ts);
 }
 
 // out[r][t] = W[row0 + r] · x[t] for NR consecutive rows (rows past `rows` repeat the last one
@@ -200,24 +190,25 @@ __device__ __forceinline__ void warp_rows_dot(const u8* w, const u8* sc, float t
                 q[r] = __ldg((const uint4*)(w + row * rb) + v);
                 s2[r] = FMT == FMT_NVFP4 ? (u32)__ldg((const u16*)(sc + row * sb) + v) : 0u;
             }
+            // Four columns at a time: x's float4 for every token, then the rows' weights there,
+            // so few of the E decoded weights and x values are live at once (the multi-token
+            // tiles stay within the register file). Each sum still runs in column order.
 #pragma unroll
-            for (int t = 0; t < NT; t++) {
-                float xv[E];
-                const float4* xp = (const float4*)(x + t * xs + v * E);
+            for (int c = 0; c < E / 4; c++) {
+                float4 xv[NT];
 #pragma unroll
-                for (int i = 0; i < E / 4; i++) {
-                    float4 f = __ldg(xp + i);
-                    xv[4 * i] = f.x;
-                    xv[4 * i + 1] = f.y;
-                    xv[4 * i + 2] = f.z;
-                    xv[4 * i + 3] = f.w;
-                }
+                for (int t = 0; t < NT; t++) xv[t] = __ldg((const float4*)(x + t * xs + v * E) + c);
 #pragma unroll
                 for (int r = 0; r < NR; r++) {
-                    float wv[E];
-                    decode16<FMT>(q[r], s2[r], ts, wv);
 #pragma unroll
-                    for (int i = 0; i < E; i++) out[r][t] += wv[i] * xv[i];
+                    for (int j = 0; j < 4; j++) {
+                        float wv = decode_at<FMT>(q[r], s2[r], ts, 4 * c + j);
+#pragma unroll
+                        for (int t = 0; t < NT; t++) {
+                            float xj = j == 0 ? xv[t].x : j == 1 ? xv[t].y : j == 2 ? xv[t].z : xv[t].w;
+                            out[r][t] += wv * xj;
+                        }
+                    }
                 }
             }
         }

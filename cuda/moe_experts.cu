@@ -33,8 +33,10 @@ extern "C" __global__ void moe_up(int fmt, const u8* w, const u8* sc, const floa
 // The block's warps share the k slots of one token (warp w takes slots w, w + nwarps, ...) for
 // the same MOE_NR rows, so a decode step has k times more warps in flight than one warp per
 // row group would; each slot's weighted product goes to shared memory and one thread per row
-// adds them in slot order. Dynamic shared memory: k x MOE_NR floats.
-extern "C" __global__ void moe_down(int fmt, const u8* w, const u8* sc, const float* ts,
+// adds them in slot order. Dynamic shared memory: k x MOE_NR floats. At most 128 registers
+// (ptxas gives 136-168 unasked, spilling nothing either way), so an SM holds two blocks of
+// eight warps rather than one.
+extern "C" __global__ void __launch_bounds__(256, 2) moe_down(int fmt, const u8* w, const u8* sc, const float* ts,
                                     const u32* ids, const float* weights, const float* h,
                                     float* out, int rows, int cols, int k) {
     extern __shared__ float part[];

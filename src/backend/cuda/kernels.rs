@@ -2,7 +2,7 @@
 //! compilation with NVRTC. Compiling needs only libnvrtc, not a GPU, which is how the test
 //! suite checks every kernel for every target architecture on machines without CUDA.
 
-use cudarc::nvrtc::{CompileError, CompileOptions, compile_ptx_with_opts};
+use std::ffi::CString;
 
 /// One `.cu` file: the name of the trait op it implements and its full source.
 pub struct Kernel {
@@ -135,25 +135,62 @@ pub fn nvrtc_present() -> bool {
 /// a real one (`sm_90`, `sm_120a`) in the compile test, where NVRTC then runs ptxas as well.
 /// The error names the file and carries NVRTC's log.
 pub fn compile(k: &Kernel, arch: &str) -> Result<String, String> {
+    compile_with_log(k, arch, &[]).map(|(ptx, _)| ptx)
+}
+
+/// [`compile`] with more NVRTC options (`--ptxas-options=-v` makes ptxas report each kernel's
+/// registers, stack frame and spills): the PTX and NVRTC's log.
+pub fn compile_with_log(
+    k: &Kernel,
+    arch: &str,
+    extra: &[&str],
+) -> Result<(String, String), String> {
+    use cudarc::nvrtc::result;
     if !nvrtc_present() {
         return Err("libnvrtc not found".into());
     }
-    let opts = CompileOptions {
+    let fail =
+        |e: &dyn std::fmt::Display| format!("cuda/{}.cu: NVRTC failed for {arch}: {e}", k.name);
+    let src = CString::new(k.source).map_err(|e| fail(&e))?;
+    let name = CString::new(format!("{}.cu", k.name)).map_err(|e| fail(&e))?;
+    let mut opts = vec![
         // Exact IEEE division and square root (the defaults, stated because exactness matters:
         // norms and router weights are compared with the CPU's).
-        prec_div: Some(true),
-        prec_sqrt: Some(true),
-        options: vec![format!("--gpu-architecture={arch}"), "-std=c++17".into()],
-        name: Some(format!("{}.cu", k.name)),
-        ..Default::default()
+        "--prec-div=true".to_string(),
+        "--prec-sqrt=true".into(),
+        format!("--gpu-architecture={arch}"),
+        "-std=c++17".into(),
+    ];
+    opts.extend(extra.iter().map(|o| o.to_string()));
+    let prog = result::create_program(&src, Some(&name)).map_err(|e| fail(&e))?;
+    let text = |raw: Vec<std::ffi::c_char>| {
+        let bytes: Vec<u8> = raw
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
     };
-    match compile_ptx_with_opts(k.source, opts) {
-        Ok(ptx) => Ok(ptx.to_src()),
-        Err(CompileError::CompileError { log, .. }) => Err(format!(
-            "NVRTC cannot compile kernel cuda/{}.cu for {arch}:\n{}",
-            k.name,
-            log.to_string_lossy()
+    // SAFETY: `prog` is a live program (created above, destroyed once below); the option
+    // strings outlive the call.
+    let compiled = unsafe { result::compile_program(prog, &opts) };
+    // SAFETY: as above; the log exists whether or not compilation succeeded.
+    let log = unsafe { result::get_program_log(prog) }
+        .map(text)
+        .unwrap_or_default();
+    let out = match compiled {
+        Ok(()) => {
+            // SAFETY: as above, after a successful compilation.
+            unsafe { result::get_ptx(prog) }
+                .map(|p| (text(p), log))
+                .map_err(|e| fail(&e))
+        }
+        Err(_) => Err(format!(
+            "NVRTC cannot compile kernel cuda/{}.cu for {arch}:\n{log}",
+            k.name
         )),
-        Err(e) => Err(format!("cuda/{}.cu: NVRTC failed for {arch}: {e}", k.name)),
-    }
+    };
+    // SAFETY: destroyed once, not used after.
+    unsafe { result::destroy_program(prog) }.map_err(|e| fail(&e))?;
+    out
 }
