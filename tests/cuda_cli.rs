@@ -180,3 +180,58 @@ fn running_out_of_device_memory_names_the_bytes() {
     assert!(err.contains("out of"), "no out-of-memory message: {err}");
     assert!(err.contains("free"), "no free bytes in: {err}");
 }
+
+/// Each compute capability gets its own 4-bit path: `devices` names it, `--cuda-fp4 on`
+/// generates through it on both Blackwell families (W4A4: tokens come, finite, not compared with
+/// the reference), and on a GPU without FP4 tensor cores it is a clear error naming the GPU.
+/// Needs the emulator, whose compute capability can be chosen.
+#[test]
+fn each_blackwell_family_takes_its_fp4_path_and_others_refuse_it() {
+    if cuda_emulator::library_dir().ok().flatten().is_none() {
+        eprintln!("skipped: needs the emulator, whose compute capability can be chosen");
+        return;
+    }
+    for (cc, path) in [
+        ("9.0", "weight-only NVFP4"),
+        ("10.0", "tcgen05.mma block_scale"),
+        ("12.0", "mma.sync block_scale"),
+    ] {
+        let env = [("NEMOTRON_CUDA_EMULATOR_CC", cc)];
+        let out = run(cli(&env).unwrap(), &["devices"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().find(|l| l.starts_with("cuda")).unwrap_or("");
+        assert!(
+            line.contains(path),
+            "cc {cc}: {line:?} does not name {path:?}"
+        );
+        let args = [
+            "--prompt-ids",
+            "1,7,42",
+            "--max-tokens",
+            "3",
+            "--ignore-eos",
+        ];
+        let out = on_cuda(
+            cli(&env).unwrap(),
+            "generate",
+            &[&args[..], &["--cuda-fp4", "on", "--json"]].concat(),
+        );
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "cc {cc}: panicked: {err}");
+        if cc == "9.0" {
+            assert!(!out.status.success(), "cc 9.0 ran W4A4");
+            assert!(
+                err.contains("needs a Blackwell GPU") && err.contains("sm_90"),
+                "cc 9.0: unclear error: {err}"
+            );
+            continue;
+        }
+        assert!(out.status.success(), "cc {cc}: generate failed: {err}");
+        let j: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+        assert_eq!(
+            j["tokens"].as_array().map(Vec::len),
+            Some(3),
+            "cc {cc}: {j}"
+        );
+    }
+}

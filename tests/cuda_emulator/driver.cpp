@@ -284,10 +284,14 @@ void emu_set_compute_capability(int major, int minor) {
 
 int cuInit(unsigned) {
     install_segv_handler();
-    // A child process (the CLI under test) gets its memory size from the environment.
+    // A child process (the CLI under test) gets its memory size and compute capability
+    // ("10.0") from the environment.
     static std::once_flag once;
     std::call_once(once, [] {
         if (const char* m = getenv("NEMOTRON_CUDA_EMULATOR_MEMORY")) emu_set_device_memory(strtoull(m, nullptr, 10));
+        int major = 0, minor = 0;
+        if (const char* cc = getenv("NEMOTRON_CUDA_EMULATOR_CC"))
+            if (sscanf(cc, "%d.%d", &major, &minor) == 2) emu_set_compute_capability(major, minor);
     });
     return CUDA_SUCCESS;
 }
