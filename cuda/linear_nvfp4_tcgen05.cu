@@ -8,7 +8,7 @@
 extern "C" __global__ void linear_fp4(const u8* w, const u8* wsc, float ts, const u8* xq,
                                       const u8* xsc, float input_scale, const float* bias,
                                       int has_bias, float* y, int rows, int cols, int tokens) {
-    extern __shared__ u8 tc05_smem[];
+    extern __shared__ __align__(16) u8 tc05_smem[]; // descriptors need 16-byte alignment
     int n0 = blockIdx.y * TC05_TOKENS, n = min(TC05_TOKENS, tokens - n0);
     float s = input_scale * ts;
     fp4_tc05_tile(w, wsc, rows, cols, blockIdx.x * TC05_ROWS, xq, xsc,

@@ -11,7 +11,7 @@ __device__ void tc05_expert_tile(const u8* w, const u8* wsc, const float* ts,
                                  const float* input_scales, const u32* counts, const u32* starts,
                                  const u32* tile_base, const u32* order, const u8* xq,
                                  const u8* xs, int rows, int cols, int experts, Out out) {
-    extern __shared__ u8 tc05_smem[];
+    extern __shared__ __align__(16) u8 tc05_smem[]; // descriptors need 16-byte alignment
     __shared__ u32 slot_of[64];
     int e;
     u32 n;

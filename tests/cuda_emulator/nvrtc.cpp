@@ -50,7 +50,8 @@ size_t skip_space(const std::string& s, size_t i) {
     return i;
 }
 
-// `extern __shared__ T name[];` becomes a pointer to the launch's dynamic shared memory.
+// `extern __shared__ [__align__(N)] T name[];` becomes a pointer to the launch's dynamic shared
+// memory.
 std::string rewrite_dynamic_shared(const std::string& src) {
     std::string out;
     size_t i = 0;
@@ -67,6 +68,9 @@ std::string rewrite_dynamic_shared(const std::string& src) {
         size_t b = n;
         while (b > 0 && ident_char(decl[b - 1])) b--;
         std::string name = decl.substr(b, n - b), type = decl.substr(0, b);
+        // `__align__(N)` (dynamic shared memory here is 16-byte aligned, as CUDA's is at least).
+        size_t al = type.find("__align__(");
+        if (al != std::string::npos) type.erase(al, type.find(')', al) + 1 - al);
         out += src.substr(i, at - i);
         out += type + "* " + name + " = (" + type + "*)emu::cur_launch->dyn_smem;";
         i = end + 1;
