@@ -130,9 +130,10 @@ fn error_of_sum(got: &[f32], wd: &[f32], x: &[f32], rows: usize, cols: usize) ->
 #[test]
 fn fp4_linear_matches_its_quantized_reference() {
     for (arch, be) in fp4_backends() {
-        // A few tokens in part of one tile; then several row and token tiles, partial ones
-        // included, and a K of nine pipeline stages whose last is half a 32-column chunk.
-        for (rows, cols, tokens) in [(96, 256, 5), (200, 1040, 70)] {
+        // A few tokens in part of one tile; several row and token tiles, partial ones
+        // included, and a K of nine pipeline stages whose last is half a 32-column chunk; a K of
+        // three scale blocks (less than one MMA) with exactly one full token tile.
+        for (rows, cols, tokens) in [(96, 256, 5), (200, 1040, 70), (130, 48, 64)] {
             fp4_linear_case(&arch, &be, rows, cols, tokens);
         }
     }
