@@ -293,10 +293,12 @@ impl Backend for CudaBackend {
                 "{} (device {}, sm_{ma}{mi}, {}, prefill {})",
                 self.dev.name,
                 self.dev.ordinal,
-                if self.fp4_mma {
-                    "FP4 tensor cores"
-                } else {
+                if !self.fp4_mma {
                     "exact weight-only 4-bit"
+                } else if Family::Sm100.has(ma) {
+                    "W4A4 on FP4 tensor cores (tcgen05)"
+                } else {
+                    "W4A4 on FP4 tensor cores (mma.sync)"
                 },
                 match self.prefill_terms {
                     0 => "f32",
