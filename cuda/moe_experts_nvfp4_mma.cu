@@ -2,10 +2,11 @@
 // NVFP4 with its expert's own input scale (as the reference quantizes per expert module), then
 // the chosen experts' up and down projections as block-scaled FP4 MMAs over the slots grouped
 // by expert. moe_group and moe_combine of moe_experts.cu group the slots and add the
-// contributions in slot order; the exact path is moe_experts.cu.
+// contributions in slot order; the exact path is moe_experts.cu. The entries are in
+// fp4_experts.cuh; this file gives them the family's tile.
 
-// One block: 64 rows (warp w the 16 from blockIdx.y·64 + 16w) of the expert of tile
-// blockIdx.x by the tile's slots; out(slot, row, value) receives ts·input_scale·Σ.
+// One block of 128 threads: 64 rows (warp w the 16 from blockIdx.y·64 + 16w) of the expert of
+// tile blockIdx.x by the tile's slots; out(slot, row, value) receives ts·input_scale·Σ.
 template <class Out>
 __device__ void fp4_expert_tile(const u8* w, const u8* wsc, const float* ts,
                                 const float* input_scales, const u32* counts, const u32* starts,
@@ -28,29 +29,4 @@ __device__ void fp4_expert_tile(const u8* w, const u8* wsc, const float* ts,
             int r = r0 + (lane >> 2) + 8 * (c >> 1), col = 8 * j + 2 * (lane & 3) + (c & 1);
             if (r < rows && col < (int)n) out(slot_of[col], r, d[j][c] * s);
         }
-}
-
-// h[slot] = relu2(up_e · xq[slot]); grid (max tiles, row blocks of 64), 128 threads.
-extern "C" __global__ void moe_up_fp4(const u8* w, const u8* wsc, const float* ts,
-                                      const float* input_scales, const u32* counts,
-                                      const u32* starts, const u32* tile_base, const u32* order,
-                                      const u8* xq, const u8* xs, float* h, int rows, int cols,
-                                      int experts) {
-    fp4_expert_tile(w, wsc, ts, input_scales, counts, starts, tile_base, order, xq, xs, rows, cols,
-                    experts, [&](u32 slot, int r, float v) {
-                        v = fmaxf(v, 0.0f);
-                        h[(u64)slot * rows + r] = v * v;
-                    });
-}
-
-// contrib[slot] = weight[slot] · (down_e · hq[slot]); grid (max tiles, row blocks of 64).
-extern "C" __global__ void moe_down_fp4(const u8* w, const u8* wsc, const float* ts,
-                                        const float* input_scales, const u32* counts,
-                                        const u32* starts, const u32* tile_base, const u32* order,
-                                        const u8* hq, const u8* hs, const float* weights,
-                                        float* contrib, int rows, int cols, int experts) {
-    fp4_expert_tile(w, wsc, ts, input_scales, counts, starts, tile_base, order, hq, hs, rows, cols,
-                    experts, [&](u32 slot, int r, float v) {
-                        contrib[(u64)slot * rows + r] = weights[slot] * v;
-                    });
 }

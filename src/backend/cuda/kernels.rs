@@ -83,14 +83,14 @@ pub const MOE_EXPERTS: Kernel = kernel!(
 );
 pub const MOE_EXPERTS_NVFP4_MMA: Kernel = kernel!(
     "moe_experts_nvfp4_mma",
-    ["nvfp4_mma.cuh", "expert_tiles.cuh"],
+    ["nvfp4_mma.cuh", "expert_tiles.cuh", "fp4_experts.cuh"],
     Family::Sm120
 );
 pub const LINEAR_NVFP4_TCGEN05: Kernel =
     kernel!("linear_nvfp4_tcgen05", ["tcgen05.cuh"], Family::Sm100);
 pub const MOE_EXPERTS_NVFP4_TCGEN05: Kernel = kernel!(
     "moe_experts_nvfp4_tcgen05",
-    ["tcgen05.cuh", "expert_tiles.cuh"],
+    ["tcgen05.cuh", "expert_tiles.cuh", "fp4_experts.cuh"],
     Family::Sm100
 );
 pub const QUANTIZE_NVFP4: Kernel = kernel!("quantize_nvfp4");

@@ -62,8 +62,8 @@ pub struct CudaOptions {
     /// Device ordinal, as `nemotron-rt devices` lists them.
     pub device: usize,
     /// The W4A4 FP4 tensor-core path for NVFP4 linears: `None` = where the device has it
-    /// (Blackwell: sm_100 and sm_120 class), `Some(false)` = never (exact everywhere), `Some(true)` =
-    /// required (an error on devices without it).
+    /// (Blackwell: sm_100 and sm_120 class), `Some(false)` = never (exact everywhere),
+    /// `Some(true)` = required (an error on devices without it).
     pub fp4_mma: Option<bool>,
     /// Keep the KV cache in FP8 where the checkpoint asks for it (its `k_scale`/`v_scale`).
     /// Off by default: the reference keeps the cache in f32, so this changes results.

@@ -1034,6 +1034,7 @@ impl CudaBackend {
             )?;
             Ok::<_, crate::error::Error>((q, qs))
         };
+        let fp4 = self.fp4_kernels();
         // One projection of the chosen experts over the quantized slots: `[rows, cols]` each,
         // writing `out` (the down projection also takes the routing weights).
         let project = |name: &'static str,
@@ -1058,7 +1059,6 @@ impl CudaBackend {
                 Arg::I32(cols as i32),
                 Arg::I32(n_experts as i32),
             ]);
-            let fp4 = self.fp4_kernels();
             self.dev.launch(
                 fp4.experts,
                 name,
