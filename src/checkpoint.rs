@@ -405,7 +405,20 @@ impl Checkpoint {
 
     /// Opens standalone safetensors files (golden outputs, codec vectors) the same careful way.
     pub fn open_file(path: &Path) -> Result<Checkpoint> {
-        let file = map_file(path)?;
+        Self::from_file(map_file(path)?)
+    }
+
+    /// A safetensors file held in memory, checked as [`open_file`](Self::open_file) checks a
+    /// file (the fuzz targets use it); `name` stands in for its path in errors.
+    pub fn from_bytes(bytes: Vec<u8>, name: &str) -> Result<Checkpoint> {
+        Self::from_file(Arc::new(MappedFile {
+            path: PathBuf::from(name),
+            map: Backing::Owned(bytes),
+        }))
+    }
+
+    fn from_file(file: Arc<MappedFile>) -> Result<Checkpoint> {
+        let path = file.path.clone();
         let tensors = parse_header(&file)?;
         let mut ck = Checkpoint {
             dir: path.parent().unwrap_or(Path::new(".")).to_path_buf(),

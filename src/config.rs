@@ -18,12 +18,16 @@
 //! model code can index without re-checking. Fields of a mixer kind that does not occur in the
 //! model are not checked: a config without MoE layers may carry junk MoE defaults.
 
+mod sizes;
+
 use std::fmt;
 use std::path::Path;
 
 use serde_json::{Map, Value};
 
 use crate::{Error, Result};
+
+pub use sizes::{Sizes, limits};
 
 /// The mixer of one layer. Each NemotronH layer is exactly one of these behind a pre-RMSNorm and
 /// a residual add.
@@ -149,6 +153,10 @@ pub struct ModelConfig {
     pub mlp_hidden_act: String,
     pub architectures: Vec<String>,
     pub model_type: String,
+
+    /// Every size derived from the fields above, computed in checked arithmetic by
+    /// [`ModelConfig::validate`]. Code that needs a product of fields reads it here.
+    pub sizes: Sizes,
 }
 
 impl ModelConfig {
@@ -191,14 +199,15 @@ impl ModelConfig {
             ));
         }
         let r = Reader { obj, file };
-        let cfg = r.model_config()?;
-        cfg.validate(file)?;
+        let mut cfg = r.model_config()?;
+        cfg.sizes = cfg.validate(file)?;
         Ok(cfg)
     }
 
-    /// Checks every relation between fields the runtime relies on and reports the first one
-    /// violated, by field names and values.
-    pub fn validate(&self, file: &Path) -> Result<()> {
+    /// Checks every relation between fields the runtime relies on and every bound on a field or
+    /// a product of fields, reports the first one violated by field names and values, and
+    /// returns the derived sizes.
+    pub fn validate(&self, file: &Path) -> Result<Sizes> {
         macro_rules! ensure {
             ($cond:expr, $($msg:tt)+) => {
                 if !$cond {
@@ -216,6 +225,9 @@ impl ModelConfig {
             !self.layers.is_empty(),
             "layers_block_type / hybrid_override_pattern is empty: the model needs at least one layer"
         );
+        // Bounds first: a corrupt value is then reported as out of bounds, not as whichever
+        // relation it happens to break.
+        let sizes = Sizes::derive(self, file)?;
         positive!(vocab_size, hidden_size);
         ensure!(
             self.layer_norm_epsilon.is_finite() && self.layer_norm_epsilon > 0.0,
@@ -275,14 +287,6 @@ impl ModelConfig {
                 self.mamba_num_heads.is_multiple_of(self.n_groups),
                 "mamba_num_heads ({}) must be divisible by n_groups ({})",
                 self.mamba_num_heads,
-                self.n_groups
-            );
-            // The gated RMSNorm normalises groups of I / n_groups channels. Implied by the check
-            // above, but it is the relation the norm indexes by, so it is stated on its own.
-            ensure!(
-                self.mamba_inner().is_multiple_of(self.n_groups),
-                "mamba_num_heads * mamba_head_dim ({}) must be divisible by n_groups ({})",
-                self.mamba_inner(),
                 self.n_groups
             );
             ensure!(
@@ -368,27 +372,39 @@ impl ModelConfig {
                 self.routed_scaling_factor
             );
         }
-        Ok(())
+
+        if has(LayerKind::Mamba) {
+            // The gated RMSNorm normalises groups of I / n_groups channels. Implied by
+            // mamba_num_heads % n_groups == 0, but it is the relation the norm indexes by, so it
+            // is stated on its own.
+            ensure!(
+                sizes.mamba_inner.is_multiple_of(self.n_groups),
+                "mamba_num_heads * mamba_head_dim ({}) must be divisible by n_groups ({})",
+                sizes.mamba_inner,
+                self.n_groups
+            );
+        }
+        Ok(sizes)
     }
 
     /// `I = H * P`, the width of the Mamba inner stream (`expand` is not used by HF).
     pub fn mamba_inner(&self) -> usize {
-        self.mamba_num_heads * self.mamba_head_dim
+        self.sizes.mamba_inner
     }
 
     /// Channels of the Mamba depthwise conv: `x`, `B` and `C`, i.e. `I + 2GN`.
     pub fn conv_dim(&self) -> usize {
-        self.mamba_inner() + 2 * self.n_groups * self.ssm_state_size
+        self.sizes.conv_dim
     }
 
     /// Rows of the Mamba `in_proj`: `z`, `xBC` and `dt`, i.e. `2I + 2GN + H`.
     pub fn in_proj_dim(&self) -> usize {
-        2 * self.mamba_inner() + 2 * self.n_groups * self.ssm_state_size + self.mamba_num_heads
+        self.sizes.in_proj_dim
     }
 
     /// The width the routed experts work in: `moe_latent_size`, or the hidden size when null.
     pub fn latent_dim(&self) -> usize {
-        self.moe_latent_size.unwrap_or(self.hidden_size)
+        self.sizes.latent_dim
     }
 
     /// The layer kinds as a `hybrid_override_pattern` string, e.g. `MEM*EM-E`.
@@ -885,6 +901,7 @@ impl<'a> Reader<'a> {
                 items.iter().map(|x| r.string_val(key, x)).collect()
             })?,
             model_type: self.or("model_type", "nemotron_h".into(), string_val)?,
+            sizes: Sizes::default(),
         })
     }
 }

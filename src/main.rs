@@ -450,7 +450,15 @@ fn run_forward(a: ForwardArgs) -> anyhow::Result<()> {
     }
     // Embeddings, every layer and the final norm.
     let states = model.config.layers.len() + 2;
-    let out_bytes = 4 * (t as u64 * v as u64 + (states * t) as u64 * d as u64);
+    // Saturating: an absurd product must read as "does not fit", never wrap to a small one.
+    let out_bytes = (t as u64)
+        .saturating_mul(v as u64)
+        .saturating_add(
+            (states as u64)
+                .saturating_mul(t as u64)
+                .saturating_mul(d as u64),
+        )
+        .saturating_mul(4);
     nemotron_rt::memory::ensure_fits(
         out_bytes,
         &format!(

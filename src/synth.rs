@@ -643,10 +643,19 @@ fn plan(opts: &SynthOptions) -> Result<Plan> {
             opts.vocab
         )));
     }
-    if opts.vocab > u32::MAX as usize {
+    // The loader would refuse a larger one (config::limits), so do not write it.
+    if opts.vocab as u64 > crate::config::limits::MAX_DIM {
         return Err(Error::Invalid(format!(
-            "synth: vocab {} does not fit 32-bit token ids",
-            opts.vocab
+            "synth: vocab {} is above the limit of {} that a config may give",
+            opts.vocab,
+            crate::config::limits::MAX_DIM
+        )));
+    }
+    if layers.len() as u64 > crate::config::limits::MAX_LAYERS {
+        return Err(Error::Invalid(format!(
+            "synth: {} layers is above the limit of {} that a config may give",
+            layers.len(),
+            crate::config::limits::MAX_LAYERS
         )));
     }
     if opts.max_shard_bytes == 0 {

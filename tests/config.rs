@@ -90,6 +90,16 @@ fn grouped_fixture() {
     assert_eq!(c.conv_dim(), 128 + 2 * 2 * 16);
     assert_eq!(c.in_proj_dim(), 2 * 128 + 2 * 2 * 16 + 8);
     assert_eq!(c.latent_dim(), 32);
+    let s = c.sizes;
+    assert_eq!((s.attn_q_width, s.attn_kv_width), (8 * 16, 2 * 16));
+    assert_eq!((s.mamba_group_state, s.conv_state_elems), (2 * 16, 192 * 3));
+    assert_eq!(s.ssm_state_elems, 8 * 16 * 16);
+    assert_eq!(s.expert_stack_elems, 16 * 48 * 32);
+    assert_eq!(s.embedding_elems, 512 * 64);
+    // One attention layer: K and V of 2 heads x 16, in f32.
+    assert_eq!(s.kv_bytes_per_token, 2 * 32 * 4);
+    // Three Mamba layers: the conv history (3 x 192) and the SSM state (8 x 16 x 16), in f32.
+    assert_eq!(s.state_bytes_per_sequence, 3 * (3 * 192 + 2048) * 4);
     // The quantized fixtures describe the same model.
     assert_eq!(model(NVFP4), c);
     assert_eq!(model(NVFP4_SUPER), c);

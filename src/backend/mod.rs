@@ -13,7 +13,7 @@ use std::any::Any;
 use std::sync::Arc;
 
 use crate::checkpoint::DType;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::weights::{LinearData, StoredLinear};
 
 /// Element type of an activation tensor. Routing ids are the only integer activations.
@@ -149,6 +149,68 @@ pub struct AttnDims {
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
+}
+
+/// `a * b * ...` of a dims struct's fields, or an error naming `what`. The model passes dims
+/// from a validated config (whose products are bounded in `config::Sizes`), but the trait is
+/// public: a caller's wrapped product must not become a wrong buffer size.
+fn dims_product(what: &str, factors: &[usize]) -> Result<usize> {
+    factors
+        .iter()
+        .try_fold(1usize, |acc, &f| acc.checked_mul(f))
+        .ok_or_else(|| Error::Invalid(format!("{what} ({factors:?}) overflows usize")))
+}
+
+/// Bytes of a tensor of `shape` with `elem_bytes`-byte elements, or an error naming `what` when
+/// the product does not fit in `usize`.
+pub(crate) fn tensor_bytes(shape: &[usize], elem_bytes: usize, what: &str) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(elem_bytes, |acc, &n| acc.checked_mul(n))
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "{what}: a tensor of shape {shape:?} would need more bytes than this machine \
+                 can address"
+            ))
+        })
+}
+
+impl SsmDims {
+    /// `heads * head_dim`, the inner width `I`.
+    pub fn inner(&self) -> Result<usize> {
+        dims_product("ssm heads * head_dim", &[self.heads, self.head_dim])
+    }
+
+    /// `I + 2 * groups * state`: the columns of x, B and C.
+    pub fn xbc_width(&self) -> Result<usize> {
+        let gn = dims_product("ssm 2 * groups * state", &[2, self.groups, self.state])?;
+        self.inner()?
+            .checked_add(gn)
+            .ok_or_else(|| Error::Invalid(format!("ssm xBC width of {self:?} overflows usize")))
+    }
+
+    /// `heads * head_dim * state`: elements of one SSM state.
+    pub fn state_elems(&self) -> Result<usize> {
+        dims_product(
+            "ssm heads * head_dim * state",
+            &[self.heads, self.head_dim, self.state],
+        )
+    }
+}
+
+impl AttnDims {
+    /// `heads * head_dim`: the q (and output) width.
+    pub fn q_width(&self) -> Result<usize> {
+        dims_product("attention heads * head_dim", &[self.heads, self.head_dim])
+    }
+
+    /// `kv_heads * head_dim`: one token's K (or V) in the cache.
+    pub fn kv_width(&self) -> Result<usize> {
+        dims_product(
+            "attention kv_heads * head_dim",
+            &[self.kv_heads, self.head_dim],
+        )
+    }
 }
 
 /// Sigmoid router with DeepSeek-V3 style grouped top-k (ARCH_NOTES §6).

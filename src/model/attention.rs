@@ -21,10 +21,7 @@ impl Attention {
     pub fn load(ld: &mut Loader, prefix: &str) -> Result<Attention> {
         let c = ld.config;
         let d = c.hidden_size;
-        let (q, kv) = (
-            c.num_attention_heads * c.head_dim,
-            c.num_key_value_heads * c.head_dim,
-        );
+        let (q, kv) = (c.sizes.attn_q_width, c.sizes.attn_kv_width);
         let dims = AttnDims {
             heads: c.num_attention_heads,
             kv_heads: c.num_key_value_heads,

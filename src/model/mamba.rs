@@ -16,6 +16,9 @@ pub struct Mamba {
     pub norm: Weight,
     pub out_proj: Weight,
     pub dims: SsmDims,
+    /// `I = H * P` and `G * N`, from the config's checked sizes.
+    pub inner: usize,
+    pub group_state: usize,
     pub conv_kernel: usize,
     pub eps: f32,
     /// The reference clamps `softplus(dt)` at `time_step_min` only in its chunked prefill path.
@@ -31,8 +34,8 @@ pub struct MambaState {
 impl Mamba {
     pub fn load(ld: &mut Loader, prefix: &str) -> Result<Mamba> {
         let c = ld.config;
-        let (d, h, i) = (c.hidden_size, c.mamba_num_heads, c.mamba_inner());
-        let conv_dim = c.conv_dim();
+        let (d, h, i) = (c.hidden_size, c.mamba_num_heads, c.sizes.mamba_inner);
+        let conv_dim = c.sizes.conv_dim;
         let dims = SsmDims {
             heads: h,
             head_dim: c.mamba_head_dim,
@@ -42,7 +45,12 @@ impl Mamba {
         let (use_bias, conv_bias, kernel) = (c.use_bias, c.use_conv_bias, c.conv_kernel);
         let (eps, dt_min) = (c.layer_norm_epsilon, c.time_step_min);
         Ok(Mamba {
-            in_proj: ld.linear(&format!("{prefix}.in_proj"), c.in_proj_dim(), d, use_bias)?,
+            in_proj: ld.linear(
+                &format!("{prefix}.in_proj"),
+                c.sizes.in_proj_dim,
+                d,
+                use_bias,
+            )?,
             conv_w: ld.conv_weight(&format!("{prefix}.conv1d.weight"), conv_dim, kernel)?,
             conv_b: if conv_bias {
                 Some(ld.vector(&format!("{prefix}.conv1d.bias"), conv_dim)?)
@@ -55,6 +63,8 @@ impl Mamba {
             norm: ld.vector(&format!("{prefix}.norm.weight"), i)?,
             out_proj: ld.linear(&format!("{prefix}.out_proj"), d, i, use_bias)?,
             dims,
+            inner: i,
+            group_state: c.sizes.mamba_group_state,
             conv_kernel: kernel,
             eps,
             prefill_dt_min: dt_min,
@@ -62,19 +72,15 @@ impl Mamba {
     }
 
     pub fn new_state(&self, be: &dyn Backend) -> Result<MambaState> {
-        let channels = self.inner() + 2 * self.dims.groups * self.dims.state;
+        let channels = self.inner + 2 * self.group_state;
         Ok(MambaState {
             conv: be.new_conv_state(channels, self.conv_kernel)?,
             ssm: be.new_ssm_state(self.dims)?,
         })
     }
 
-    fn inner(&self) -> usize {
-        self.dims.heads * self.dims.head_dim
-    }
-
     pub fn forward(&self, be: &dyn Backend, x: &Tensor, st: &mut MambaState) -> Result<Tensor> {
-        let (i, gn) = (self.inner(), self.dims.groups * self.dims.state);
+        let (i, gn) = (self.inner, self.group_state);
         let zxbcdt = be.linear(x, &self.in_proj)?;
         let mut parts = be.split_columns(&zxbcdt, &[i, i + 2 * gn, self.dims.heads])?;
         let dt = parts.pop().expect("three parts");

@@ -25,7 +25,7 @@ impl Moe {
             c.hidden_size,
             c.n_routed_experts,
             c.moe_intermediate_size,
-            c.latent_dim(),
+            c.sizes.latent_dim,
         );
         let router = RouterParams {
             top_k: c.num_experts_per_tok,

@@ -4,6 +4,7 @@
 use super::linear::dot;
 use super::par;
 use crate::backend::AttnDims;
+use crate::error::Result;
 
 #[derive(Clone)]
 pub(crate) struct KvCache {
@@ -15,13 +16,13 @@ pub(crate) struct KvCache {
 }
 
 impl KvCache {
-    pub(crate) fn new(dims: AttnDims) -> KvCache {
-        KvCache {
+    pub(crate) fn new(dims: AttnDims) -> Result<KvCache> {
+        Ok(KvCache {
             k: Vec::new(),
             v: Vec::new(),
             len: 0,
-            width: dims.kv_heads * dims.head_dim,
-        }
+            width: dims.kv_width()?,
+        })
     }
 
     pub(crate) fn truncate(&mut self, len: usize) {

@@ -15,7 +15,7 @@ use self::linear::CpuLinear;
 use self::moe::CpuExperts;
 use crate::backend::{
     AttnDims, Backend, BackendInfo, ElemType, ExpertWeights, RouterParams, Routing, SsmDims,
-    Tensor, Weight,
+    Tensor, Weight, tensor_bytes,
 };
 use crate::error::{Error, Result};
 use crate::weights::StoredLinear;
@@ -308,6 +308,8 @@ impl Backend for CpuBackend {
 
     fn new_conv_state(&self, channels: usize, kernel: usize) -> Result<Tensor> {
         let hist = kernel.saturating_sub(1);
+        let bytes = tensor_bytes(&[hist, channels], 4, "conv state")?;
+        crate::memory::ensure_fits(bytes as u64, "a conv state")?;
         let s = ConvState {
             data: vec![0.0; hist * channels],
             channels,
@@ -321,8 +323,11 @@ impl Backend for CpuBackend {
     }
 
     fn new_ssm_state(&self, dims: SsmDims) -> Result<Tensor> {
+        let n = dims.state_elems()?;
+        let bytes = tensor_bytes(&[n], 4, "ssm state")?;
+        crate::memory::ensure_fits(bytes as u64, &format!("an SSM state {dims:?}"))?;
         let s = SsmState {
-            data: vec![0.0; dims.heads * dims.head_dim * dims.state],
+            data: vec![0.0; n],
             dims,
         };
         Ok(Tensor::new(
@@ -333,10 +338,11 @@ impl Backend for CpuBackend {
     }
 
     fn new_kv_cache(&self, dims: AttnDims) -> Result<Tensor> {
+        let cache = KvCache::new(dims)?;
         Ok(Tensor::new(
-            vec![0, dims.kv_heads * dims.head_dim],
+            vec![0, cache.width],
             ElemType::F32,
-            Box::new(KvCache::new(dims)),
+            Box::new(cache),
         ))
     }
 
@@ -509,8 +515,8 @@ impl Backend for CpuBackend {
         let s = state
             .inner_mut::<SsmState>()
             .ok_or_else(|| err("ssm_scan: not a CPU SSM state"))?;
-        let inner = dims.heads * dims.head_dim;
-        check_cols(xbc, inner + 2 * dims.groups * dims.state, "ssm_scan (xBC)")?;
+        let inner = dims.inner()?;
+        check_cols(xbc, dims.xbc_width()?, "ssm_scan (xBC)")?;
         check_cols(dt, dims.heads, "ssm_scan (dt)")?;
         let (a, dv, db) = (vector_of(a_log)?, vector_of(d)?, vector_of(dt_bias)?);
         let xs = f32s(xbc)?;
@@ -549,21 +555,25 @@ impl Backend for CpuBackend {
         cache: &mut Tensor,
         dims: AttnDims,
     ) -> Result<Tensor> {
-        check_cols(q, dims.heads * dims.head_dim, "attention (q)")?;
-        check_cols(k, dims.kv_heads * dims.head_dim, "attention (k)")?;
-        check_cols(v, dims.kv_heads * dims.head_dim, "attention (v)")?;
+        let (q_width, kv_width) = (dims.q_width()?, dims.kv_width()?);
+        check_cols(q, q_width, "attention (q)")?;
+        check_cols(k, kv_width, "attention (k)")?;
+        check_cols(v, kv_width, "attention (v)")?;
         let (qs, ks, vs) = (f32s(q)?, f32s(k)?, f32s(v)?);
         let tokens = q.rows();
         let c = cache
             .inner_mut::<KvCache>()
             .ok_or_else(|| err("attention: not a CPU KV cache"))?;
-        let work = tokens * (c.len + tokens) * dims.heads * dims.head_dim * 2;
+        // Only a hint for splitting the work; saturating keeps a huge context from overflowing.
+        let work = tokens
+            .saturating_mul(c.len + tokens)
+            .saturating_mul(q_width * 2);
         let out = self.run("attention", work, |par| {
             attention::attention(qs, ks, vs, tokens, c, dims, par)
         });
         let (len, width) = (c.len, c.width);
         cache.set_shape(vec![len, width]);
-        Ok(matrix(out, tokens, dims.heads * dims.head_dim))
+        Ok(matrix(out, tokens, q_width))
     }
 
     fn router(&self, logits: &Tensor, bias: &Weight, p: &RouterParams) -> Result<Routing> {

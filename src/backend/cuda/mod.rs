@@ -24,7 +24,7 @@ use self::kernels::Family;
 use self::weights::{CudaExperts, CudaLinear, ExpertStack};
 use crate::backend::{
     AttnDims, Backend, BackendInfo, ElemType, ExpertWeights, RouterParams, Routing, SsmDims,
-    Tensor, Weight,
+    Tensor, Weight, tensor_bytes,
 };
 use crate::error::Result;
 use crate::weights::StoredLinear;
@@ -238,7 +238,7 @@ impl CudaBackend {
         zeroed: bool,
         what: &str,
     ) -> Result<Tensor> {
-        let bytes = 4 * shape.iter().product::<usize>();
+        let bytes = tensor_bytes(&shape, 4, what)?;
         let buf = if zeroed {
             self.dev.scratch_zeros(bytes, what)?
         } else {
@@ -248,7 +248,7 @@ impl CudaBackend {
     }
 
     fn kv_cache(&self, dims: AttnDims, fp8: Option<(f32, f32)>) -> Result<Tensor> {
-        let width = dims.kv_heads * dims.head_dim;
+        let width = dims.kv_width()?;
         let c = CudaKv {
             k: self.dev.alloc(4, "kv cache")?,
             v: self.dev.alloc(4, "kv cache")?,
@@ -414,7 +414,8 @@ impl Backend for CudaBackend {
 
     fn new_conv_state(&self, channels: usize, kernel: usize) -> Result<Tensor> {
         let hist = kernel.saturating_sub(1);
-        let buf = self.dev.zeros(hist * channels * 4, "conv state")?;
+        let bytes = tensor_bytes(&[hist, channels], 4, "conv state")?;
+        let buf = self.dev.zeros(bytes, "conv state")?;
         Ok(Tensor::new(
             vec![hist, channels],
             ElemType::F32,
@@ -423,8 +424,8 @@ impl Backend for CudaBackend {
     }
 
     fn new_ssm_state(&self, dims: SsmDims) -> Result<Tensor> {
-        let n = dims.heads * dims.head_dim * dims.state;
-        let buf = self.dev.zeros(n * 4, "ssm state")?;
+        let bytes = tensor_bytes(&[dims.state_elems()?], 4, "ssm state")?;
+        let buf = self.dev.zeros(bytes, "ssm state")?;
         Ok(Tensor::new(
             vec![dims.heads, dims.head_dim, dims.state],
             ElemType::F32,

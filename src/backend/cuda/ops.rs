@@ -467,8 +467,8 @@ impl CudaBackend {
         dims: SsmDims,
         dt_min: Option<f32>,
     ) -> Result<Tensor> {
-        let inner = dims.heads * dims.head_dim;
-        self.check_cols(xbc, inner + 2 * dims.groups * dims.state, "ssm_scan (xBC)")?;
+        let inner = dims.inner()?;
+        self.check_cols(xbc, dims.xbc_width()?, "ssm_scan (xBC)")?;
         self.check_cols(dt, dims.heads, "ssm_scan (dt)")?;
         self.check_rows(xbc, &[dt], "ssm_scan (xBC, dt)")?;
         if state.shape() != [dims.heads, dims.head_dim, dims.state] {
@@ -639,9 +639,10 @@ impl CudaBackend {
             kv_heads,
             head_dim: hd,
         } = dims;
-        self.check_cols(q, heads * hd, "attention (q)")?;
-        self.check_cols(kt, kv_heads * hd, "attention (k)")?;
-        self.check_cols(v, kv_heads * hd, "attention (v)")?;
+        let (q_width, kv_width) = (dims.q_width()?, dims.kv_width()?);
+        self.check_cols(q, q_width, "attention (q)")?;
+        self.check_cols(kt, kv_width, "attention (k)")?;
+        self.check_cols(v, kv_width, "attention (v)")?;
         self.check_rows(q, &[kt, v], "attention (q, k, v)")?;
         if hd > 256 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
             return Err(self.dev.err(format!(
@@ -653,11 +654,10 @@ impl CudaBackend {
         let c = cache
             .inner_mut::<CudaKv>()
             .ok_or_else(|| self.dev.err("attention: not a CUDA KV cache"))?;
-        if c.width != kv_heads * hd {
+        if c.width != kv_width {
             return Err(self.dev.err(format!(
-                "attention: the KV cache holds {} values per token, dims say {}",
+                "attention: the KV cache holds {} values per token, dims say {kv_width}",
                 c.width,
-                kv_heads * hd
             )));
         }
         let start = c.len;
@@ -708,7 +708,7 @@ impl CudaBackend {
         c.len = need;
         let (kc, vc, width, fp8) = (c.k.ptr, c.v.ptr, c.width, c.fp8);
         cache.set_shape(vec![need, width]);
-        let out = self.output(vec![tokens, heads * hd], "attention output")?;
+        let out = self.output(vec![tokens, q_width], "attention output")?;
         if tokens > 0 && heads > 0 {
             let mut args = vec![
                 self.buf(q)?.into(),

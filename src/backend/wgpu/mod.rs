@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::backend::{
     AttnDims, Backend, BackendInfo, Candidates, ElemType, ExpertWeights, RouterParams, Routing,
-    SsmDims, Tensor, Weight,
+    SsmDims, Tensor, Weight, tensor_bytes,
 };
 use crate::error::{Error, Result};
 use crate::weights::StoredLinear;
@@ -228,8 +228,9 @@ impl WgpuBackend {
 
     /// A new f32 tensor of `shape`, contents unspecified (every op overwrites its output).
     pub(crate) fn output(&self, shape: Vec<usize>, what: &str) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        let buf = self.gpu.alloc(n as u64 * 4, what)?;
+        let buf = self
+            .gpu
+            .alloc(tensor_bytes(&shape, 4, what)? as u64, what)?;
         Ok(Tensor::new(
             shape,
             ElemType::F32,
@@ -238,8 +239,9 @@ impl WgpuBackend {
     }
 
     pub(crate) fn output_u32(&self, shape: Vec<usize>, what: &str) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        let buf = self.gpu.alloc(n as u64 * 4, what)?;
+        let buf = self
+            .gpu
+            .alloc(tensor_bytes(&shape, 4, what)? as u64, what)?;
         Ok(Tensor::new(
             shape,
             ElemType::U32,
@@ -385,7 +387,7 @@ impl Backend for WgpuBackend {
     }
 
     fn new_kv_cache(&self, dims: AttnDims) -> Result<Tensor> {
-        let width = dims.kv_heads * dims.head_dim;
+        let width = dims.kv_width()?;
         let c = GpuKv {
             k: self.gpu.alloc(4, "kv cache")?,
             v: self.gpu.alloc(4, "kv cache")?,

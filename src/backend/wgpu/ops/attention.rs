@@ -31,9 +31,10 @@ pub(crate) fn attention(
             "attention: {heads} query heads, {kv_heads} kv heads and head_dim {hd} do not form grouped-query attention"
         )));
     }
-    be.check_cols(q, heads * hd, "attention (q)")?;
-    be.check_cols(k, kv_heads * hd, "attention (k)")?;
-    be.check_cols(v, kv_heads * hd, "attention (v)")?;
+    let (q_width, kv_width) = (dims.q_width()?, dims.kv_width()?);
+    be.check_cols(q, q_width, "attention (q)")?;
+    be.check_cols(k, kv_width, "attention (k)")?;
+    be.check_cols(v, kv_width, "attention (v)")?;
     let tokens = q.rows();
     if k.rows() != tokens || v.rows() != tokens {
         return Err(be.gpu.err(format!(
@@ -46,11 +47,10 @@ pub(crate) fn attention(
     let c = cache
         .inner_mut::<GpuKv>()
         .ok_or_else(|| be.gpu.err("attention: not a wgpu KV cache"))?;
-    if c.width != kv_heads * hd {
+    if c.width != kv_width {
         return Err(be.gpu.err(format!(
-            "attention: the KV cache holds rows of {} values but kv_heads * head_dim = {}",
+            "attention: the KV cache holds rows of {} values but kv_heads * head_dim = {kv_width}",
             c.width,
-            kv_heads * hd
         )));
     }
     let width = c.width;
@@ -85,7 +85,7 @@ pub(crate) fn attention(
         .copy(vb, 0, &c.v, start as u64 * row_bytes, new_bytes);
     c.len = total;
 
-    let out = be.output(vec![tokens, heads * hd], "attention output")?;
+    let out = be.output(vec![tokens, q_width], "attention output")?;
     if tokens > 0 {
         let params = [
             tokens as u32,

@@ -167,8 +167,7 @@ pub(crate) fn ssm_scan(
             SCAN_MAXK * WG
         )));
     }
-    let inner = heads * head_dim;
-    let width = inner + 2 * groups * n;
+    let (inner, width) = (dims.inner()?, dims.xbc_width()?);
     be.check_cols(xbc, width, "ssm_scan (xBC)")?;
     be.check_cols(dt, heads, "ssm_scan (dt)")?;
     let tokens = xbc.rows();
