@@ -37,10 +37,46 @@ impl Tokenizer {
             path: path.to_path_buf(),
             msg: format!("cannot read file: {e}"),
         })?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| Error::Tokenizer {
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Parses the contents of a `tokenizer.json`; `path` is where it came from, for errors.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Tokenizer> {
+        let err = |msg: String| Error::Tokenizer {
             path: path.to_path_buf(),
-            msg: format!("not a valid Hugging Face tokenizer.json: {e}"),
+            msg,
+        };
+        // `tokenizers` 0.23 panics (`expect("Helper")` in its decoder deserializer) on a string
+        // it cannot decode, e.g. invalid UTF-8 or a lone surrogate escape in the `decoder`
+        // object (found by fuzz/fuzz_targets/tokenizer_json.rs). Every string is decoded here
+        // first, so such a file is an error that says where; any other panic inside the
+        // library is caught and reported as one.
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            err(format!(
+                "not a valid Hugging Face tokenizer.json: not valid UTF-8 at byte {} (JSON is \
+                 text)",
+                e.valid_up_to()
+            ))
         })?;
+        serde_json::from_str::<serde_json::Value>(text).map_err(|e| {
+            err(format!(
+                "not a valid Hugging Face tokenizer.json: invalid JSON: {e}"
+            ))
+        })?;
+        let parsed = std::panic::catch_unwind(|| text.parse::<tokenizers::Tokenizer>())
+            .map_err(|panic| {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                err(format!(
+                    "the tokenizers library failed on this file ({why}); it is not a tokenizer.json \
+                     that library can read"
+                ))
+            })?;
+        let inner =
+            parsed.map_err(|e| err(format!("not a valid Hugging Face tokenizer.json: {e}")))?;
         Ok(Tokenizer {
             inner,
             path: path.to_path_buf(),

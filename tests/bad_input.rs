@@ -8,6 +8,9 @@ use nemotron_rt::generate::{self, GenerateParams};
 use nemotron_rt::model::{LoadOptions, Model};
 use serde_json::{Map, Value};
 
+#[path = "support/backends.rs"]
+mod backends;
+
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/models")
@@ -438,4 +441,177 @@ fn single_file_wins_over_an_index_as_in_transformers() {
     .unwrap();
     let be = backend::create(BackendKind::Cpu, 1).unwrap();
     Model::load(d.path(), be, LoadOptions::default()).unwrap();
+}
+
+/// Loads `dir` on every backend present and returns each one's error.
+fn load_errs_everywhere(dir: &Path) -> Vec<(&'static str, String)> {
+    backends::all()
+        .into_iter()
+        .map(
+            |(name, be)| match Model::load(dir, be, LoadOptions::default()) {
+                Ok(_) => panic!("{} loaded on {name} but should have failed", dir.display()),
+                Err(e) => (name, e.to_string()),
+            },
+        )
+        .collect()
+}
+
+/// Values of one config field that make a product of fields wrap around 2^64 back to exactly
+/// what the fixture `nemotronh_tiny_grouped_nvfp4_super` stores (head_dim 16, 8 heads, 2 KV
+/// heads, mamba 8 x 16 with 2 groups of state 16, hidden 64, vocabulary 512, 16 experts of 48
+/// on a latent 32, MLP 160, shared expert 96). Multiplied as plain usize in a release build,
+/// each let the model load with wrong shapes. Issue 18's reproductions are the first three.
+const WRAPPING: &[(&str, u64)] = &[
+    // 16 * (2^61 + 8) = 2^64 + 128: the mamba inner width (the issue used 999999999999999999).
+    ("mamba_head_dim", (1 << 61) + 8),
+    // 2 * 2 * (2^62 + 16) = 2^64 + 64: B and C's width in the conv channels and in_proj.
+    ("ssm_state_size", (1 << 62) + 16),
+    // (2^60 + 8) * 16 = 2^64 + 128: the q width; every head then read KV head 0.
+    ("num_attention_heads", (1 << 60) + 8),
+    ("num_key_value_heads", (1 << 60) + 2),
+    ("head_dim", (1 << 61) + 16),
+    ("mamba_num_heads", (1 << 60) + 8),
+    ("n_groups", (1 << 61) + 2),
+    // 512 * (2^55 + 64) = 2^64 + 32768: the embedding table.
+    ("hidden_size", (1 << 55) + 64),
+    ("vocab_size", (1 << 58) + 512),
+    // 48 * 32 * (2^55 + 16) = 3 * 2^64 + 24576: an expert stack.
+    ("n_routed_experts", (1 << 55) + 16),
+    ("moe_intermediate_size", (1 << 55) + 48),
+    ("moe_latent_size", (1 << 56) + 32),
+    ("intermediate_size", (1 << 58) + 160),
+    ("moe_shared_expert_intermediate_size", (1 << 58) + 96),
+    // Not products, but bounded too: a conv state of 2^62 taps, a 2^62-token context.
+    ("conv_kernel", 1 << 62),
+    ("max_position_embeddings", 1 << 62),
+    ("chunk_size", 1 << 62),
+];
+
+#[test]
+fn config_sizes_that_would_wrap_are_refused_by_name_on_every_backend() {
+    for &(field, value) in WRAPPING {
+        let d = copy_of("nemotronh_tiny_grouped_nvfp4_super/hf");
+        edit_config(d.path(), |c| {
+            c.insert(field.into(), value.into());
+        });
+        for (backend, msg) in load_errs_everywhere(d.path()) {
+            assert_mentions(&msg, &["config.json", field, &value.to_string()]);
+            assert!(
+                msg.contains("above the limit") || msg.contains("overflows"),
+                "{field} = {value} on {backend}: `{msg}` should say which bound it broke"
+            );
+        }
+    }
+}
+
+/// The issue's first reproduction as the user wrote it: the number is named, and so is the limit.
+#[test]
+fn huge_mamba_head_dim_names_field_and_limit() {
+    let d = copy_of("nemotronh_tiny_grouped_nvfp4_super/hf");
+    edit_config(d.path(), |c| {
+        c.insert("mamba_head_dim".into(), 999_999_999_999_999_999u64.into());
+    });
+    let msg = load_err(d.path());
+    assert_mentions(
+        &msg,
+        &["mamba_head_dim", "999999999999999999", "16777216", "2^24"],
+    );
+}
+
+/// Sizes within each bound on their own, whose product is not: 2^24 experts of 2^24 x 2^24
+/// would be 2^72 elements.
+#[test]
+fn product_over_the_element_limit_is_named() {
+    let d = copy_of("nemotronh_tiny_grouped_nvfp4_super/hf");
+    edit_config(d.path(), |c| {
+        for f in [
+            "n_routed_experts",
+            "moe_intermediate_size",
+            "moe_latent_size",
+        ] {
+            c.insert(f.into(), (1u64 << 24).into());
+        }
+        c.insert("n_group".into(), 1.into());
+        c.insert("topk_group".into(), 1.into());
+    });
+    let msg = load_err(d.path());
+    assert_mentions(
+        &msg,
+        &[
+            "n_routed_experts * moe_intermediate_size * moe_latent_size",
+            "overflows",
+        ],
+    );
+}
+
+/// The backends' own size arithmetic is checked too: dims whose products overflow (which a
+/// validated config never gives, but the trait is public) are an error on every backend, not a
+/// wrapped buffer size or an abort.
+#[test]
+fn backends_refuse_dims_whose_products_overflow() {
+    use nemotron_rt::backend::{AttnDims, SsmDims};
+    let attn = AttnDims {
+        heads: 1 << 62,
+        kv_heads: 1 << 62,
+        head_dim: 16,
+    };
+    let ssm = SsmDims {
+        heads: 1 << 40,
+        head_dim: 1 << 40,
+        groups: 1,
+        state: 16,
+    };
+    for (name, be) in backends::all() {
+        let e = be.new_kv_cache(attn).err().map(|e| e.to_string());
+        assert!(
+            e.as_deref().is_some_and(|e| e.contains("overflows")),
+            "{name}: new_kv_cache gave {e:?}"
+        );
+        let e = be.new_ssm_state(ssm).err().map(|e| e.to_string());
+        assert!(
+            e.as_deref().is_some_and(|e| e.contains("overflows")
+                || e.contains("more bytes than this machine can address")),
+            "{name}: new_ssm_state gave {e:?}"
+        );
+        let e = be
+            .new_conv_state(usize::MAX / 2, 5)
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("more bytes than this machine can address")),
+            "{name}: new_conv_state gave {e:?}"
+        );
+    }
+}
+
+/// `tokenizers` 0.23 panics on a `decoder` object holding a string it cannot decode (found by
+/// fuzzing); such a tokenizer.json must be an error naming the file and the place.
+#[test]
+fn tokenizer_json_that_panics_the_library_is_an_error() {
+    use nemotron_rt::tokenizer::Tokenizer;
+    let good = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer/tokenizer.json"),
+    )
+    .unwrap();
+    let at = good.find("\"decoder\"").unwrap();
+    let open = at + good[at..].find('{').unwrap() + 1;
+    let with = |insert: &[u8]| {
+        let mut b = good.as_bytes()[..open].to_vec();
+        b.extend_from_slice(insert);
+        b.extend_from_slice(&good.as_bytes()[open..]);
+        b
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    for (bad, expected) in [
+        (with(b"\"x\\udc00\": true, "), "lone leading surrogate"),
+        (with(b"\"x\xff\": true, "), "not valid UTF-8"),
+    ] {
+        std::fs::write(&path, bad).unwrap();
+        let msg = Tokenizer::from_file(&path).unwrap_err().to_string();
+        assert_mentions(&msg, &["tokenizer.json", expected]);
+    }
+    std::fs::write(&path, &good).unwrap();
+    Tokenizer::from_file(&path).unwrap();
 }
