@@ -68,6 +68,19 @@ fn scratch(what: &str) -> PathBuf {
     dir
 }
 
+/// Removes this process's scratch folders (the replay test calls it when done; a fuzzing
+/// process keeps them until it exits).
+pub fn remove_scratch() {
+    let prefix = format!("nemotron-fuzz-{}-", std::process::id());
+    for base in [PathBuf::from("/dev/shm"), std::env::temp_dir()] {
+        for e in std::fs::read_dir(base).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
 /// Reads every tensor of `ck` the ways the loader does.
 fn read_all(ck: &Checkpoint) {
     for t in ck.tensors() {
@@ -124,6 +137,7 @@ fn check_sizes(c: &ModelConfig) {
     let p = |xs: &[usize]| xs.iter().map(|&x| x as u128).product::<u128>();
     let has =
         |k| c.layers.contains(&k) || (c.num_nextn_predict_layers > 0 && c.mtp_layers.contains(&k));
+    let width = |w: usize| assert!(w as u64 <= limits::MAX_DIM, "a width of {w} passed");
     assert_eq!(s.embedding_elems as u128, p(&[c.vocab_size, c.hidden_size]));
     assert!(s.embedding_elems as u64 <= limits::MAX_ELEMENTS);
     if has(LayerKind::Attention) {
@@ -135,6 +149,13 @@ fn check_sizes(c: &ModelConfig) {
             s.attn_kv_width as u128,
             p(&[c.num_key_value_heads, c.head_dim])
         );
+        width(s.attn_q_width);
+        width(s.attn_kv_width);
+        let layers = c.count(LayerKind::Attention);
+        assert_eq!(
+            s.kv_bytes_per_token as u128,
+            p(&[layers, 2, s.attn_kv_width, 4])
+        );
     }
     if has(LayerKind::Mamba) {
         let (h, pd, g, n) = (
@@ -144,16 +165,23 @@ fn check_sizes(c: &ModelConfig) {
             c.ssm_state_size,
         );
         assert_eq!(s.mamba_inner as u128, p(&[h, pd]));
+        assert_eq!(s.mamba_group_state as u128, p(&[g, n]));
         assert_eq!(s.conv_dim as u128, p(&[h, pd]) + 2 * p(&[g, n]));
         assert_eq!(
             s.in_proj_dim as u128,
             2 * p(&[h, pd]) + 2 * p(&[g, n]) + h as u128
         );
         assert_eq!(s.ssm_state_elems as u128, p(&[h, pd, n]));
+        let history = c.conv_kernel.saturating_sub(1);
+        assert_eq!(s.conv_state_elems as u128, p(&[s.conv_dim, history]));
         assert!(s.ssm_state_elems as u64 <= limits::MAX_ELEMENTS);
+        for w in [s.mamba_inner, s.conv_dim, s.in_proj_dim] {
+            width(w);
+        }
     }
     if has(LayerKind::Moe) {
         let l = c.moe_latent_size.unwrap_or(c.hidden_size);
+        assert_eq!(s.latent_dim, l);
         assert_eq!(
             s.expert_stack_elems as u128,
             p(&[c.n_routed_experts, c.moe_intermediate_size, l])
@@ -262,6 +290,9 @@ pub fn tokenizer_json(data: &[u8]) {
 
 /// A number as a corrupt config might carry it; powers of two with small offsets are the values
 /// whose products wrap back to small widths.
+// The committed model_load inputs are decoded through `Num`, `Edit`, `FIELDS` and `DTYPES` by
+// position: append new variants and names at the end, never reorder or remove, or every
+// committed input silently means something else.
 #[derive(Arbitrary, Debug)]
 enum Num {
     Small(u8),

@@ -38,9 +38,11 @@ max_len() {
 minimize() {
     local t="$1" tmp
     tmp="$(mktemp -d)"
+    local ok=0
     "target/$(rustc -vV | sed -n 's/^host: //p')/release/$t" -merge=1 -set_cover_merge=1 \
-        -use_counters=0 -rss_limit_mb=4096 "$tmp" "corpus/$t" >>"logs/$t.log" 2>&1 || true
-    if [ -n "$(ls -A "$tmp")" ]; then
+        -use_counters=0 -rss_limit_mb=4096 "$tmp" "corpus/$t" >>"logs/$t.log" 2>&1 || ok=$?
+    # A merge that stopped part-way (an input crashed it) leaves the corpus as it was.
+    if [ "$ok" -eq 0 ] && [ -n "$(ls -A "$tmp")" ]; then
         find "corpus/$t" -type f ! -name 'seed-*' -delete
         cp "$tmp"/* "corpus/$t"/
     fi

@@ -456,32 +456,34 @@ fn load_errs_everywhere(dir: &Path) -> Vec<(&'static str, String)> {
         .collect()
 }
 
-/// Values of one config field that make a product of fields wrap around 2^64 back to exactly
-/// what the fixture `nemotronh_tiny_grouped_nvfp4_super` stores (head_dim 16, 8 heads, 2 KV
-/// heads, mamba 8 x 16 with 2 groups of state 16, hidden 64, vocabulary 512, 16 experts of 48
-/// on a latent 32, MLP 160, shared expert 96). Multiplied as plain usize in a release build,
-/// each let the model load with wrong shapes. Issue 18's reproductions are the first three.
+/// Corrupt values of one config field each, on the fixture `nemotronh_tiny_grouped_nvfp4_super`
+/// (head_dim 16, 8 heads, 2 KV heads, mamba 8 x 16 with 2 groups of state 16, hidden 64,
+/// vocabulary 512, 16 experts of 48 on a latent 32, MLP 160, shared expert 96).
+///
+/// The first four make a product of fields wrap around 2^64 back to exactly the width the
+/// fixture stores, so that with plain usize products a release build loaded the model with
+/// wrong shapes (the issue's reproductions are the first three). The others are caught by the
+/// bounds before anything else: each is also a stored tensor's dimension (or a relation such as
+/// heads % kv_heads), so the old code refused them too, only later and by another rule.
 const WRAPPING: &[(&str, u64)] = &[
-    // 16 * (2^61 + 8) = 2^64 + 128: the mamba inner width (the issue used 999999999999999999).
-    ("mamba_head_dim", (1 << 61) + 8),
+    // 8 * (2^61 + 16) = 2^64 + 128: the mamba inner width I (the issue used 999999999999999999).
+    ("mamba_head_dim", (1 << 61) + 16),
     // 2 * 2 * (2^62 + 16) = 2^64 + 64: B and C's width in the conv channels and in_proj.
     ("ssm_state_size", (1 << 62) + 16),
     // (2^60 + 8) * 16 = 2^64 + 128: the q width; every head then read KV head 0.
     ("num_attention_heads", (1 << 60) + 8),
+    // 8 * (2^63 + 16) = 2^66 + 128 and 2 * (2^63 + 16) = 2^64 + 32: q and k/v widths both wrap.
+    ("head_dim", (1 << 63) + 16),
     ("num_key_value_heads", (1 << 60) + 2),
-    ("head_dim", (1 << 61) + 16),
     ("mamba_num_heads", (1 << 60) + 8),
     ("n_groups", (1 << 61) + 2),
-    // 512 * (2^55 + 64) = 2^64 + 32768: the embedding table.
     ("hidden_size", (1 << 55) + 64),
     ("vocab_size", (1 << 58) + 512),
-    // 48 * 32 * (2^55 + 16) = 3 * 2^64 + 24576: an expert stack.
     ("n_routed_experts", (1 << 55) + 16),
     ("moe_intermediate_size", (1 << 55) + 48),
     ("moe_latent_size", (1 << 56) + 32),
     ("intermediate_size", (1 << 58) + 160),
     ("moe_shared_expert_intermediate_size", (1 << 58) + 96),
-    // Not products, but bounded too: a conv state of 2^62 taps, a 2^62-token context.
     ("conv_kernel", 1 << 62),
     ("max_position_embeddings", 1 << 62),
     ("chunk_size", 1 << 62),
@@ -489,6 +491,8 @@ const WRAPPING: &[(&str, u64)] = &[
 
 #[test]
 fn config_sizes_that_would_wrap_are_refused_by_name_on_every_backend() {
+    // The config is refused before a backend is touched; loading through each one checks that
+    // no backend opens the model some other way.
     for &(field, value) in WRAPPING {
         let d = copy_of("nemotronh_tiny_grouped_nvfp4_super/hf");
         edit_config(d.path(), |c| {
@@ -614,4 +618,78 @@ fn tokenizer_json_that_panics_the_library_is_an_error() {
     }
     std::fs::write(&path, &good).unwrap();
     Tokenizer::from_file(&path).unwrap();
+}
+
+/// Each kind of bound, at its edge: a field at the limit is accepted and one past it refused; a
+/// product over the width or element limit that does not overflow 64 bits is refused by the
+/// limit; so is a sum (the conv channels) and the layer count.
+#[test]
+fn every_bound_is_enforced_at_its_edge() {
+    use nemotron_rt::config::ModelConfig;
+    let text =
+        std::fs::read_to_string(fixture("nemotronh_tiny_grouped_nvfp4_super/hf/config.json"))
+            .unwrap();
+    let base: Map<String, Value> = serde_json::from_str(&text).unwrap();
+    let check = |edits: &[(&str, Value)]| {
+        let mut c = base.clone();
+        for (k, v) in edits {
+            c.insert((*k).into(), v.clone());
+        }
+        ModelConfig::from_json_str(&Value::Object(c).to_string(), Path::new("config.json"))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let limit = 1u64 << 24;
+    // A field at the limit passes the bounds (it is then refused by no rule of the config).
+    assert_eq!(check(&[("vocab_size", limit.into())]), Ok(()));
+    let e = check(&[("vocab_size", (limit + 1).into())]).unwrap_err();
+    assert_mentions(
+        &e,
+        &["vocab_size (16777217)", "above the limit of 16777216"],
+    );
+    // A width over 2^24 without overflow: 2^20 heads of 2^10.
+    let e = check(&[
+        ("num_attention_heads", (1u64 << 20).into()),
+        ("num_key_value_heads", 2.into()),
+        ("head_dim", (1u64 << 10).into()),
+    ])
+    .unwrap_err();
+    assert_mentions(
+        &e,
+        &[
+            "num_attention_heads * head_dim",
+            "1048576 * 1024 = 1073741824",
+            "above the limit",
+        ],
+    );
+    // An expert stack over 2^40 elements without overflow: 2^16 experts of 2^16 x 2^16.
+    let e = check(&[
+        ("n_routed_experts", (1u64 << 16).into()),
+        ("moe_intermediate_size", (1u64 << 16).into()),
+        ("moe_latent_size", (1u64 << 16).into()),
+    ])
+    .unwrap_err();
+    assert_mentions(
+        &e,
+        &["one layer's routed experts", "281474976710656", "2^40"],
+    );
+    // A sum over the width limit: I = 2^23 and 2GN = 2^24.
+    let e = check(&[
+        ("mamba_num_heads", (1u64 << 13).into()),
+        ("mamba_head_dim", (1u64 << 10).into()),
+        ("n_groups", (1u64 << 11).into()),
+        ("ssm_state_size", (1u64 << 12).into()),
+    ])
+    .unwrap_err();
+    assert_mentions(
+        &e,
+        &["the conv channels", "8388608 + 16777216", "above the limit"],
+    );
+    // The layer count.
+    let many: Vec<Value> = (0..4097).map(|_| "mlp".into()).collect();
+    let e = check(&[("layers_block_type", many.into())]).unwrap_err();
+    assert_mentions(
+        &e,
+        &["the number of layers (4097)", "above the limit of 4096"],
+    );
 }

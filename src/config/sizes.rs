@@ -24,8 +24,9 @@ pub mod limits {
     pub const MAX_LAYERS: u64 = 1 << 12;
     /// Taps of the Mamba depthwise conv: 2^10.
     pub const MAX_CONV_KERNEL: u64 = 1 << 10;
-    /// `max_position_embeddings`: 2^32 tokens.
-    pub const MAX_CONTEXT: u64 = 1 << 32;
+    /// `max_position_embeddings`: 2^31 tokens (the GPU kernels index positions with 32-bit
+    /// ints).
+    pub const MAX_CONTEXT: u64 = 1 << 31;
     /// Elements of one weight matrix, expert stack, embedding table or per-layer state: 2^40
     /// (4 TiB in f32).
     pub const MAX_ELEMENTS: u64 = 1 << 40;
@@ -123,12 +124,18 @@ impl Check<'_> {
 
     /// `a + b`, both already bounded products, bounded by `max`.
     fn sum(&self, what: &str, terms: &[(&str, usize)], max: u64) -> Result<usize> {
+        // Each term is at most twice a bounded width (2^25), so the sum cannot overflow.
         let total: u64 = terms.iter().map(|t| t.1 as u64).sum();
         if total > max {
             let names = terms.iter().map(|t| t.0).collect::<Vec<_>>().join(" + ");
+            let values = terms
+                .iter()
+                .map(|t| t.1.to_string())
+                .collect::<Vec<_>>()
+                .join(" + ");
             return Err(self.err(format!(
-                "{what} = {names} ({total}) is above the limit of {max} ({}); is the config \
-                 corrupt?",
+                "{what} = {names} ({values} = {total}) is above the limit of {max} ({}); is the \
+                 config corrupt?",
                 pow2(max)
             )));
         }

@@ -662,6 +662,14 @@ impl CudaBackend {
         }
         let start = c.len;
         let need = start + tokens;
+        // The kernels take positions as 32-bit ints.
+        if need > i32::MAX as usize {
+            return Err(self.dev.err(format!(
+                "attention: a KV cache of {need} positions is more than the kernels' 32-bit \
+                 positions allow ({})",
+                i32::MAX
+            )));
+        }
         let eb = c.elem_bytes();
         if need > c.cap {
             // Doubling keeps appends amortised O(1) without knowing the context length ahead.
@@ -815,6 +823,18 @@ impl CudaBackend {
             )));
         }
         let (f, l) = (experts.hidden, experts.latent);
+        // Kernels index slots and activations with 32-bit ints.
+        if tokens
+            .checked_mul(k)
+            .and_then(|s| s.checked_mul(f.max(l)))
+            .is_none_or(|n| n > i32::MAX as usize)
+        {
+            return Err(self.dev.err(format!(
+                "moe_experts: {tokens} tokens x {k} experts x width {} is more than the kernels' \
+                 32-bit indices allow; run fewer tokens per call",
+                f.max(l)
+            )));
+        }
         if tokens == 0 || k == 0 {
             // A sum over no experts.
             return self.zero_output(vec![tokens, l], "moe output");
