@@ -4,7 +4,7 @@ step that transformers does not implement.
 
 Super (research/peers.md §4) -> here:
 * 88 layers `MEMEMEM*EMEM...` (40 Mamba-2, 40 LatentMoE, 8 attention) -> 16 layers
-  `MEMEM*EMEMEM*EME` (6 / 8 / 2: attention one layer in eight);
+  `MEMEM*EMEMEM*EME` (7 / 7 / 2: attention one layer in eight);
 * hidden 4096 -> 256; vocabulary 131072 -> 4096;
 * Mamba-2: 128 heads x 64, 8 groups, state 128, conv 4 -> 16 heads x 32 (inner = 2 x hidden, as
   Super), 2 groups, state 32, conv 4;
@@ -19,7 +19,7 @@ of 64.
 
 import torch
 from torch import nn
-from transformers import NemotronHConfig
+from transformers import NemotronHConfig, NemotronHForCausalLM
 from transformers.models.nemotron_h.modeling_nemotron_h import NemotronHBlock, NemotronHRMSNorm
 
 PATTERN = "MEMEM*EMEMEM*EME"
@@ -118,3 +118,23 @@ def mtp_state_dict(mtp):
         if j == last:
             out[f"{p}.final_layernorm.weight"] = mtp.final_layernorm.weight
     return {k: v.detach().clone() for k, v in out.items()}
+
+
+def build(vocab_size, attn="sdpa"):
+    """A freshly initialised model and MTP step: `(config, model, mtp)`.
+
+    transformers starts routers at zero, so every token would tie on the same experts until the
+    bias moved them: they are drawn from N(0, initializer_range) instead. The MTP step is not a
+    PreTrainedModel, so nothing would initialise its expert stacks (`torch.empty`; all-zero up
+    and down projections never get a gradient): the model's own `_init_weights` does.
+    """
+    config = model_config(vocab_size)
+    config._attn_implementation = attn
+    model = NemotronHForCausalLM(config)
+    mtp = MTP(config)
+    mtp.apply(model._init_weights)
+    with torch.no_grad():
+        for m in list(model.modules()) + list(mtp.modules()):
+            if type(m).__name__ == "NemotronHTopkRouter":
+                m.weight.normal_(0.0, config.initializer_range)
+    return config, model, mtp

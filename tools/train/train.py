@@ -24,10 +24,9 @@ import time
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
-from transformers import NemotronHForCausalLM
 
 from common import work_dir
-from model import MTP, model_config
+from model import build
 
 EOS = 2
 
@@ -156,19 +155,7 @@ def main():
     tok = Tokenizer.from_file(os.path.join(args.work, "tokenizer", "tokenizer.json"))
 
     torch.manual_seed(args.seed)
-    config = model_config(tok.get_vocab_size())
-    config._attn_implementation = "sdpa"
-    model = NemotronHForCausalLM(config)
-    mtp = MTP(config)
-    # The MTP module is not a PreTrainedModel, so nothing initialised its expert stacks
-    # (`torch.empty`); all-zero up and down projections would never get a gradient.
-    mtp.apply(model._init_weights)
-    # transformers starts routers at zero, so every token would tie on the same experts until
-    # the bias moved them; small random weights let routing spread from the first step.
-    with torch.no_grad():
-        for m in list(model.modules()) + list(mtp.modules()):
-            if type(m).__name__ == "NemotronHTopkRouter":
-                m.weight.normal_(0.0, config.initializer_range)
+    config, model, mtp = build(tok.get_vocab_size())
     params = list(model.parameters()) + list(mtp.parameters())
     # At this learning rate Adam moves a router's logits by tenths per step, far faster than
     # the bias can follow, and a layer's routing collapses onto k experts within ten steps;
