@@ -11,6 +11,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod codec;
 pub mod config;
+pub mod default_model;
 pub mod devices;
 pub mod error;
 pub mod generate;

@@ -80,9 +80,10 @@ struct BenchArgs {
 
 #[derive(Args)]
 struct ModelArgs {
-    /// Checkpoint folder (config.json, *.safetensors, tokenizer.json).
+    /// Checkpoint folder (config.json, *.safetensors, tokenizer.json). Default: the embedded
+    /// default model (nemotron-3-tiny).
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "cpu")]
     backend: BackendKind,
     /// Worker threads for the CPU backend (0 = one per core).
@@ -203,8 +204,9 @@ struct ForwardArgs {
 
 #[derive(Args)]
 struct InspectArgs {
+    /// Checkpoint folder. Default: the embedded default model.
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     #[arg(long)]
     json: bool,
 }
@@ -238,7 +240,15 @@ fn main() {
     }
 }
 
-fn load(args: &ModelArgs) -> anyhow::Result<Model> {
+/// `--model`, or the folder the embedded default model is written to.
+fn model_dir(model: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match model {
+        Some(dir) => Ok(dir.clone()),
+        None => Ok(nemotron_rt::default_model::dir()?),
+    }
+}
+
+fn load(args: &ModelArgs, dir: &Path) -> anyhow::Result<Model> {
     let q8 = args.cpu_activations == CpuActivations::Q8;
     if q8 && args.backend != BackendKind::Cpu {
         anyhow::bail!("--cpu-activations q8 applies to --backend cpu only");
@@ -271,8 +281,8 @@ fn load(args: &ModelArgs) -> anyhow::Result<Model> {
         },
     };
     let be = backend::create_with(args.backend, &opts)?;
-    let model = Model::load(&args.model, be, LoadOptions { progress: true })
-        .with_context(|| format!("loading {}", args.model.display()))?;
+    let model = Model::load(dir, be, LoadOptions { progress: true })
+        .with_context(|| format!("loading {}", dir.display()))?;
     Ok(model)
 }
 
@@ -294,15 +304,16 @@ struct GenerateJson<'a> {
 }
 
 fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
+    let dir = model_dir(&a.model.model)?;
     if let Some(p) = &a.trace_routing {
-        output_path("--trace-routing", p, &a.model.model, true)?;
+        output_path("--trace-routing", p, &dir, true)?;
     }
     if a.stop.iter().any(String::is_empty) {
         bail!("--stop \"\": a stop string must not be empty");
     }
-    let model = load(&a.model)?;
+    let model = load(&a.model, &dir)?;
     let needs_tokenizer = a.prompt.is_some() || !a.stop.is_empty();
-    let tokenizer = match load_tokenizer(&a.model.model) {
+    let tokenizer = match load_tokenizer(&dir) {
         Ok(t) => Some(t),
         Err(e) if needs_tokenizer => return Err(e),
         Err(e) => {
@@ -432,8 +443,9 @@ fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
 }
 
 fn run_forward(a: ForwardArgs) -> anyhow::Result<()> {
-    let out_path = output_path("--out", &a.out, &a.model.model, false)?;
-    let model = load(&a.model)?;
+    let dir = model_dir(&a.model.model)?;
+    let out_path = output_path("--out", &a.out, &dir, false)?;
+    let model = load(&a.model, &dir)?;
     let (t, v, d) = (
         a.prompt_ids.len(),
         model.config.vocab_size,
@@ -551,7 +563,10 @@ fn output_path(
 
 #[derive(Serialize)]
 struct InspectJson<'a> {
+    /// The checkpoint folder (for the default model: where its embedded files were written).
     model: String,
+    /// True for the default model compiled into the binary.
+    embedded: bool,
     layer_pattern: &'a str,
     layers: usize,
     total_params: u64,
@@ -574,13 +589,15 @@ struct GroupJson<'a> {
 }
 
 fn run_inspect(a: InspectArgs) -> anyhow::Result<()> {
+    let dir = model_dir(&a.model)?;
     let be = backend::create(BackendKind::Cpu, 1)?;
-    let model = Model::load(&a.model, be, LoadOptions { progress: true })
-        .with_context(|| format!("loading {}", a.model.display()))?;
+    let model = Model::load(&dir, be, LoadOptions { progress: true })
+        .with_context(|| format!("loading {}", dir.display()))?;
     let info = &model.info;
     if a.json {
         let j = InspectJson {
-            model: a.model.display().to_string(),
+            model: dir.display().to_string(),
+            embedded: a.model.is_none(),
             layer_pattern: &info.pattern,
             layers: model.config.layers.len(),
             total_params: info.total_params(),
@@ -606,7 +623,15 @@ fn run_inspect(a: InspectArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let c = &model.config;
-    println!("model          {}", a.model.display());
+    if a.model.is_none() {
+        println!(
+            "model          {} (the embedded default model, written to {})",
+            nemotron_rt::default_model::NAME,
+            dir.display()
+        );
+    } else {
+        println!("model          {}", dir.display());
+    }
     println!(
         "layers         {} ({})   M = Mamba-2, * = attention, E = MoE, - = MLP",
         c.layers.len(),
@@ -739,7 +764,8 @@ fn run_devices() -> anyhow::Result<()> {
 
 fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
-    let model = load(&a.model)?;
+    let dir = model_dir(&a.model.model)?;
+    let model = load(&a.model, &dir)?;
     let load_s = start.elapsed().as_secs_f64();
     let threads = model.backend.info().threads;
     let opts = nemotron_rt::bench::BenchOptions {
@@ -769,7 +795,7 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
             report: &'a nemotron_rt::bench::BenchReport,
         }
         let out = Out {
-            model: a.model.model.display().to_string(),
+            model: dir.display().to_string(),
             load_s,
             report: &r,
         };
@@ -785,7 +811,6 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
         "", "", "", "", "", "", ""
     );
     // Checkpoints often live in `<model>/hf`: name them by the folder that says what they are.
-    let dir = &a.model.model;
     let name = dir
         .file_name()
         .filter(|n| *n != "hf" && *n != "hf_bf16")

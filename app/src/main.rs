@@ -1,4 +1,5 @@
-//! `nemotron-studio [MODEL_DIR]`: opens the window, and the model when a folder is given.
+//! `nemotron-studio [MODEL_DIR]`: opens the window and the model in MODEL_DIR, or the default
+//! model when no folder is given.
 
 use std::path::PathBuf;
 
@@ -19,8 +20,13 @@ fn options(renderer: eframe::Renderer) -> eframe::NativeOptions {
 fn make_state(model: Option<&PathBuf>) -> AppState {
     let mut state = AppState::new(nemotron_studio::recent::default_file());
     state.refresh_devices();
-    if let Some(dir) = model {
-        state.open_model(dir);
+    match model {
+        Some(dir) => state.open_model(dir),
+        // With no folder given, the default model compiled into the library.
+        None => match nemotron_rt::default_model::dir() {
+            Ok(dir) => state.open_model(&dir),
+            Err(e) => state.error(e.to_string()),
+        },
     }
     state
 }
@@ -29,7 +35,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!(
-            "usage: nemotron-studio [MODEL_DIR]\n\nThe desktop app of nemotron-rt. Renders with wgpu, or with OpenGL (glow) when wgpu cannot start."
+            "usage: nemotron-studio [MODEL_DIR]\n\nThe desktop app of nemotron-rt: opens MODEL_DIR, or the default model when none is given. Renders with wgpu, or with OpenGL (glow) when wgpu cannot start."
         );
         return;
     }
