@@ -17,8 +17,9 @@ const FILES: [&str; 6] = [
 fn main() {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     let dir = root.join(MODEL);
-    println!("cargo:rerun-if-changed={MODEL}");
-    println!("cargo:rerun-if-changed=build.rs");
+    // The whole `models` folder (it always exists: its README is tracked), so a model that
+    // appears or changes later is picked up; an absent path would rerun this on every build.
+    println!("cargo:rerun-if-changed=models");
     let present = FILES.iter().all(|f| dir.join(f).is_file());
     let mut code = String::from("pub(crate) const FILES: &[(&str, &[u8])] = &[\n");
     if present {
