@@ -21,6 +21,11 @@ fn main() {
     // appears or changes later is picked up; an absent path would rerun this on every build.
     println!("cargo:rerun-if-changed=models");
     let present = FILES.iter().all(|f| dir.join(f).is_file());
+    if !present && dir.exists() {
+        println!(
+            "cargo:warning={MODEL} lacks some of {FILES:?}: building without the default model"
+        );
+    }
     let mut code = String::from("pub(crate) const FILES: &[(&str, &[u8])] = &[\n");
     if present {
         for f in FILES {

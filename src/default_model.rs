@@ -3,7 +3,9 @@
 //! a binary installed with `cargo install`. Its files are written once to a cache folder named
 //! after their content and loaded from there like any checkpoint (memory-mapped).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::{Error, Result};
 
@@ -62,7 +64,10 @@ fn cache_bases() -> Vec<PathBuf> {
     if let Some(p) = env("HOME") {
         bases.push(p.join(".cache").join("nemotron-rt"));
     }
-    bases.push(std::env::temp_dir().join("nemotron-rt-cache"));
+    // The shared temporary folder: one of our own per user, so nobody else's files are read.
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    bases.push(std::env::temp_dir().join(format!("nemotron-rt-cache-{uid}")));
     bases
 }
 
@@ -86,44 +91,64 @@ fn content_hash() -> u64 {
     h
 }
 
+/// Whether `dir` holds exactly the embedded files (compared byte for byte: a few milliseconds).
+fn holds_the_model(dir: &Path) -> bool {
+    files::FILES.iter().all(|(f, bytes)| {
+        std::fs::metadata(dir.join(f)).is_ok_and(|m| m.len() == bytes.len() as u64)
+            && std::fs::read(dir.join(f)).is_ok_and(|b| b == *bytes)
+    })
+}
+
+/// Creates `base` (and its parents) readable by this user only, where it does not exist yet.
+fn private_dir(base: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(base)
+}
+
 /// Writes the files into `dir` unless a complete copy is there: into a fresh sibling folder
-/// first, renamed into place at the end, so a run that stops half-way or another process
-/// writing at the same time never leaves a partial model behind.
+/// first (named by process, thread and a counter, so concurrent writers never share one),
+/// renamed into place at the end, so a run that stops half-way or another process writing at
+/// the same time never leaves a partial model where it is read.
 fn write_once(dir: &Path) -> std::io::Result<()> {
-    let complete = |d: &Path| {
-        files::FILES
-            .iter()
-            .all(|(f, b)| std::fs::metadata(d.join(f)).is_ok_and(|m| m.len() == b.len() as u64))
-    };
-    if complete(dir) {
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    if holds_the_model(dir) {
         return Ok(());
     }
     let parent = dir.parent().expect("a folder under the cache");
-    std::fs::create_dir_all(parent)?;
+    private_dir(parent)?;
     let tmp = parent.join(format!(
-        ".{}.{}",
+        ".{}.{}.{:?}.{}",
         dir.file_name().and_then(|n| n.to_str()).unwrap_or(NAME),
-        std::process::id()
+        std::process::id(),
+        std::thread::current().id(),
+        WRITES.fetch_add(1, Ordering::Relaxed)
     ));
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
-    for (name, bytes) in files::FILES {
-        std::fs::write(tmp.join(name), bytes)?;
+    private_dir(&tmp)?;
+    let written = files::FILES.iter().try_for_each(|(name, bytes)| {
+        let mut f = std::fs::File::create(tmp.join(name))?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
     }
-    if dir.exists() {
-        // A partial copy (an older run killed half-way): replace it.
-        let _ = std::fs::remove_dir_all(dir);
+    // Another writer may have finished meanwhile: then its copy stays (a reader may be
+    // loading it) and ours goes. Only a copy that is not the model is replaced.
+    if holds_the_model(dir) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Ok(());
     }
-    match std::fs::rename(&tmp, dir) {
+    let _ = std::fs::remove_dir_all(dir);
+    let renamed = std::fs::rename(&tmp, dir);
+    let _ = std::fs::remove_dir_all(&tmp);
+    match renamed {
         Ok(()) => Ok(()),
-        // Another process finished first: use its copy.
-        Err(_) if complete(dir) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            Ok(())
-        }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            Err(e)
-        }
+        Err(_) if holds_the_model(dir) => Ok(()),
+        Err(e) => Err(e),
     }
 }

@@ -89,8 +89,20 @@ def main():
     bf16 = os.path.join(args.work, "export", "bf16")
     shutil.rmtree(bf16, ignore_errors=True)
     model.config.eos_token_id = 2
-    model.to(torch.bfloat16).save_pretrained(bf16)
-    mtp_tensors = {k: v.to(torch.bfloat16).contiguous() for k, v in mtp_state_dict(mtp).items()}
+    # Routers' correction biases stay F32, as in the release (ARCH_NOTES §7): rounding them to
+    # BF16 and back would move routing decisions away from the trained model's.
+    biases = {n: b.detach().clone() for n, b in model.named_buffers()
+              if n.endswith("e_score_correction_bias")}
+    model.to(torch.bfloat16)
+    for n, b in biases.items():
+        module = model.get_submodule(n.rsplit(".", 1)[0])
+        module.e_score_correction_bias = b
+    model.save_pretrained(bf16)
+    mtp_tensors = {
+        k: (v.float() if k.endswith("e_score_correction_bias") else v.to(torch.bfloat16))
+        .contiguous()
+        for k, v in mtp_state_dict(mtp).items()
+    }
     save_file(mtp_tensors, os.path.join(bf16, "mtp.safetensors"), metadata={"format": "pt"})
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(os.path.join(tok_dir, f), bf16)
@@ -112,7 +124,8 @@ def main():
     with torch.no_grad():
         export_hf_checkpoint(qmodel, export_dir=tmp)
 
-    out = args.out
+    # Written next to its place and moved there only once it is known to fit the size limit.
+    out = args.out.rstrip("/") + ".new"
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
     hqc = unmangle(json.load(open(os.path.join(tmp, "hf_quant_config.json"))))
@@ -126,6 +139,12 @@ def main():
         json.dump(cfg, f, indent=2, sort_keys=True)
     weights = load_file(os.path.join(tmp, "model.safetensors"))
     assert not any(k.startswith("mtp.") for k in weights)
+    # Whatever dtype the reload for quantization gave them, the stored biases are the trained
+    # F32 values.
+    for n, b in biases.items():
+        key = "backbone." + n.removeprefix("model.")
+        assert key in weights, key
+        weights[key] = b.float().contiguous()
     weights.update(mtp_tensors)
     save_file(weights, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
     generation = {
@@ -142,8 +161,11 @@ def main():
         shutil.copy(os.path.join(tok_dir, f), out)
     shutil.rmtree(tmp)
     size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
-    print(f"step {step}: wrote {out} ({size / 2**20:.2f} MiB)")
-    assert size <= 25 * 2**20, "the shipped model must stay within 25 MiB"
+    if size > 25 * 2**20:
+        raise SystemExit(f"{out} is {size / 2**20:.2f} MiB: the shipped model must stay within 25 MiB")
+    shutil.rmtree(args.out, ignore_errors=True)
+    os.rename(out, args.out)
+    print(f"step {step}: wrote {args.out} ({size / 2**20:.2f} MiB)")
 
 
 if __name__ == "__main__":

@@ -92,8 +92,12 @@ class MTP(nn.Module):
         """`next_embeds` [B, T, D]: embeddings of tokens t+1; `hidden` [B, T, D]: h_t. Causal
         over the T positions. Returns the normed output (feed it to `lm_head`)."""
         z = self.eh_proj(torch.cat([self.enorm(next_embeds), self.hnorm(hidden)], dim=-1))
+        # transformers' eager attention masks nothing unless given a mask (only SDPA turns
+        # causal by itself), so the mask is explicit.
+        t = z.shape[1]
+        mask = torch.full((t, t), float("-inf"), dtype=z.dtype, device=z.device).triu(1)
         for block in self.blocks:
-            z = block(z)
+            z = block(z, attention_mask=mask[None, None])
         return self.final_layernorm(z)
 
 

@@ -106,7 +106,7 @@ def mtp_acceptance(model, mtp, prompts, n_new, depth=3):
         h = model.model(input_ids=y[None]).last_hidden_state
         start = len(p) - 1
         # Positions whose drafts are checked against the generated (greedy) tokens only.
-        for t in range(start, len(y) - depth - 1):
+        for t in range(start, len(y) - depth):
             positions += 1
             tokens, hs = y[None, 1 : t + 2], h[:, : t + 1]
             for k in range(depth):

@@ -132,7 +132,7 @@ def save(path, state):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default=work_dir())
-    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=1800)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -185,6 +185,13 @@ def main():
     step, epoch, pos, elapsed = 0, 0, 0, 0.0
     if os.path.exists(ckpt_path):
         s = torch.load(ckpt_path, weights_only=False)
+        # The schedule and the data position depend on these: a resumed run must keep them.
+        for k in ("steps", "batch", "seq", "lr", "warmup", "seed"):
+            if s["args"][k] != getattr(args, k):
+                raise SystemExit(
+                    f"the checkpoint was trained with --{k} {s['args'][k]}, not {getattr(args, k)}"
+                    "; resume with the same value (or remove run/ to start over)"
+                )
         model.load_state_dict(s["model"])
         mtp.load_state_dict(s["mtp"])
         opt.load_state_dict(s["opt"])
@@ -202,6 +209,12 @@ def main():
     n_params = sum(p.numel() for p in params)
     print(f"{n_params / 1e6:.2f}M parameters; {len(data) / 1e6:.2f}M training tokens an epoch")
     log_path = os.path.join(run, "log.csv")
+    if step and os.path.exists(log_path):
+        # Rows written after the checkpoint belong to steps that will be run again.
+        rows = list(csv.reader(open(log_path)))
+        rows = rows[:1] + [r for r in rows[1:] if int(r[0]) <= step]
+        with open(log_path, "w", newline="") as f:
+            csv.writer(f).writerows(rows)
     new_log = not os.path.exists(log_path)
     log = open(log_path, "a", newline="")
     w = csv.writer(log)
@@ -236,7 +249,10 @@ def main():
             print(f"step {step} loss {float(main_loss):.3f} mtp {float(mtp_loss):.3f} "
                   f"lr {lr:.1e} max load {worst:.2f} {elapsed / 60:.1f} min", flush=True)
         if step % args.eval_every == 0 or step == args.steps:
-            for domain, (m, t) in evaluate(model, mtp, eval_docs, args.seq, args.eval_tokens).items():
+            results = evaluate(model, mtp, eval_docs, args.seq, args.eval_tokens)
+            # Held-out routing must not move the biases: drop what the evaluation counted.
+            routers.counts = [None] * len(routers.routers)
+            for domain, (m, t) in results.items():
                 w.writerow([step, tokens, f"{m:.4f}", f"{t:.4f}", "", f"{elapsed / 60:.2f}", "",
                             f"eval:{domain}"])
             log.flush()
