@@ -250,13 +250,7 @@ impl ModelConfig {
             self.num_nextn_predict_layers
         );
 
-        // MTP blocks are ordinary NemotronH blocks built from the same fields.
-        let mtp: &[LayerKind] = if self.num_nextn_predict_layers > 0 {
-            &self.mtp_layers
-        } else {
-            &[]
-        };
-        let has = |kind: LayerKind| self.layers.contains(&kind) || mtp.contains(&kind);
+        let has = |kind: LayerKind| self.uses(kind);
 
         if has(LayerKind::Attention) {
             positive!(num_attention_heads, num_key_value_heads, head_dim);
@@ -415,6 +409,13 @@ impl ModelConfig {
     /// The MTP step's layer kinds as a pattern string, e.g. `*E`.
     pub fn mtp_pattern(&self) -> String {
         self.mtp_layers.iter().map(LayerKind::code).collect()
+    }
+
+    /// Whether a layer of `kind` is built: in the main stack, or in the MTP step when there is
+    /// one (MTP blocks are ordinary NemotronH blocks built from the same fields).
+    pub fn uses(&self, kind: LayerKind) -> bool {
+        self.layers.contains(&kind)
+            || (self.num_nextn_predict_layers > 0 && self.mtp_layers.contains(&kind))
     }
 
     /// Number of main-stack layers of `kind`.

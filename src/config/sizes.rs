@@ -152,12 +152,7 @@ impl Sizes {
     /// fields (divisibility, group counts) are [`ModelConfig::validate`]'s, checked after this.
     pub(super) fn derive(c: &ModelConfig, file: &Path) -> Result<Sizes> {
         let ck = Check { file };
-        let mtp: &[LayerKind] = if c.num_nextn_predict_layers > 0 {
-            &c.mtp_layers
-        } else {
-            &[]
-        };
-        let has = |kind: LayerKind| c.layers.contains(&kind) || mtp.contains(&kind);
+        let has = |kind: LayerKind| c.uses(kind);
 
         ck.field("the number of layers", c.layers.len(), MAX_LAYERS, "layers")?;
         ck.field(
