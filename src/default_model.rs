@@ -32,7 +32,7 @@ pub fn dir() -> Result<PathBuf> {
              give --model with a checkpoint folder"
         )));
     }
-    let folder = format!("{NAME}-{:016x}", content_hash());
+    let folder = format!("{NAME}-{:016x}", files::CONTENT_HASH);
     let mut tried = Vec::new();
     for base in cache_bases() {
         let dir = base.join("models").join(&folder);
@@ -69,26 +69,6 @@ fn cache_bases() -> Vec<PathBuf> {
     let uid = unsafe { libc::getuid() };
     bases.push(std::env::temp_dir().join(format!("nemotron-rt-cache-{uid}")));
     bases
-}
-
-/// FNV-1a over every file's name, length and bytes, eight bytes at a time: names the cache
-/// folder, so a binary with other weights never reads an older binary's files.
-fn content_hash() -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut mix = |x: u64| {
-        h ^= x;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    };
-    for (name, bytes) in files::FILES {
-        name.bytes().for_each(|b| mix(b as u64));
-        mix(bytes.len() as u64);
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            mix(u64::from_le_bytes(c.try_into().expect("8 bytes")));
-        }
-        chunks.remainder().iter().for_each(|&b| mix(b as u64));
-    }
-    h
 }
 
 /// Whether `dir` holds exactly the embedded files (compared byte for byte: a few milliseconds).
