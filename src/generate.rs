@@ -143,7 +143,8 @@ impl Generation {
     }
 }
 
-fn routes_of(routing: &[LayerRouting], t: usize) -> Vec<TokenRoute> {
+/// Row `t`'s routing of a forward pass, one entry per MoE layer.
+pub fn routes_of(routing: &[LayerRouting], t: usize) -> Vec<TokenRoute> {
     routing
         .iter()
         .map(|r| {

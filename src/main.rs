@@ -192,14 +192,27 @@ struct GenerateArgs {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("input").required(true)))]
+#[command(group(clap::ArgGroup::new("output").required(true).multiple(true)))]
 struct ForwardArgs {
     #[command(flatten)]
     model: ModelArgs,
-    #[arg(long, value_delimiter = ',', required = true)]
-    prompt_ids: Vec<u32>,
+    /// Input text (tokenized with the checkpoint's tokenizer.json, as `generate` does).
+    #[arg(long, group = "input")]
+    prompt: Option<String>,
+    /// Input text read from a UTF-8 file.
+    #[arg(long, group = "input")]
+    prompt_file: Option<PathBuf>,
+    /// Input as comma-separated token ids.
+    #[arg(long, value_delimiter = ',', group = "input")]
+    prompt_ids: Option<Vec<u32>>,
     /// Output safetensors: `logits` [T, V] and `hidden.layerN` [T, D] after each layer.
-    #[arg(long)]
-    out: PathBuf,
+    #[arg(long, group = "output")]
+    out: Option<PathBuf>,
+    /// Write every input token's routing as JSON lines, in the format of `generate
+    /// --trace-routing` (index = position; ms is 0: the pass is timed per chunk, not per token).
+    #[arg(long, group = "output")]
+    trace_routing: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -290,6 +303,32 @@ fn load_tokenizer(dir: &Path) -> anyhow::Result<Arc<Tokenizer>> {
     Ok(Arc::new(Tokenizer::from_dir(dir)?))
 }
 
+/// The prompt's token ids: the text tokenized (with the tokenizer's special tokens, as the
+/// reference does) and checked against the model's vocabulary, or the ids given.
+fn prompt_ids(
+    text: Option<&str>,
+    ids: Option<&[u32]>,
+    tokenizer: Option<&Tokenizer>,
+    vocab: usize,
+) -> anyhow::Result<Vec<u32>> {
+    let Some(text) = text else {
+        return ids
+            .map(<[u32]>::to_vec)
+            .context("give a prompt as text or as token ids");
+    };
+    let tok = tokenizer.context("a text prompt needs the checkpoint's tokenizer.json")?;
+    let ids = tok.encode(text, true)?;
+    if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+        bail!(
+            "the tokenizer {} encodes the prompt to token id {bad}, outside this model's \
+             vocabulary (vocab_size {vocab}): the tokenizer.json does not belong to this \
+             checkpoint",
+            tok.path().display()
+        );
+    }
+    Ok(ids)
+}
+
 #[derive(Serialize)]
 struct GenerateJson<'a> {
     tokens: &'a [u32],
@@ -322,24 +361,12 @@ fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
         }
     };
     let ids_only = tokenizer.is_none();
-    let prompt: Vec<u32> = match (&a.prompt, &a.prompt_ids) {
-        (Some(text), _) => {
-            let tok = tokenizer.as_ref().expect("loaded above");
-            let ids = tok.encode(text, true)?;
-            let v = model.config.vocab_size;
-            if let Some(&bad) = ids.iter().find(|&&id| id as usize >= v) {
-                bail!(
-                    "the tokenizer {} encodes the prompt to token id {bad}, outside this model's \
-                     vocabulary (vocab_size {v}): the tokenizer.json does not belong to this \
-                     checkpoint",
-                    tok.path().display()
-                );
-            }
-            ids
-        }
-        (None, Some(ids)) => ids.clone(),
-        (None, None) => bail!("give --prompt TEXT or --prompt-ids 1,2,3"),
-    };
+    let prompt = prompt_ids(
+        a.prompt.as_deref(),
+        a.prompt_ids.as_deref(),
+        tokenizer.as_deref(),
+        model.config.vocab_size,
+    )?;
     let params = GenerateParams {
         max_tokens: a.max_tokens,
         sampling: SamplingParams {
@@ -444,13 +471,38 @@ fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
 
 fn run_forward(a: ForwardArgs) -> anyhow::Result<()> {
     let dir = model_dir(&a.model.model)?;
-    let out_path = output_path("--out", &a.out, &dir, false)?;
+    let out_path = match &a.out {
+        Some(p) => Some(output_path("--out", p, &dir, false)?),
+        None => None,
+    };
+    if let Some(p) = &a.trace_routing {
+        output_path("--trace-routing", p, &dir, true)?;
+    }
+    let text = match (&a.prompt, &a.prompt_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(p)) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("--prompt-file {}: reading UTF-8 text", p.display()))?,
+        ),
+        (None, None) => None,
+    };
     let model = load(&a.model, &dir)?;
-    let (t, v, d) = (
-        a.prompt_ids.len(),
+    // The trace's text column needs the tokenizer even for ids; without one it stays empty.
+    let tokenizer = match load_tokenizer(&dir) {
+        Ok(t) => Some(t),
+        Err(e) if text.is_some() => return Err(e),
+        Err(_) => None,
+    };
+    let ids = prompt_ids(
+        text.as_deref(),
+        a.prompt_ids.as_deref(),
+        tokenizer.as_deref(),
         model.config.vocab_size,
-        model.config.hidden_size,
-    );
+    )?;
+    if ids.is_empty() {
+        bail!("the input is empty: nothing to run a forward pass over");
+    }
+    let (t, v, d) = (ids.len(), model.config.vocab_size, model.config.hidden_size);
     let context = model.config.max_position_embeddings;
     if t > context {
         return Err(nemotron_rt::Error::PromptTooLong {
@@ -460,36 +512,61 @@ fn run_forward(a: ForwardArgs) -> anyhow::Result<()> {
         }
         .into());
     }
-    // Embeddings, every layer and the final norm.
-    let states = model.config.layers.len() + 2;
-    // Saturating: an absurd product must read as "does not fit", never wrap to a small one.
-    let out_bytes = (t as u64)
-        .saturating_mul(v as u64)
-        .saturating_add(
-            (states as u64)
-                .saturating_mul(t as u64)
-                .saturating_mul(d as u64),
-        )
-        .saturating_mul(4);
-    nemotron_rt::memory::ensure_fits(
-        out_bytes,
-        &format!(
-            "forward over {t} tokens (logits [{t}, {v}] and {states} hidden states [{t}, {d}], f32)"
-        ),
-    )?;
+    let tensors = out_path.is_some();
+    if tensors {
+        // Embeddings, every layer and the final norm.
+        let states = model.config.layers.len() + 2;
+        // Saturating: an absurd product must read as "does not fit", never wrap to a small one.
+        let out_bytes = (t as u64)
+            .saturating_mul(v as u64)
+            .saturating_add(
+                (states as u64)
+                    .saturating_mul(t as u64)
+                    .saturating_mul(d as u64),
+            )
+            .saturating_mul(4);
+        nemotron_rt::memory::ensure_fits(
+            out_bytes,
+            &format!(
+                "forward over {t} tokens (logits [{t}, {v}] and {states} hidden states [{t}, {d}], f32)"
+            ),
+        )?;
+    }
     let opts = ForwardOptions {
-        all_logits: true,
-        routing: false,
-        hidden: true,
+        all_logits: tensors,
+        routing: a.trace_routing.is_some(),
+        hidden: tensors,
     };
+    let mut trace = match &a.trace_routing {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let mut decoder = tokenizer.map(nemotron_rt::tokenizer::StreamDecoder::new);
     // In pieces, like generation's prefill, so the activations stay bounded; only the outputs
     // grow with the prompt.
     let be = model.backend.as_ref();
     let mut seq = model.new_sequence()?;
-    let mut logits: Vec<f32> = Vec::with_capacity(t * v);
+    let mut logits: Vec<f32> = Vec::with_capacity(if tensors { t * v } else { 0 });
     let mut hidden: Vec<(String, Vec<f32>)> = Vec::new();
     for r in generate::prefill_pieces(t, generate::PREFILL_CHUNK) {
-        let out = model.forward(&mut seq, &a.prompt_ids[r], opts)?;
+        let start = r.start;
+        let out = model.forward(&mut seq, &ids[r.clone()], opts)?;
+        if let Some(w) = trace.as_mut() {
+            for (row, &id) in ids[r].iter().enumerate() {
+                let piece = match decoder.as_mut() {
+                    Some(dec) => dec.push(id)?,
+                    None => String::new(),
+                };
+                let routes = generate::routes_of(&out.routing, row);
+                nemotron_rt::trace::write_line(w, start + row, id, &piece, 0.0, &routes)
+                    .context("writing the routing trace")?;
+            }
+        }
+        if !tensors {
+            continue;
+        }
         logits.extend(be.download(&out.logits)?);
         if hidden.is_empty() {
             hidden = out
@@ -507,6 +584,14 @@ fn run_forward(a: ForwardArgs) -> anyhow::Result<()> {
             }
         }
     }
+    if let (Some(mut w), Some(p)) = (trace, &a.trace_routing) {
+        w.flush()
+            .with_context(|| format!("writing {}", p.display()))?;
+        eprintln!("wrote the routing of {t} tokens to {}", p.display());
+    }
+    let Some(out_path) = out_path else {
+        return Ok(());
+    };
     fn view(shape: Vec<usize>, data: &[f32]) -> safetensors::tensor::TensorView<'_> {
         safetensors::tensor::TensorView::new(
             safetensors::Dtype::F32,
@@ -524,7 +609,7 @@ fn run_forward(a: ForwardArgs) -> anyhow::Result<()> {
     eprintln!(
         "wrote logits [{t}, {v}] and {} hidden states to {}",
         hidden.len(),
-        a.out.display()
+        out_path.display()
     );
     Ok(())
 }

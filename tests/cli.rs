@@ -260,6 +260,85 @@ fn forward_writes_golden_logits_and_hidden_states() {
     assert_eq!(out.len(), 1 + names.len(), "nothing else in the file");
 }
 
+/// `forward --trace-routing`: every input position's routing, equal to the reference's prefill
+/// routing row for row, with nothing else written when `--out` is not given.
+#[test]
+fn forward_traces_the_golden_prefill_routing_of_every_position() {
+    let golden = Golden::open(&fixtures().join(GROUPED).join("golden.safetensors"));
+    let prompt = golden.ids("prompt1.input_ids");
+    let tmp = tempfile::tempdir().unwrap();
+    let trace = tmp.path().join("prompt.jsonl");
+    let model = hf(GROUPED);
+    ok(&[
+        "forward",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt-ids",
+        &ids_arg(&prompt),
+        "--trace-routing",
+        trace.to_str().unwrap(),
+    ]);
+    let records = nemotron_rt::trace::read(&trace).expect("the trace reads back");
+    assert_eq!(records.len(), prompt.len(), "one line per input token");
+    let text = std::fs::read_to_string(&trace).unwrap();
+    for (i, line) in text.lines().enumerate() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["index"].as_u64(), Some(i as u64));
+        assert_eq!(v["token"].as_u64(), Some(prompt[i] as u64));
+        check_route(
+            &v["routing"],
+            &golden,
+            &|l| format!("prompt1.router.layer{l}.topk_ids_sorted"),
+            i,
+        );
+    }
+    let files: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert_eq!(files.len(), 1, "only the trace is written");
+
+    // From text: the positions are the tokenizer's ids and the pieces spell the text back.
+    let text = "def count(items):\n    return len(items)\n";
+    let file = tmp.path().join("input.txt");
+    std::fs::write(&file, text).unwrap();
+    ok(&[
+        "forward",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt-file",
+        file.to_str().unwrap(),
+        "--trace-routing",
+        trace.to_str().unwrap(),
+    ]);
+    let tok = nemotron_rt::tokenizer::Tokenizer::from_dir(&model).unwrap();
+    let ids = tok.encode(text, true).unwrap();
+    let records = nemotron_rt::trace::read(&trace).unwrap();
+    let got: Vec<u32> = records.iter().map(|r| r.token).collect();
+    assert_eq!(got, ids, "trace tokens are the tokenizer's encoding");
+    let spelled: String = records.iter().map(|r| r.text.as_str()).collect();
+    assert_eq!(
+        spelled,
+        tok.decode(&ids, true).unwrap(),
+        "pieces spell the input"
+    );
+
+    // Neither output, or no input: refused by clap before anything loads.
+    let o = run(&[
+        "forward",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "x",
+    ]);
+    assert!(!o.status.success());
+    let o = run(&[
+        "forward",
+        "--model",
+        model.to_str().unwrap(),
+        "--trace-routing",
+        "t.jsonl",
+    ]);
+    assert!(!o.status.success());
+}
+
 /// Counts made straight from a safetensors header, independently of the crate's loader.
 struct HandCount {
     params: u64,

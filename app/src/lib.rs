@@ -7,6 +7,7 @@
 pub mod app;
 pub mod colormap;
 pub mod export;
+pub mod headless;
 pub mod heatmap;
 pub mod recent;
 pub mod state;

@@ -1,10 +1,12 @@
 //! `nemotron-studio [MODEL_DIR]`: opens the window and the model in MODEL_DIR, or the default
-//! model when no folder is given.
+//! model when no folder is given. `nemotron-studio heatmap ...` exports a routing heatmap
+//! without a window.
 
 use std::path::PathBuf;
 
 use eframe::egui;
 use nemotron_studio::app::StudioApp;
+use nemotron_studio::headless;
 use nemotron_studio::state::AppState;
 
 fn options(renderer: eframe::Renderer) -> eframe::NativeOptions {
@@ -33,9 +35,21 @@ fn make_state(model: Option<&PathBuf>) -> AppState {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("heatmap") {
+        let result = headless::parse(&args[1..]).and_then(|a| headless::run_heatmap(&a));
+        match result {
+            Ok(done) => eprintln!("{done}"),
+            Err(e) => {
+                eprintln!("nemotron-studio heatmap: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!(
-            "usage: nemotron-studio [MODEL_DIR]\n\nThe desktop app of nemotron-rt: opens MODEL_DIR, or the default model when none is given. Renders with wgpu, or with OpenGL (glow) when wgpu cannot start."
+            "usage: nemotron-studio [MODEL_DIR]\n       {}\n\nThe desktop app of nemotron-rt: opens MODEL_DIR, or the default model when none is given. Renders with wgpu, or with OpenGL (glow) when wgpu cannot start.\n\n`heatmap` draws the routing of one or more traces (nemotron-rt generate or forward --trace-routing) as the app's heatmap PNG, without a window.",
+            headless::USAGE
         );
         return;
     }

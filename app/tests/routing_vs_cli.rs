@@ -154,3 +154,116 @@ fn greedy_heatmap_equals_cli_trace() {
 fn sampled_heatmap_equals_cli_trace() {
     run_case("The quick brown fox", 12, 0.9, 0.95, 20, 1234);
 }
+
+/// The per-domain pictures of the report: `nemotron-rt forward --trace-routing` over a text, then
+/// `nemotron-studio heatmap` over the trace, must draw exactly the heatmap of the library's own
+/// prefill routing, pixel for pixel as the app exports it.
+#[test]
+fn prompt_heatmap_from_the_command_line_is_the_library_routing() {
+    let text = "In the beginning God created the heaven and the earth.\ndef main():\n    pass\n";
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.txt");
+    std::fs::write(&input, text).unwrap();
+    let trace = dir.path().join("prompt.jsonl");
+    let out = Command::new(cli_binary())
+        .args(["forward", "--threads", "2", "--model"])
+        .arg(support::fixture())
+        .arg("--prompt-file")
+        .arg(&input)
+        .arg("--trace-routing")
+        .arg(&trace)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("running nemotron-rt");
+    assert!(
+        out.status.success(),
+        "CLI failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The library, directly: one prefill over the same tokens with routing.
+    let be = nemotron_rt::backend::create(nemotron_rt::backend::BackendKind::Cpu, 2).unwrap();
+    let model = nemotron_rt::model::Model::load(&support::fixture(), be, Default::default())
+        .expect("fixture loads");
+    let tok = nemotron_rt::tokenizer::Tokenizer::from_dir(&support::fixture()).unwrap();
+    let ids = tok.encode(text, true).unwrap();
+    let mut seq = model.new_sequence().unwrap();
+    let opts = nemotron_rt::model::ForwardOptions {
+        routing: true,
+        ..Default::default()
+    };
+    let fwd = model.forward(&mut seq, &ids, opts).unwrap();
+    let routes: Vec<Vec<TokenRoute>> = (0..ids.len())
+        .map(|t| nemotron_rt::generate::routes_of(&fwd.routing, t))
+        .collect();
+    let want = Heatmap::from_routes(
+        model.moe_layers(),
+        model.config.n_routed_experts,
+        routes.iter().map(Vec::as_slice),
+    )
+    .unwrap();
+    assert_eq!(want.tokens, ids.len());
+
+    let png = dir.path().join("heat.png");
+    let csv = dir.path().join("heat.csv");
+    let studio = |args: &[&std::ffi::OsStr]| {
+        Command::new(env!("CARGO_BIN_EXE_nemotron-studio"))
+            .arg("heatmap")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("running nemotron-studio")
+    };
+    let fixture = support::fixture();
+    let o = studio(&[
+        "--model".as_ref(),
+        fixture.as_os_str(),
+        "--out".as_ref(),
+        png.as_os_str(),
+        "--csv".as_ref(),
+        csv.as_os_str(),
+        trace.as_os_str(),
+    ]);
+    assert!(
+        o.status.success(),
+        "nemotron-studio heatmap failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let got = image::open(&png).expect("the PNG opens").to_rgb8();
+    let expected = nemotron_studio::export::heatmap_image(
+        &want,
+        nemotron_studio::heatmap::HeatMode::Count,
+        false,
+    );
+    assert_eq!(got.dimensions(), expected.dimensions());
+    assert!(
+        got == expected,
+        "the PNG is not the library routing's heatmap"
+    );
+    assert_eq!(std::fs::read_to_string(&csv).unwrap(), want.to_csv());
+
+    // A trace from a model with more experts: refused, naming the file and the token.
+    let bad = dir.path().join("other-model.jsonl");
+    let line = std::fs::read_to_string(&trace).unwrap();
+    let first = line.lines().next().unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(first).unwrap();
+    v["routing"][0]["ids"][0] = serde_json::json!(100_000);
+    std::fs::write(&bad, format!("{v}\n")).unwrap();
+    let o = studio(&[
+        "--model".as_ref(),
+        fixture.as_os_str(),
+        "--out".as_ref(),
+        png.as_os_str(),
+        bad.as_os_str(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("other-model.jsonl token 0") && err.contains("expert 100000 out of range"),
+        "{err}"
+    );
+    // No trace at all: a usage error, not a window.
+    let o = studio(&["--out".as_ref(), png.as_os_str()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("give at least one routing trace"));
+}
