@@ -39,12 +39,18 @@ pub fn write_text(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| io_err(path, e))
 }
 
-/// Pixels per expert and per layer in the exported image: wide enough to tell neighbours apart
-/// at 512 experts, tall enough to see 40 rows.
-pub const PNG_CELL: (u32, u32) = (3, 12);
+/// Pixels per expert and per layer in the exported image: at least 3 wide (neighbours apart at
+/// 512 experts) and 12 tall (40 rows visible), and larger for smaller models so the image is
+/// about 1536 x 384 whatever the model (a 32-expert, 7-layer model would otherwise be a
+/// 96 x 84 stamp).
+pub fn png_cell(experts: usize, rows: usize) -> (u32, u32) {
+    let w = (1536 / experts.max(1)).clamp(3, 48) as u32;
+    let h = (384 / rows.max(1)).clamp(12, 48) as u32;
+    (w, h)
+}
 
 pub fn heatmap_image(h: &Heatmap, mode: HeatMode, log: bool) -> image::RgbImage {
-    let (cw, ch) = PNG_CELL;
+    let (cw, ch) = png_cell(h.experts, h.rows());
     let (w, ht) = (
         (h.experts as u32 * cw).max(1),
         (h.rows() as u32 * ch).max(1),
@@ -64,4 +70,19 @@ pub fn heatmap_png(h: &Heatmap, mode: HeatMode, log: bool, path: &Path) -> Resul
     heatmap_image(h, mode, log)
         .save_with_format(path, image::ImageFormat::Png)
         .map_err(|e| io_err(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::png_cell;
+
+    #[test]
+    fn cells_shrink_to_their_floor_for_super_and_grow_for_small_models() {
+        // Super: 512 experts, 40 MoE layers.
+        assert_eq!(png_cell(512, 40), (3, 12));
+        // The default model: 32 experts, 7 MoE layers.
+        assert_eq!(png_cell(32, 7), (48, 48));
+        assert_eq!(png_cell(16, 3), (48, 48));
+        assert_eq!(png_cell(0, 0), (48, 48));
+    }
 }

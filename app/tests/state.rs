@@ -259,7 +259,7 @@ fn exports_write_the_run() {
     let png = dir.path().join("h.png");
     nemotron_studio::export::heatmap_png(h, HeatMode::Count, false, &png).unwrap();
     let img = image::open(&png).unwrap().to_rgb8();
-    let (cw, ch) = nemotron_studio::export::PNG_CELL;
+    let (cw, ch) = nemotron_studio::export::png_cell(h.experts, h.rows());
     assert_eq!(
         img.dimensions(),
         (h.experts as u32 * cw, h.rows() as u32 * ch)

@@ -16,6 +16,10 @@ each MoE layer uses per domain.
   accepted. Reported per position: accepted / reached (conditional) and accepted / positions.
 * Experts: over the held-out tokens of each domain, how many of the experts each MoE layer picks
   at all, and the share of picks the busiest expert gets.
+* Specialisation, from the runtime's own routing (`heatmaps.sh` writes `<out>/routing-<domain>.csv`
+  first; skipped when absent): per MoE layer and domain, the total variation distance between
+  the domain's expert load (picks per expert / all picks) and the mean load of the other
+  domains. 0 = the domain uses the experts exactly as the others do; 1 = disjoint experts.
 
 Writes `<out>/report.json` and prints a Markdown summary.
 """
@@ -145,6 +149,31 @@ def expert_use(model, ids):
     }
 
 
+def specialisation(out):
+    loads = {}
+    for d in DOMAINS:
+        path = os.path.join(out, f"routing-{d}.csv")
+        if not os.path.exists(path):
+            return None
+        for r in csv.DictReader(open(path)):
+            layer = loads.setdefault(d, {}).setdefault(int(r["layer"]), {})
+            layer[int(r["expert"])] = int(r["count"])
+    result = {}
+    for layer in sorted(loads[DOMAINS[0]]):
+        experts = sorted(loads[DOMAINS[0]][layer])
+        share = {}
+        for d in DOMAINS:
+            counts = [loads[d][layer][e] for e in experts]
+            share[d] = [c / sum(counts) for c in counts]
+        result[str(layer)] = {}
+        for d in DOMAINS:
+            others = [o for o in DOMAINS if o != d]
+            mean = [sum(share[o][i] for o in others) / len(others) for i in range(len(experts))]
+            tv = 0.5 * sum(abs(a - b) for a, b in zip(share[d], mean))
+            result[str(layer)][d] = tv
+    return result
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default=work_dir())
@@ -180,6 +209,7 @@ def main():
         ids = held_out(args.work, tok, d, 64 * args.mtp_prompts)
         prompts += [ids[i * 64 : i * 64 + 32] for i in range(args.mtp_prompts)]
     report["mtp_acceptance"] = mtp_acceptance(quant, mtp, prompts, args.mtp_tokens)
+    report["specialisation"] = specialisation(args.out)
     with open(os.path.join(args.out, "report.json"), "w") as f:
         json.dump(report, f, indent=1)
 
@@ -197,6 +227,14 @@ def main():
         cells = [f"{report['experts'][d][layer]['distinct']} "
                  f"({report['experts'][d][layer]['busiest_share']:.0%})" for d in DOMAINS]
         print(f"| {layer} | " + " | ".join(cells) + " |")
+
+    if report["specialisation"]:
+        print("\nTotal variation distance of each domain's expert load from the other domains':")
+        print("\n| layer | " + " | ".join(DOMAINS) + " |\n|---|" + "---|" * len(DOMAINS))
+        for layer, tv in report["specialisation"].items():
+            print(f"| {layer} | " + " | ".join(f"{tv[d]:.2f}" for d in DOMAINS) + " |")
+    else:
+        print("\n(no routing-<domain>.csv: run heatmaps.sh first for the specialisation table)")
 
 
 if __name__ == "__main__":
