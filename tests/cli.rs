@@ -11,7 +11,7 @@ use serde_json::Value;
 
 #[path = "support/golden.rs"]
 mod golden_file;
-use golden_file::Golden;
+use golden_file::{Golden, max_abs_diff};
 
 const LOGIT_TOL: f32 = 1e-4;
 const ROUTER_WEIGHT_TOL: f64 = 1e-5;
@@ -54,14 +54,6 @@ fn ok(args: &[&str]) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "lengths differ");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 fn as_u32s(v: &Value) -> Vec<u32> {

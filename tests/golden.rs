@@ -15,7 +15,7 @@ use nemotron_rt::model::{ForwardOptions, LoadOptions, Model};
 mod golden_file;
 #[path = "support/backends.rs"]
 mod support_backends;
-use golden_file::Golden;
+use golden_file::{Golden, max_abs_diff};
 
 const LOGIT_TOL: f32 = 1e-4;
 const ROUTER_WEIGHT_TOL: f32 = 1e-5;
@@ -24,14 +24,6 @@ const HIDDEN_REL_TOL: f32 = 2e-5;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models")
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "lengths differ");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 /// The CPU engine and every other backend present; an absent one is skipped with the reason.

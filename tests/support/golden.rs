@@ -36,3 +36,13 @@ impl Golden {
             .collect()
     }
 }
+
+/// Largest `|a - b|` over two equally long slices (the golden tests' absolute tolerance).
+#[allow(dead_code)]
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}

@@ -109,8 +109,9 @@ def mtp_acceptance(model, mtp, prompts, n_new, depth=3):
                            eos_token_id=None, pad_token_id=0)[0]
         h = model.model(input_ids=y[None]).last_hidden_state
         start = len(p) - 1
-        # Positions whose drafts are checked against the generated (greedy) tokens only.
-        for t in range(start, len(y) - depth):
+        # Positions whose drafts are checked against the generated (greedy) tokens only; the
+        # k-th draft at t predicts y[t + 2 + k], so the last position is len(y) - 2 - depth.
+        for t in range(start, len(y) - 1 - depth):
             positions += 1
             tokens, hs = y[None, 1 : t + 2], h[:, : t + 1]
             for k in range(depth):
