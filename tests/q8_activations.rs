@@ -59,7 +59,10 @@ fn q8_activations_stay_close_to_the_reference() {
             let agree = ft.iter().zip(&want).take_while(|(a, b)| a == b).count();
             let mut worst = 0.0f32;
             let mut differs = false;
-            for s in 0..agree.min(want.len()) {
+            // Step s's logits come from the reference's tokens up to s, so they are comparable
+            // up to and including the first step that disagrees (step 0 is the prefill, which
+            // q8 never touches: it is a decode-only path).
+            for s in 0..(agree + 1).min(want.len()) {
                 let g = &want_logits[s * v..(s + 1) * v];
                 let scale = g.iter().fold(0.0f32, |m, x| m.max(x.abs()));
                 let d = fl[s]

@@ -223,6 +223,45 @@ pub struct RouterParams {
     pub scaling: f32,
 }
 
+/// How the rows of a batch are computed: the first `decode` rows are decode rows, the rest
+/// prefill rows. A decode row comes out bit for bit as a lone single-token step computes it,
+/// whatever else shares the pass; a prefill row goes through the prefill (matrix-matrix)
+/// kernels, and also depends only on itself. So no row's result depends on the batch, and a
+/// multi-token verify step (all decode rows) computes what that many decode steps compute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rows {
+    pub decode: usize,
+}
+
+impl Rows {
+    /// Every row a prefill row.
+    pub const PREFILL: Rows = Rows { decode: 0 };
+
+    /// The first `n` rows decode rows.
+    pub fn decode(n: usize) -> Rows {
+        Rows { decode: n }
+    }
+
+    /// What a single sequence's pass of `t` tokens is: a decode step when `t` is 1, a prefill
+    /// otherwise (the convention before batches, kept for callers that pass one sequence).
+    pub fn of_tokens(t: usize) -> Rows {
+        Rows {
+            decode: usize::from(t == 1),
+        }
+    }
+
+    /// Checks the split against a tensor of `rows` rows.
+    pub fn check(&self, rows: usize, op: &str) -> Result<()> {
+        if self.decode > rows {
+            return Err(Error::Invalid(format!(
+                "{op}: {} decode rows in a tensor of {rows} rows",
+                self.decode
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// The experts chosen for each token: `ids` U32 `[T, k]` and final weights F32 `[T, k]`, in
 /// ascending expert-id order within each row.
 pub struct Routing {
@@ -296,8 +335,13 @@ pub trait Backend: Send + Sync {
         w: &Weight,
         eps: f32,
     ) -> Result<Tensor>;
-    /// `x Wᵀ (+ b)` for a weight in any stored format, decoded inside the kernel.
-    fn linear(&self, x: &Tensor, w: &Weight) -> Result<Tensor>;
+    /// `x Wᵀ (+ b)` for a weight in any stored format, decoded inside the kernel; `rows` says
+    /// which rows are decode rows (see [`Rows`]).
+    fn linear_rows(&self, x: &Tensor, w: &Weight, rows: Rows) -> Result<Tensor>;
+    /// [`Self::linear_rows`] for one sequence's pass: one row is a decode step, more a prefill.
+    fn linear(&self, x: &Tensor, w: &Weight) -> Result<Tensor> {
+        self.linear_rows(x, w, Rows::of_tokens(x.rows()))
+    }
     /// `relu(x)²`.
     fn relu2(&self, x: &Tensor) -> Result<Tensor>;
     /// `a += b`.
@@ -349,9 +393,29 @@ pub trait Backend: Send + Sync {
     ) -> Result<Tensor>;
     /// Router logits `[T, E]` + correction bias -> chosen experts and their weights.
     fn router(&self, logits: &Tensor, bias: &Weight, p: &RouterParams) -> Result<Routing>;
-    /// `Σ_j w_j · down_{id_j}(relu(up_{id_j} x)²)` per token, touching only chosen experts.
-    fn moe_experts(&self, x: &Tensor, experts: &ExpertWeights, routing: &Routing)
-    -> Result<Tensor>;
+    /// `Σ_j w_j · down_{id_j}(relu(up_{id_j} x)²)` per token, touching only chosen experts;
+    /// `rows` says which rows are decode rows (see [`Rows`]).
+    fn moe_experts_rows(
+        &self,
+        x: &Tensor,
+        experts: &ExpertWeights,
+        routing: &Routing,
+        rows: Rows,
+    ) -> Result<Tensor>;
+    /// [`Self::moe_experts_rows`] for one sequence's pass: one row is a decode step, more a
+    /// prefill.
+    fn moe_experts(
+        &self,
+        x: &Tensor,
+        experts: &ExpertWeights,
+        routing: &Routing,
+    ) -> Result<Tensor> {
+        self.moe_experts_rows(x, experts, routing, Rows::of_tokens(x.rows()))
+    }
+    /// A new `[Σ n_i, C]` tensor of the rows `range_i` of each `x_i`, in order: one sequence's
+    /// rows out of a batch, a batch stacked from its sequences' rows, or the rows whose logits
+    /// are wanted. Every part must be F32 with the same columns.
+    fn gather_rows(&self, parts: &[(&Tensor, std::ops::Range<usize>)]) -> Result<Tensor>;
     /// Index of the first maximum of each row.
     fn argmax(&self, logits: &Tensor) -> Result<Vec<u32>>;
     /// Runs `step`, one single-token forward pass of the sequence `key` that returns its
@@ -382,6 +446,35 @@ pub trait Backend: Send + Sync {
         let mass = inv_t.map(|inv_t| crate::sampling::softmax_mass(row, inv_t));
         Ok(Candidates { top, mass })
     }
+}
+
+/// Checks [`Backend::gather_rows`]' parts: F32, one column count, ranges inside their
+/// tensors. Returns the output's `(rows, cols)`.
+pub(crate) fn gather_shape(parts: &[(&Tensor, std::ops::Range<usize>)]) -> Result<(usize, usize)> {
+    let Some((first, _)) = parts.first() else {
+        return Err(Error::Invalid("gather_rows: no parts".into()));
+    };
+    let cols = first.cols();
+    let mut rows = 0usize;
+    for (i, (t, r)) in parts.iter().enumerate() {
+        if t.elem() != ElemType::F32 {
+            return Err(Error::Invalid(format!("gather_rows: part {i} is not F32")));
+        }
+        if t.cols() != cols {
+            return Err(Error::Invalid(format!(
+                "gather_rows: part {i} has {} columns, part 0 {cols}",
+                t.cols()
+            )));
+        }
+        if r.start > r.end || r.end > t.rows() {
+            return Err(Error::Invalid(format!(
+                "gather_rows: rows {r:?} of part {i}, which has {} rows",
+                t.rows()
+            )));
+        }
+        rows += r.len();
+    }
+    Ok((rows, cols))
 }
 
 /// Stored-format codes as the GPU kernels number them (`FORMAT` in shaders/decode.wgsl,

@@ -3,6 +3,7 @@
 
 use crate::backend::{AttnDims, Backend, Tensor, Weight};
 use crate::error::Result;
+use crate::model::batch::Batch;
 use crate::model::loader::Loader;
 
 pub struct Attention {
@@ -45,11 +46,21 @@ impl Attention {
         }
     }
 
-    pub fn forward(&self, be: &dyn Backend, x: &Tensor, cache: &mut Tensor) -> Result<Tensor> {
-        let q = be.linear(x, &self.q_proj)?;
-        let k = be.linear(x, &self.k_proj)?;
-        let v = be.linear(x, &self.v_proj)?;
-        let a = be.attention(&q, &k, &v, cache, self.dims)?;
-        be.linear(&a, &self.o_proj)
+    /// `caches[i]` is the KV cache of the batch's sequence `i`.
+    pub fn forward(
+        &self,
+        be: &dyn Backend,
+        x: &Tensor,
+        batch: &Batch,
+        caches: &mut [&mut Tensor],
+    ) -> Result<Tensor> {
+        let rows = batch.rows();
+        let q = be.linear_rows(x, &self.q_proj, rows)?;
+        let k = be.linear_rows(x, &self.k_proj, rows)?;
+        let v = be.linear_rows(x, &self.v_proj, rows)?;
+        let a = batch.each(be, &[&q, &k, &v], |i, _, qkv| {
+            be.attention(qkv[0], qkv[1], qkv[2], caches[i], self.dims)
+        })?;
+        be.linear_rows(&a, &self.o_proj, rows)
     }
 }

@@ -4,6 +4,7 @@
 
 use crate::backend::{Backend, SsmDims, Tensor, Weight};
 use crate::error::Result;
+use crate::model::batch::Batch;
 use crate::model::loader::Loader;
 
 pub struct Mamba {
@@ -29,6 +30,20 @@ pub struct Mamba {
 pub struct MambaState {
     pub conv: Tensor,
     pub ssm: Tensor,
+    /// What undoes the last multi-token decode step, if that was the last step.
+    pub undo: Option<Box<MambaUndo>>,
+}
+
+/// The state before a multi-token decode step and the step's conv inputs and raw dt: restoring
+/// the state and re-running the conv and the scan over the first `n` rows gives exactly the
+/// state after `n` of the step's tokens (decode rows are computed as single steps). One copy of
+/// the state per step, rather than one per position: at Super's sizes an SSM state is 4 MiB a
+/// layer, and a verify step holds several positions.
+pub struct MambaUndo {
+    pub conv: Tensor,
+    pub ssm: Tensor,
+    pub xbc: Tensor,
+    pub dt: Tensor,
 }
 
 impl Mamba {
@@ -76,19 +91,69 @@ impl Mamba {
         Ok(MambaState {
             conv: be.new_conv_state(channels, self.conv_kernel)?,
             ssm: be.new_ssm_state(self.dims)?,
+            undo: None,
         })
     }
 
-    pub fn forward(&self, be: &dyn Backend, x: &Tensor, st: &mut MambaState) -> Result<Tensor> {
-        let (i, gn) = (self.inner, self.group_state);
-        let zxbcdt = be.linear(x, &self.in_proj)?;
+    /// `states[i]` is the state of the batch's sequence `i`.
+    pub fn forward(
+        &self,
+        be: &dyn Backend,
+        x: &Tensor,
+        batch: &Batch,
+        states: &mut [&mut MambaState],
+    ) -> Result<Tensor> {
+        let (i, gn, rows) = (self.inner, self.group_state, batch.rows());
+        let zxbcdt = be.linear_rows(x, &self.in_proj, rows)?;
         let mut parts = be.split_columns(&zxbcdt, &[i, i + 2 * gn, self.dims.heads])?;
         let dt = parts.pop().expect("three parts");
         let xbc = parts.pop().expect("three parts");
         let z = parts.pop().expect("three parts");
+        let y = batch.each(be, &[&xbc, &dt], |s, seg, xd| {
+            let st = &mut *states[s];
+            st.undo = if seg.decode && seg.rows.len() > 1 {
+                Some(Box::new(MambaUndo {
+                    conv: be.copy(&st.conv)?,
+                    ssm: be.copy(&st.ssm)?,
+                    xbc: be.copy(xd[0])?,
+                    dt: be.copy(xd[1])?,
+                }))
+            } else {
+                None
+            };
+            let xbc = be.conv1d_silu(xd[0], &self.conv_w, self.conv_b.as_ref(), &mut st.conv)?;
+            // The reference clamps dt in its prefill only; decode rows are decode steps.
+            let dt_min = (!seg.decode).then_some(self.prefill_dt_min);
+            be.ssm_scan(
+                &xbc,
+                xd[1],
+                &self.a_log,
+                &self.d,
+                &self.dt_bias,
+                &mut st.ssm,
+                self.dims,
+                dt_min,
+            )
+        })?;
+        let y = be.gated_group_rms_norm(&y, &z, &self.norm, self.dims.groups, self.eps)?;
+        be.linear_rows(&y, &self.out_proj, rows)
+    }
+
+    /// Puts `st` where it was after the first `keep` tokens of its last multi-token decode
+    /// step (see [`MambaUndo`]).
+    pub fn rewind(&self, be: &dyn Backend, st: &mut MambaState, keep: usize) -> Result<()> {
+        let undo = st.undo.as_ref().ok_or_else(|| {
+            crate::Error::Invalid("rollback: no multi-token step to undo in this layer".into())
+        })?;
+        st.conv = be.copy(&undo.conv)?;
+        st.ssm = be.copy(&undo.ssm)?;
+        if keep == 0 {
+            return Ok(());
+        }
+        let xbc = be.gather_rows(&[(&undo.xbc, 0..keep)])?;
+        let dt = be.gather_rows(&[(&undo.dt, 0..keep)])?;
         let xbc = be.conv1d_silu(&xbc, &self.conv_w, self.conv_b.as_ref(), &mut st.conv)?;
-        let dt_min = (x.rows() > 1).then_some(self.prefill_dt_min);
-        let y = be.ssm_scan(
+        be.ssm_scan(
             &xbc,
             &dt,
             &self.a_log,
@@ -96,9 +161,8 @@ impl Mamba {
             &self.dt_bias,
             &mut st.ssm,
             self.dims,
-            dt_min,
+            None,
         )?;
-        let y = be.gated_group_rms_norm(&y, &z, &self.norm, self.dims.groups, self.eps)?;
-        be.linear(&y, &self.out_proj)
+        Ok(())
     }
 }

@@ -1,6 +1,6 @@
 //! Dense MLP layer (`-`) and the MoE shared expert: `down(relu(up·x)²)`, no gate projection.
 
-use crate::backend::{Backend, Tensor, Weight};
+use crate::backend::{Backend, Rows, Tensor, Weight};
 use crate::error::Result;
 use crate::model::loader::Loader;
 
@@ -18,8 +18,8 @@ impl Mlp {
         })
     }
 
-    pub fn forward(&self, be: &dyn Backend, x: &Tensor) -> Result<Tensor> {
-        let h = be.relu2(&be.linear(x, &self.up)?)?;
-        be.linear(&h, &self.down)
+    pub fn forward(&self, be: &dyn Backend, x: &Tensor, rows: Rows) -> Result<Tensor> {
+        let h = be.relu2(&be.linear_rows(x, &self.up, rows)?)?;
+        be.linear_rows(&h, &self.down, rows)
     }
 }

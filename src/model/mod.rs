@@ -2,6 +2,7 @@
 //! `h = embed(ids)`; for each layer `h += mixer(rmsnorm(h))`; `logits = lm_head(norm_f(h))`.
 
 pub mod attention;
+pub mod batch;
 pub mod loader;
 pub mod mamba;
 pub mod mlp;
@@ -10,13 +11,14 @@ pub mod moe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::backend::{Backend, Routing, Tensor, Weight};
+use crate::backend::{Backend, Routing, Rows, Tensor, Weight};
 use crate::checkpoint::Checkpoint;
 use crate::config::{GenerationConfig, LayerKind, ModelConfig, load_generation_config};
 use crate::error::{Error, Result};
 use crate::quant_config::QuantConfig;
 
 use self::attention::Attention;
+use self::batch::Batch;
 use self::loader::{Access, GroupStats, LoadProgress, Loader};
 use self::mamba::{Mamba, MambaState};
 use self::mlp::Mlp;
@@ -121,6 +123,18 @@ pub struct ForwardOptions {
     pub hidden: bool,
 }
 
+/// One sequence's part of a batched forward pass ([`Model::forward_batch`]).
+pub struct BatchEntry<'a> {
+    pub seq: &'a mut Sequence,
+    pub ids: &'a [u32],
+    /// Decode rows compute exactly what as many single-token steps compute (a multi-token
+    /// verify step); prefill rows what the reference's prefill computes (its dt clamp, the
+    /// prefill kernels).
+    pub decode: bool,
+    /// Logits of every row rather than of the last one.
+    pub all_logits: bool,
+}
+
 enum LayerState {
     Mamba(MambaState),
     Attention(Tensor),
@@ -130,6 +144,9 @@ enum LayerState {
 /// Per-sequence state: the KV caches, conv and SSM states, and the position.
 pub struct Sequence {
     pub pos: usize,
+    /// Tokens of the last forward call when it was a multi-token decode step (which
+    /// [`Model::rollback`] can undo), else 0.
+    undo_rows: usize,
     /// Names this sequence's decode steps to the backend (a CUDA graph is kept per sequence).
     id: u64,
     layers: Vec<LayerState>,
@@ -260,6 +277,7 @@ impl Model {
             .collect::<Result<_>>()?;
         Ok(Sequence {
             pos: 0,
+            undo_rows: 0,
             id: next_sequence_id(),
             layers,
         })
@@ -276,6 +294,7 @@ impl Model {
                     LayerState::Mamba(m) => LayerState::Mamba(MambaState {
                         conv: be.copy(&m.conv)?,
                         ssm: be.copy(&m.ssm)?,
+                        undo: None,
                     }),
                     LayerState::Attention(c) => LayerState::Attention(be.copy(c)?),
                     LayerState::None => LayerState::None,
@@ -284,21 +303,99 @@ impl Model {
             .collect::<Result<_>>()?;
         Ok(Sequence {
             pos: seq.pos,
+            undo_rows: 0,
             id: next_sequence_id(),
             layers,
         })
     }
 
-    /// Runs `ids` through the model after whatever `seq` already holds.
+    /// Cuts `seq` back to `pos` positions, inside its last multi-token decode step (a verify
+    /// step whose later drafts were rejected): KV caches truncated, conv and SSM states put
+    /// back to what they were after position `pos`, bit for bit what a sequence that never saw
+    /// the removed tokens holds.
+    pub fn rollback(&self, seq: &mut Sequence, pos: usize) -> Result<()> {
+        if pos == seq.pos {
+            return Ok(());
+        }
+        let start = seq.pos - seq.undo_rows;
+        if pos > seq.pos || pos < start || seq.undo_rows == 0 {
+            return Err(Error::Invalid(format!(
+                "rollback to position {pos}: the sequence is at {} and can only go back within \
+                 its last multi-token decode step ({start}..{})",
+                seq.pos, seq.pos
+            )));
+        }
+        let be = self.backend.as_ref();
+        let keep = pos - start;
+        let mut run = || -> Result<()> {
+            for (layer, state) in self.layers.iter().zip(seq.layers.iter_mut()) {
+                match (&layer.mixer, state) {
+                    (Mixer::Mamba(m), LayerState::Mamba(st)) => m.rewind(be, st, keep)?,
+                    (Mixer::Attention(_), LayerState::Attention(c)) => be.kv_truncate(c, pos)?,
+                    _ => {}
+                }
+            }
+            Ok(())
+        };
+        let mut result = None;
+        self.backend.enter(&mut || result = Some(run()));
+        result.unwrap_or_else(|| {
+            Err(Error::Invalid(
+                "the backend did not run the rollback".into(),
+            ))
+        })?;
+        seq.pos = pos;
+        // The undo data now describes a step that has partly been undone; a second rollback
+        // must start from a new step.
+        seq.undo_rows = 0;
+        Ok(())
+    }
+
+    /// The conv and SSM states of every Mamba layer (`layer{i}.conv`, `layer{i}.ssm`), read
+    /// back: for tests and debugging.
+    pub fn read_state(&self, seq: &Sequence) -> Result<Vec<(String, Vec<f32>)>> {
+        let be = self.backend.as_ref();
+        let mut out = Vec::new();
+        for (i, st) in seq.layers.iter().enumerate() {
+            if let LayerState::Mamba(m) = st {
+                out.push((format!("layer{i}.conv"), be.download(&m.conv)?));
+                out.push((format!("layer{i}.ssm"), be.download(&m.ssm)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs `ids` through the model after whatever `seq` already holds: a decode step when
+    /// `ids` is one token, a prefill otherwise.
     pub fn forward(
         &self,
         seq: &mut Sequence,
         ids: &[u32],
         opts: ForwardOptions,
     ) -> Result<ForwardOutput> {
+        let mut entry = [BatchEntry {
+            seq,
+            ids,
+            decode: ids.len() == 1,
+            all_logits: opts.all_logits,
+        }];
+        let mut outs = self.forward_batch(&mut entry, opts)?;
+        Ok(outs.pop().expect("one output per entry"))
+    }
+
+    /// One forward pass over the rows of several sequences, each after whatever its sequence
+    /// already holds. Returns one output per entry, in the entries' order (`opts.all_logits` is
+    /// per entry here; `opts.hidden` covers every row of the batch and is returned with the
+    /// first output). Each row's result depends only on its sequence and kind, never on the
+    /// rest of the batch.
+    pub fn forward_batch(
+        &self,
+        entries: &mut [BatchEntry],
+        opts: ForwardOptions,
+    ) -> Result<Vec<ForwardOutput>> {
         let mut out = None;
         self.backend
-            .enter(&mut || out = Some(self.forward_here(seq, ids, opts)));
+            .enter(&mut || out = Some(self.forward_batch_here(entries, opts)));
         out.unwrap_or_else(|| {
             Err(Error::Invalid(
                 "the backend returned without running the forward pass".into(),
@@ -306,67 +403,180 @@ impl Model {
         })
     }
 
-    /// [`Self::forward`] on the calling thread.
-    fn forward_here(
+    /// [`Self::forward_batch`] on the calling thread.
+    fn forward_batch_here(
         &self,
-        seq: &mut Sequence,
-        ids: &[u32],
+        entries: &mut [BatchEntry],
         opts: ForwardOptions,
-    ) -> Result<ForwardOutput> {
-        if ids.is_empty() {
-            return Err(Error::Invalid("forward: no tokens given".into()));
+    ) -> Result<Vec<ForwardOutput>> {
+        if entries.is_empty() {
+            return Err(Error::Invalid("forward: no sequences given".into()));
         }
-        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.config.vocab_size) {
-            return Err(Error::Invalid(format!(
-                "token id {bad} is outside the vocabulary (vocab_size {})",
-                self.config.vocab_size
-            )));
+        for e in entries.iter() {
+            if e.ids.is_empty() {
+                return Err(Error::Invalid("forward: no tokens given".into()));
+            }
+            if let Some(&bad) = e
+                .ids
+                .iter()
+                .find(|&&i| i as usize >= self.config.vocab_size)
+            {
+                return Err(Error::Invalid(format!(
+                    "token id {bad} is outside the vocabulary (vocab_size {})",
+                    self.config.vocab_size
+                )));
+            }
+            if e.seq.layers.len() != self.layers.len() {
+                return Err(Error::Invalid(format!(
+                    "a sequence of {} layers given to a model of {}: was it made by another \
+                     model?",
+                    e.seq.layers.len(),
+                    self.layers.len()
+                )));
+            }
         }
+        // Decode rows first (the backends' split), each kind in the caller's order.
+        let mut order: Vec<usize> = (0..entries.len()).collect();
+        order.sort_by_key(|&i| !entries[i].decode);
+        let batch = Batch::new(
+            &order
+                .iter()
+                .map(|&i| (entries[i].ids.len(), entries[i].decode))
+                .collect::<Vec<_>>(),
+        )?;
+        let ids: Vec<u32> = order
+            .iter()
+            .flat_map(|&i| entries[i].ids.iter().copied())
+            .collect();
+        // Rows whose logits are wanted, per sequence in batch order.
+        let wanted: Vec<std::ops::Range<usize>> = order
+            .iter()
+            .zip(&batch.segments)
+            .map(|(&i, seg)| match entries[i].all_logits {
+                true => seg.rows.clone(),
+                false => seg.rows.end - 1..seg.rows.end,
+            })
+            .collect();
         let be = self.backend.as_ref();
-        let t = ids.len();
         let mut hidden = Vec::new();
         let mut routes = Vec::new();
-        let logits = if t == 1 && !opts.hidden {
-            // Nothing is read back inside a decode step, so a backend may replay it.
-            let key = seq.id;
-            let layers = &mut seq.layers;
-            be.decode_step(key, &mut || {
-                self.run(layers, ids, opts, &mut hidden, &mut routes)
-            })?
-        } else {
-            self.run(&mut seq.layers, ids, opts, &mut hidden, &mut routes)?
+        let first_key = entries[order[0]].seq.id;
+        let logits = {
+            let mut sorted: Vec<&mut BatchEntry> = entries.iter_mut().collect();
+            sorted.sort_by_key(|e| !e.decode);
+            let mut states: Vec<&mut [LayerState]> =
+                sorted.into_iter().map(|e| &mut e.seq.layers[..]).collect();
+            if let ([only], [seg]) = (&mut states[..], &batch.segments[..])
+                && seg.decode
+                && seg.rows.len() == 1
+                && !opts.hidden
+            {
+                // Nothing is read back inside a decode step, so a backend may replay it.
+                be.decode_step(first_key, &mut || {
+                    self.run(only, &batch, &ids, &wanted, opts, &mut hidden, &mut routes)
+                })?
+            } else {
+                self.run_batch(
+                    &mut states,
+                    &batch,
+                    &ids,
+                    &wanted,
+                    opts,
+                    &mut hidden,
+                    &mut routes,
+                )?
+            }
         };
-        let routing = routes
+        let routing: Vec<(usize, Vec<u32>, Vec<f32>, usize)> = routes
             .into_iter()
             .map(|(layer, r, k): (usize, Routing, usize)| {
-                Ok(LayerRouting {
-                    layer,
-                    ids: be.download_u32(&r.ids)?,
-                    weights: be.download(&r.weights)?,
-                    k,
-                })
+                Ok((layer, be.download_u32(&r.ids)?, be.download(&r.weights)?, k))
             })
             .collect::<Result<_>>()?;
-        seq.pos += t;
-        Ok(ForwardOutput {
-            logits,
-            routing,
-            hidden,
-        })
+        // Back to the caller's order: entry i is segment `slot[i]` of the batch.
+        let mut slot = vec![0; entries.len()];
+        for (s, &i) in order.iter().enumerate() {
+            slot[i] = s;
+        }
+        let mut logit_row = Vec::with_capacity(wanted.len());
+        let mut at = 0;
+        for w in &wanted {
+            logit_row.push(at..at + w.len());
+            at += w.len();
+        }
+        let single = entries.len() == 1;
+        let mut logits = Some(logits);
+        let mut outs = Vec::with_capacity(entries.len());
+        for (i, e) in entries.iter_mut().enumerate() {
+            let seg = &batch.segments[slot[i]];
+            let rows = seg.rows.clone();
+            let entry_logits = if single {
+                logits.take().expect("taken once")
+            } else {
+                let all = logits.as_ref().expect("kept until the last entry");
+                be.gather_rows(&[(all, logit_row[slot[i]].clone())])?
+            };
+            let routing = routing
+                .iter()
+                .map(|(layer, ids, ws, k)| LayerRouting {
+                    layer: *layer,
+                    ids: ids[rows.start * k..rows.end * k].to_vec(),
+                    weights: ws[rows.start * k..rows.end * k].to_vec(),
+                    k: *k,
+                })
+                .collect();
+            e.seq.pos += e.ids.len();
+            e.seq.undo_rows = if e.decode && e.ids.len() > 1 {
+                e.ids.len()
+            } else {
+                0
+            };
+            outs.push(ForwardOutput {
+                logits: entry_logits,
+                routing,
+                hidden: if i == 0 {
+                    std::mem::take(&mut hidden)
+                } else {
+                    Vec::new()
+                },
+            });
+        }
+        Ok(outs)
     }
 
-    /// The device work of a forward pass: embeddings, every layer and the head. The routing of
-    /// MoE layers is kept on the device for the caller to read after the pass.
+    /// [`Self::run_batch`] for a batch of one sequence.
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
         states: &mut [LayerState],
+        batch: &Batch,
         ids: &[u32],
+        wanted: &[std::ops::Range<usize>],
+        opts: ForwardOptions,
+        hidden: &mut Vec<(String, Vec<f32>)>,
+        routes: &mut Vec<(usize, Routing, usize)>,
+    ) -> Result<Tensor> {
+        self.run_batch(&mut [states], batch, ids, wanted, opts, hidden, routes)
+    }
+
+    /// The device work of a forward pass: embeddings, every layer and the head, over the
+    /// rows of `batch` (`states[i]`: the layer states of its sequence `i`), with the logits of
+    /// the `wanted` rows. The routing of MoE layers is kept on the device for the caller to
+    /// read after the pass.
+    #[allow(clippy::too_many_arguments)]
+    fn run_batch(
+        &self,
+        states: &mut [&mut [LayerState]],
+        batch: &Batch,
+        ids: &[u32],
+        wanted: &[std::ops::Range<usize>],
         opts: ForwardOptions,
         hidden: &mut Vec<(String, Vec<f32>)>,
         routes: &mut Vec<(usize, Routing, usize)>,
     ) -> Result<Tensor> {
         let be = self.backend.as_ref();
         let eps = self.config.layer_norm_epsilon;
+        let rows = batch.rows();
         hidden.clear();
         routes.clear();
         let mut h = be.embed(&self.embeddings, ids)?;
@@ -375,22 +585,35 @@ impl Model {
         }
         let mut x = be.rms_norm(&h, &self.layers[0].norm, eps)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let out = match (&layer.mixer, &mut states[i]) {
-                (Mixer::Mamba(m), LayerState::Mamba(st)) => m.forward(be, &x, st)?,
-                (Mixer::Attention(a), LayerState::Attention(cache)) => a.forward(be, &x, cache)?,
-                (Mixer::Moe(m), _) => {
-                    let (out, r) = m.forward(be, &x)?;
+            let out = match &layer.mixer {
+                Mixer::Mamba(m) => {
+                    let mut st = states
+                        .iter_mut()
+                        .map(|s| match &mut s[i] {
+                            LayerState::Mamba(st) => Ok(st),
+                            _ => Err(state_mismatch(i)),
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    m.forward(be, &x, batch, &mut st)?
+                }
+                Mixer::Attention(a) => {
+                    let mut caches = states
+                        .iter_mut()
+                        .map(|s| match &mut s[i] {
+                            LayerState::Attention(c) => Ok(c),
+                            _ => Err(state_mismatch(i)),
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    a.forward(be, &x, batch, &mut caches)?
+                }
+                Mixer::Moe(m) => {
+                    let (out, r) = m.forward(be, &x, rows)?;
                     if opts.routing {
                         routes.push((i, r, m.router.top_k));
                     }
                     out
                 }
-                (Mixer::Mlp(m), _) => m.forward(be, &x)?,
-                _ => {
-                    return Err(Error::Invalid(format!(
-                        "sequence state does not match layer {i}: was it made by another model?"
-                    )));
-                }
+                Mixer::Mlp(m) => m.forward(be, &x, rows)?,
             };
             let next_norm = self.layers.get(i + 1).map_or(&self.norm_f, |l| &l.norm);
             x = be.add_rms_norm(&mut h, &out, next_norm, eps)?;
@@ -401,11 +624,33 @@ impl Model {
         if opts.hidden {
             hidden.push(("final_norm".to_string(), be.download(&x)?));
         }
-        let x = if opts.all_logits || ids.len() == 1 {
+        // The head over the wanted rows only; they keep the batch's order, so the decode rows
+        // among them still come first.
+        let all_rows = wanted.len() == 1 && wanted[0] == (0..batch.total_rows());
+        let head_rows = Rows::decode(
+            wanted
+                .iter()
+                .zip(&batch.segments)
+                .filter(|(_, s)| s.decode)
+                .map(|(w, _)| w.len())
+                .sum(),
+        );
+        let x = if all_rows {
             x
         } else {
-            be.last_row(&x)?
+            let parts: Vec<_> = wanted.iter().map(|w| (&x, w.clone())).collect();
+            be.gather_rows(&parts)?
         };
-        be.linear(&x, self.lm_head.as_ref().unwrap_or(&self.embeddings))
+        be.linear_rows(
+            &x,
+            self.lm_head.as_ref().unwrap_or(&self.embeddings),
+            head_rows,
+        )
     }
+}
+
+fn state_mismatch(layer: usize) -> Error {
+    Error::Invalid(format!(
+        "sequence state does not match layer {layer}: was it made by another model?"
+    ))
 }

@@ -2,7 +2,7 @@
 //! `out = fc2_latent(Σ_k w_k · expert_k(fc1_latent(x))) + shared(x)`, with a sigmoid router whose
 //! correction bias only chooses experts, and a shared expert on the full hidden width.
 
-use crate::backend::{Backend, ExpertWeights, RouterParams, Routing, Tensor, Weight};
+use crate::backend::{Backend, ExpertWeights, RouterParams, Routing, Rows, Tensor, Weight};
 use crate::error::Result;
 use crate::model::loader::{Access, Loader};
 use crate::model::mlp::Mlp;
@@ -92,18 +92,19 @@ impl Moe {
     }
 
     /// Returns the layer output and the routing it used.
-    pub fn forward(&self, be: &dyn Backend, x: &Tensor) -> Result<(Tensor, Routing)> {
-        let logits = be.linear(x, &self.gate)?;
+    pub fn forward(&self, be: &dyn Backend, x: &Tensor, rows: Rows) -> Result<(Tensor, Routing)> {
+        let logits = be.linear_rows(x, &self.gate, rows)?;
         let routing = be.router(&logits, &self.bias, &self.router)?;
-        let routed = match &self.fc1_latent {
-            Some(fc1) => be.moe_experts(&be.linear(x, fc1)?, &self.experts, &routing)?,
-            None => be.moe_experts(x, &self.experts, &routing)?,
+        let latent = match &self.fc1_latent {
+            Some(fc1) => &be.linear_rows(x, fc1, rows)?,
+            None => x,
         };
+        let routed = be.moe_experts_rows(latent, &self.experts, &routing, rows)?;
         let mut out = match &self.fc2_latent {
-            Some(fc2) => be.linear(&routed, fc2)?,
+            Some(fc2) => be.linear_rows(&routed, fc2, rows)?,
             None => routed,
         };
-        be.add(&mut out, &self.shared.forward(be, x)?)?;
+        be.add(&mut out, &self.shared.forward(be, x, rows)?)?;
         Ok((out, routing))
     }
 }

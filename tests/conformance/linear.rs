@@ -1,7 +1,7 @@
 //! `linear` in every stored format, with and without bias, one token and many, widths that are
 //! not multiples of the workgroup size.
 
-use nemotron_rt::backend::Backend;
+use nemotron_rt::backend::{Backend, Rows};
 use nemotron_rt::weights::StoredLinear;
 
 use crate::common::*;
@@ -180,6 +180,93 @@ fn prefill_tiles_keep_f32_precision() {
                      {f32_tiles:e}"
                 );
             }
+        }
+    }
+}
+
+/// `linear_rows` with decode rows before prefill rows: each row bit for bit what the same
+/// backend gives for it in a pass of its own kind alone (decode rows one at a time, prefill
+/// rows together), and close to the CPU's; on the CPU too. A split past the rows is refused.
+#[test]
+fn decode_and_prefill_rows_in_one_pass_equal_their_own_passes() {
+    let mut rng = Rand::new(5);
+    let mut all = vec![cpu()];
+    all.extend(others_with_prefill_variants());
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for be in all {
+        for fmt in ALL_FORMATS {
+            for &(rows, cols, decode, tokens) in
+                &[(37, 48, 3, 9), (130, 272, 1, 40), (65, 96, 6, 6)]
+            {
+                let sw = linear(&mut rng, "w", rows, cols, fmt, true);
+                let w = be.load_linear(&sw).unwrap();
+                let x = rng.vec(tokens * cols, 1.0);
+                let what = format!(
+                    "{} {fmt:?} [{rows}x{cols}] {decode} of {tokens}",
+                    label(&*be)
+                );
+                let run = |x: &[f32], t: usize, kinds: Rows| {
+                    let y = be
+                        .linear_rows(&tensor(&*be, x, &[t, cols]), &w, kinds)
+                        .unwrap();
+                    be.download(&y).unwrap()
+                };
+                let mixed = run(&x, tokens, Rows::decode(decode));
+                let mut parts = Vec::new();
+                for t in 0..decode {
+                    parts.extend(run(&x[t * cols..(t + 1) * cols], 1, Rows::decode(1)));
+                }
+                if tokens > decode {
+                    parts.extend(run(&x[decode * cols..], tokens - decode, Rows::PREFILL));
+                }
+                assert!(
+                    bits(&mixed) == bits(&parts),
+                    "{what}: rows differ from their own passes"
+                );
+                let c = cpu();
+                let want = c
+                    .linear_rows(
+                        &tensor(&*c, &x, &[tokens, cols]),
+                        &c.load_linear(&sw).unwrap(),
+                        Rows::decode(decode),
+                    )
+                    .unwrap();
+                assert_close(&what, &mixed, &c.download(&want).unwrap(), ABS, REL);
+            }
+        }
+        let w = be
+            .load_linear(&linear(&mut rng, "w", 2, 4, Fmt::F32, false))
+            .unwrap();
+        let one_row = tensor(&*be, &[0.0; 4], &[1, 4]);
+        assert!(be.linear_rows(&one_row, &w, Rows::decode(2)).is_err());
+    }
+}
+
+/// `gather_rows`: row ranges of several tensors stacked, exactly; bad parts refused by name.
+#[test]
+fn gather_rows_copies_exactly_and_checks_its_parts() {
+    let mut rng = Rand::new(6);
+    let mut all = vec![cpu()];
+    all.extend(others());
+    for be in all {
+        let (a, b) = (rng.vec(5 * 7, 1.0), rng.vec(3 * 7, 1.0));
+        let (ta, tb) = (tensor(&*be, &a, &[5, 7]), tensor(&*be, &b, &[3, 7]));
+        let g = be
+            .gather_rows(&[(&ta, 1..4), (&tb, 0..3), (&ta, 4..5), (&tb, 2..2)])
+            .unwrap();
+        assert_eq!(g.shape(), &[7, 7]);
+        let mut want = a[7..28].to_vec();
+        want.extend(&b);
+        want.extend(&a[28..35]);
+        assert_eq!(be.download(&g).unwrap(), want, "{}", label(&*be));
+        let narrow = tensor(&*be, &[0.0; 6], &[1, 6]);
+        for bad in [
+            be.gather_rows(&[]),
+            be.gather_rows(&[(&ta, 4..6)]),
+            be.gather_rows(&[(&ta, 0..1), (&narrow, 0..1)]),
+        ] {
+            let e = bad.err().expect("refused").to_string();
+            assert!(e.contains("gather_rows"), "{}: {e}", label(&*be));
         }
     }
 }

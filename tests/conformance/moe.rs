@@ -1,7 +1,7 @@
 //! The MoE router (exact expert choice, grouped selection, ties, any top_k up to E) and the
 //! routed experts in every stored weight format.
 
-use nemotron_rt::backend::{Backend, ExpertWeights, RouterParams, Routing};
+use nemotron_rt::backend::{Backend, ExpertWeights, RouterParams, Routing, Rows};
 use nemotron_rt::checkpoint::{ByteView, DType};
 use nemotron_rt::weights::{LinearData, StoredLinear};
 
@@ -367,5 +367,63 @@ fn moe_experts_skip_unchosen_experts() {
             EX_ABS,
             EX_REL,
         );
+    }
+}
+
+/// `moe_experts_rows` with decode rows before prefill rows: each row bit for bit what the same
+/// backend gives for it alone in a pass of its kind, and close to the CPU's.
+#[test]
+fn moe_decode_and_prefill_rows_in_one_pass_equal_their_own_passes() {
+    let mut rng = Rand::new(37);
+    let mut all = vec![cpu()];
+    all.extend(others_with_prefill_variants());
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for be in all {
+        for fmt in [Fmt::Bf16, Fmt::Nvfp4] {
+            let (e, f, l, k) = (16usize, 48usize, 32usize, 4usize);
+            for &(decode, tokens) in &[(2usize, 12usize), (3, 3), (1, 70)] {
+                let up: Vec<StoredLinear> = (0..e)
+                    .map(|i| linear(&mut rng, &format!("up{i}"), f, l, fmt, false))
+                    .collect();
+                let down: Vec<StoredLinear> = (0..e)
+                    .map(|i| linear(&mut rng, &format!("down{i}"), l, f, fmt, false))
+                    .collect();
+                let x = rng.vec(tokens * l, 0.5);
+                let (logits, bias) = separated(&mut rng, tokens, e, 1);
+                let p = params(k, 1, 1, true, 2.5);
+                let ex = load(&*be, &up, &down);
+                let bias_w = be.load_vector("bias", &bias).unwrap();
+                let run = |r: std::ops::Range<usize>, kinds: Rows| {
+                    let n = r.len();
+                    let routing = be
+                        .router(
+                            &tensor(&*be, &logits[r.start * e..r.end * e], &[n, e]),
+                            &bias_w,
+                            &p,
+                        )
+                        .unwrap();
+                    let xs = tensor(&*be, &x[r.start * l..r.end * l], &[n, l]);
+                    let y = be.moe_experts_rows(&xs, &ex, &routing, kinds).unwrap();
+                    be.download(&y).unwrap()
+                };
+                let mixed = run(0..tokens, Rows::decode(decode));
+                let mut parts = Vec::new();
+                for t in 0..decode {
+                    parts.extend(run(t..t + 1, Rows::decode(1)));
+                }
+                if tokens > decode {
+                    parts.extend(run(decode..tokens, Rows::PREFILL));
+                }
+                let what = format!("{} moe {fmt:?} {decode} of {tokens}", label(&*be));
+                assert!(
+                    bits(&mixed) == bits(&parts),
+                    "{what}: rows differ from their own passes"
+                );
+                let c = cpu();
+                let (_, want) =
+                    run_experts(&*c, &load(&*c, &up, &down), &x, &logits, &bias, tokens, &p);
+                assert_close(&what, &mixed, &want, EX_ABS, EX_REL);
+            }
+        }
     }
 }

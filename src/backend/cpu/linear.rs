@@ -1,10 +1,11 @@
 //! Linear layers over weights in their stored precision (never expanded as a whole tensor).
 //!
-//! * Decode (at most [`DECODE_MAX_TOKENS`] tokens): the fused row kernels of [`super::simd`]
-//!   read each stored row straight from the map and dot it with every token, so the weights
-//!   stream through once with no f32 copy.
-//! * Prefill: a block of rows is decoded once into an f32 panel, which then meets all tokens in
-//!   cache-sized pieces ([`simd::panel_product`]); each weight byte is still read once.
+//! * Decode rows ([`crate::backend::Rows`]): the fused row kernels of [`super::simd`] read each
+//!   stored row straight from the map and dot it with every token, so the weights stream
+//!   through once with no f32 copy, and each token gets exactly a lone token's arithmetic.
+//! * Prefill rows: a block of rows is decoded once into an f32 panel, which then meets all
+//!   tokens in cache-sized pieces ([`simd::panel_product`]); each weight byte is still read
+//!   once.
 
 use super::par;
 use super::q8::{self, Q8Row};
@@ -14,10 +15,6 @@ use crate::checkpoint::{ByteView, DType};
 use crate::error::{Error, Result};
 use crate::weights::{LinearData, StoredLinear};
 
-/// Batches up to this many tokens use the fused row kernels (each token re-decodes the row
-/// from L1); larger ones decode each row once into a panel. (Measured on NVFP4 4096→5376, one
-/// AVX2 thread: fused is 1.9× faster at 2 tokens, 1.25× at 4; the panel wins from ~6.)
-const DECODE_MAX_TOKENS: usize = 4;
 /// Rows per prefill panel (and per parallel task), at most: every row block streams all the
 /// tokens' inputs past its panel (from L3 for long prompts), so more rows per block means
 /// less of that traffic per multiply-add. The 256-column slice of 64 rows that the tiles
@@ -411,69 +408,87 @@ impl CpuLinear {
         out
     }
 
-    /// `y = x Wᵀ + b` for `x` `[T, cols]`, parallel over blocks of output rows. Every output
-    /// depends only on its row and token (and the SIMD level), never on the thread count.
-    pub(crate) fn forward(&self, x: &[f32], tokens: usize, par: bool) -> Vec<f32> {
+    /// `y = x Wᵀ + b` for `x` `[T, cols]`, parallel over blocks of output rows; the first
+    /// `decode` tokens through the decode kernels, the rest through the prefill panels. Every
+    /// output depends only on its row, its token and that token's kind (and the SIMD level),
+    /// never on the other tokens or the thread count.
+    pub(crate) fn forward(&self, x: &[f32], tokens: usize, decode: usize, par: bool) -> Vec<f32> {
+        let decode = decode.min(tokens);
+        if decode == 0 {
+            return self.prefill(x, tokens, par);
+        }
+        if decode == tokens {
+            return self.decode(x, tokens, par);
+        }
+        let mut y = self.decode(&x[..decode * self.cols], decode, par);
+        y.extend(self.prefill(&x[decode * self.cols..], tokens - decode, par));
+        y
+    }
+
+    /// Decode rows: each weight byte is read once from the map by the fused row kernels, each
+    /// token's dot products computed exactly as a lone token's are.
+    fn decode(&self, x: &[f32], tokens: usize, par: bool) -> Vec<f32> {
         let lv = simd::level();
         let rows = self.rows;
-        if tokens <= DECODE_MAX_TOKENS {
-            // Decode: each weight byte is read once from the map, by the fused row kernel.
-            let q8: Vec<Q8Row> = if self.q8 {
-                x.chunks_exact(self.cols)
-                    .map(|xt| {
-                        let mut q = Q8Row::default();
-                        q.quantize(xt);
-                        q
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            let mut xp = Vec::new();
-            let stride = if self.q8 {
-                0
-            } else {
-                self.prepare(lv, x, tokens, &mut xp)
-            };
-            let per = if par {
-                (rows / (rayon::current_num_threads() * 8)).clamp(16, 256)
-            } else {
-                rows.max(1)
-            };
-            let mut yt = vec![0.0f32; rows * tokens];
-            par::chunks_mut(&mut yt, per * tokens, par, |b, chunk| {
-                if tokens == 1 {
-                    if self.q8 {
-                        self.q8_rows(b * per, &q8[0], chunk);
-                    } else {
-                        self.exact_rows(lv, b * per, chunk, &xp);
-                    }
-                    return;
-                }
-                for (i, o) in chunk.chunks_exact_mut(tokens).enumerate() {
-                    let r = b * per + i;
-                    for (t, v) in o.iter_mut().enumerate() {
-                        let d = if self.q8 {
-                            self.q8_dot(r, &q8[t])
-                        } else {
-                            self.dot_row(lv, r, &xp[t * stride..(t + 1) * stride])
-                        };
-                        *v = d + self.bias(r);
-                    }
-                }
-            });
+        let q8: Vec<Q8Row> = if self.q8 {
+            x.chunks_exact(self.cols)
+                .map(|xt| {
+                    let mut q = Q8Row::default();
+                    q.quantize(xt);
+                    q
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut xp = Vec::new();
+        let stride = if self.q8 {
+            0
+        } else {
+            self.prepare(lv, x, tokens, &mut xp)
+        };
+        let per = if par {
+            (rows / (rayon::current_num_threads() * 8)).clamp(16, 256)
+        } else {
+            rows.max(1)
+        };
+        let mut yt = vec![0.0f32; rows * tokens];
+        par::chunks_mut(&mut yt, per * tokens, par, |b, chunk| {
             if tokens == 1 {
-                return yt;
+                if self.q8 {
+                    self.q8_rows(b * per, &q8[0], chunk);
+                } else {
+                    self.exact_rows(lv, b * per, chunk, &xp);
+                }
+                return;
             }
-            let mut y = vec![0.0f32; tokens * rows];
-            for (r, o) in yt.chunks_exact(tokens).enumerate() {
-                for (t, &v) in o.iter().enumerate() {
-                    y[t * rows + r] = v;
+            for (i, o) in chunk.chunks_exact_mut(tokens).enumerate() {
+                let r = b * per + i;
+                for (t, v) in o.iter_mut().enumerate() {
+                    let d = if self.q8 {
+                        self.q8_dot(r, &q8[t])
+                    } else {
+                        self.dot_row(lv, r, &xp[t * stride..(t + 1) * stride])
+                    };
+                    *v = d + self.bias(r);
                 }
             }
-            return y;
+        });
+        if tokens == 1 {
+            return yt;
         }
-        // Prefill: blocks of rows, each decoded once for all tokens.
+        let mut y = vec![0.0f32; tokens * rows];
+        for (r, o) in yt.chunks_exact(tokens).enumerate() {
+            for (t, &v) in o.iter().enumerate() {
+                y[t * rows + r] = v;
+            }
+        }
+        y
+    }
+
+    /// Prefill rows: blocks of weight rows, each decoded once for all tokens.
+    fn prefill(&self, x: &[f32], tokens: usize, par: bool) -> Vec<f32> {
+        let (lv, rows) = (simd::level(), self.rows);
         let block = row_block(rows, par);
         let blocks: Vec<(usize, Vec<f32>)> = par::map(rows.div_ceil(block), par, |b| {
             let r0 = b * block;

@@ -14,7 +14,7 @@ use self::attention::KvCache;
 use self::linear::CpuLinear;
 use self::moe::CpuExperts;
 use crate::backend::{
-    AttnDims, Backend, BackendInfo, ElemType, ExpertWeights, RouterParams, Routing, SsmDims,
+    AttnDims, Backend, BackendInfo, ElemType, ExpertWeights, RouterParams, Routing, Rows, SsmDims,
     Tensor, Weight, tensor_bytes,
 };
 use crate::error::{Error, Result};
@@ -227,6 +227,13 @@ impl Backend for CpuBackend {
     }
 
     fn download(&self, t: &Tensor) -> Result<Vec<f32>> {
+        // Per-sequence states read back whole (tests compare them after a rollback).
+        if let Some(c) = t.inner::<ConvState>() {
+            return Ok(c.data.clone());
+        }
+        if let Some(s) = t.inner::<SsmState>() {
+            return Ok(s.data.clone());
+        }
         Ok(f32s(t)?.clone())
     }
 
@@ -402,9 +409,10 @@ impl Backend for CpuBackend {
         self.rms_norm(residual, w, eps)
     }
 
-    fn linear(&self, x: &Tensor, w: &Weight) -> Result<Tensor> {
+    fn linear_rows(&self, x: &Tensor, w: &Weight, kinds: Rows) -> Result<Tensor> {
         let l = linear_of(w)?;
         check_cols(x, l.cols, &w.name)?;
+        kinds.check(x.rows(), "linear")?;
         let xs = f32s(x)?;
         let work = x.rows() * l.rows * l.cols;
         let role = match self.profile {
@@ -412,7 +420,7 @@ impl Backend for CpuBackend {
             None => String::new(),
         };
         let y = self.run_reading(&role, l.stored_bytes() as u64, work, |par| {
-            l.forward(xs, x.rows(), par)
+            l.forward(xs, x.rows(), kinds.decode, par)
         });
         Ok(matrix(y, x.rows(), l.rows))
     }
@@ -459,6 +467,15 @@ impl Backend for CpuBackend {
             offset += w;
         }
         Ok(out)
+    }
+
+    fn gather_rows(&self, parts: &[(&Tensor, std::ops::Range<usize>)]) -> Result<Tensor> {
+        let (rows, cols) = crate::backend::gather_shape(parts)?;
+        let mut out = Vec::with_capacity(rows * cols);
+        for (t, r) in parts {
+            out.extend_from_slice(&f32s(t)?[r.start * cols..r.end * cols]);
+        }
+        Ok(matrix(out, rows, cols))
     }
 
     fn last_row(&self, x: &Tensor) -> Result<Tensor> {
@@ -598,12 +615,14 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn moe_experts(
+    fn moe_experts_rows(
         &self,
         x: &Tensor,
         experts: &ExpertWeights,
         routing: &Routing,
+        kinds: Rows,
     ) -> Result<Tensor> {
+        kinds.check(x.rows(), "moe_experts")?;
         let ex = experts
             .inner::<CpuExperts>()
             .ok_or_else(|| err(format!("`{}` is not a CPU expert set", experts.name)))?;
@@ -637,7 +656,7 @@ impl Backend for CpuBackend {
             None => 0,
         };
         let y = self.run_reading("moe_experts", bytes, work, |par| {
-            moe::experts(xs, tokens, ex, ids, ws, k, par)
+            moe::experts(xs, tokens, kinds.decode, ex, ids, ws, k, par)
         });
         Ok(matrix(y, tokens, experts.latent))
     }

@@ -81,9 +81,14 @@ fn top_indices(v: &[f32], k: usize) -> Vec<usize> {
 
 /// `out[t] = Σ_j w[t,j] · down_{id[t,j]}(relu(up_{id[t,j]} x[t])²)`, summed in ascending
 /// expert order (as the reference accumulates) so the result does not depend on threading.
+/// The routed experts of `tokens` tokens, the first `decode` of them decode rows (one token at a
+/// time through the row kernels, as a lone decode step computes it) and the rest prefill rows
+/// (grouped by expert, through the prefill panels).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn experts(
     x: &[f32],
     tokens: usize,
+    decode: usize,
     ex: &CpuExperts,
     ids: &[u32],
     weights: &[f32],
@@ -91,17 +96,31 @@ pub(crate) fn experts(
     par: bool,
 ) -> Vec<f32> {
     let latent = ex.up[0].cols;
-    if tokens == 1 {
-        return one_token(x, ex, ids, weights, par);
+    let decode = decode.min(tokens);
+    let mut out = Vec::with_capacity(tokens * latent);
+    for t in 0..decode {
+        let slots = t * k..(t + 1) * k;
+        let xt = &x[t * latent..(t + 1) * latent];
+        out.extend(one_token(xt, ex, &ids[slots.clone()], &weights[slots], par));
     }
-    let contributions = by_expert(x, tokens, ex, ids, weights, k, par);
-    let mut out = vec![0.0f32; tokens * latent];
+    let prefill = tokens - decode;
+    if prefill == 0 {
+        return out;
+    }
+    let (x, ids, weights) = (
+        &x[decode * latent..],
+        &ids[decode * k..],
+        &weights[decode * k..],
+    );
+    let contributions = by_expert(x, prefill, ex, ids, weights, k, par);
+    let mut sums = vec![0.0f32; prefill * latent];
     for (slot, c) in contributions.iter().enumerate() {
         let t = slot / k;
-        for (o, v) in out[t * latent..(t + 1) * latent].iter_mut().zip(c) {
+        for (o, v) in sums[t * latent..(t + 1) * latent].iter_mut().zip(c) {
             *o += v;
         }
     }
+    out.extend(sums);
     out
 }
 
@@ -170,9 +189,9 @@ fn by_expert(
             let t = slot / k;
             xs.extend_from_slice(&x[t * latent..(t + 1) * latent]);
         }
-        let mut h = ex.up[e].forward(&xs, slots.len(), false);
+        let mut h = ex.up[e].forward(&xs, slots.len(), 0, false);
         relu2(&mut h);
-        let mut o = ex.down[e].forward(&h, slots.len(), false);
+        let mut o = ex.down[e].forward(&h, slots.len(), 0, false);
         for (row, &slot) in o.chunks_exact_mut(latent).zip(slots) {
             let w = weights[slot];
             row.iter_mut().for_each(|v| *v *= w);
@@ -274,9 +293,9 @@ mod tests {
                 let weights: Vec<f32> = (0..ids.len()).map(|i| 0.5 + i as f32 * 0.25).collect();
                 let mut expected = vec![0.0f32; latent];
                 for (slot, &e) in ids.iter().enumerate() {
-                    let mut h = ex.up[e as usize].forward(&x, 1, false);
+                    let mut h = ex.up[e as usize].forward(&x, 1, 1, false);
                     relu2(&mut h);
-                    let o = ex.down[e as usize].forward(&h, 1, false);
+                    let o = ex.down[e as usize].forward(&h, 1, 1, false);
                     for (s, v) in expected.iter_mut().zip(o) {
                         *s += v * weights[slot];
                     }

@@ -23,7 +23,7 @@ pub use self::graph::GraphStats;
 use self::kernels::Family;
 use self::weights::{CudaExperts, CudaLinear, ExpertStack};
 use crate::backend::{
-    AttnDims, Backend, BackendInfo, ElemType, ExpertWeights, RouterParams, Routing, SsmDims,
+    AttnDims, Backend, BackendInfo, ElemType, ExpertWeights, RouterParams, Routing, Rows, SsmDims,
     Tensor, Weight, tensor_bytes,
 };
 use crate::error::Result;
@@ -118,6 +118,9 @@ pub struct CudaBackend {
     pub(crate) prefill_terms: u32,
     graphs: bool,
 }
+
+/// An op over some rows of a batch: (those rows, their range in the batch, decode rows?).
+type RowsOp<'a> = dyn Fn(&Tensor, std::ops::Range<usize>, bool) -> Result<Tensor> + 'a;
 
 impl CudaBackend {
     pub fn new(opts: CudaOptions) -> Result<CudaBackend> {
@@ -245,6 +248,47 @@ impl CudaBackend {
             self.dev.scratch(bytes, what)?
         };
         Ok(Tensor::new(shape, elem, Box::new(CudaTensor { buf })))
+    }
+
+    /// Rows of 4-byte elements (`elem`) copied into a new tensor, part after part; the parts
+    /// are checked by the caller.
+    fn copy_rows(
+        &self,
+        parts: &[(&Tensor, std::ops::Range<usize>)],
+        (rows, cols): (usize, usize),
+        elem: ElemType,
+    ) -> Result<Tensor> {
+        let mut out = self.new_tensor(vec![rows, cols], elem, false, "gather_rows output")?;
+        let dst = out
+            .inner_mut::<CudaTensor>()
+            .map(|g| &mut g.buf)
+            .expect("made above as a CUDA tensor");
+        let mut at = 0;
+        for (t, r) in parts {
+            let bytes = r.len() * cols * 4;
+            self.dev
+                .copy(self.buf(t)?, r.start * cols * 4, dst, at, bytes)?;
+            at += bytes;
+        }
+        Ok(out)
+    }
+
+    /// Runs `op` over the decode rows and over the prefill rows of `x` separately (each with
+    /// its kernels) and stacks the results, or once where all rows are of one kind.
+    fn by_kind(&self, x: &Tensor, kinds: Rows, op: &RowsOp) -> Result<Tensor> {
+        let t = x.rows();
+        match kinds.decode {
+            0 => op(x, 0..t, false),
+            d if d == t => op(x, 0..t, true),
+            d => {
+                let cols = x.cols();
+                let head = self.copy_rows(&[(x, 0..d)], (d, cols), ElemType::F32)?;
+                let tail = self.copy_rows(&[(x, d..t)], (t - d, cols), ElemType::F32)?;
+                let (a, b) = (op(&head, 0..d, true)?, op(&tail, d..t, false)?);
+                let out_cols = a.cols();
+                self.copy_rows(&[(&a, 0..d), (&b, 0..t - d)], (t, out_cols), ElemType::F32)
+            }
+        }
     }
 
     fn kv_cache(&self, dims: AttnDims, fp8: Option<(f32, f32)>) -> Result<Tensor> {
@@ -480,8 +524,14 @@ impl Backend for CudaBackend {
         self.op_add_rms_norm(residual, delta, w, eps)
     }
 
-    fn linear(&self, x: &Tensor, w: &Weight) -> Result<Tensor> {
-        self.op_linear(x, w)
+    fn linear_rows(&self, x: &Tensor, w: &Weight, kinds: Rows) -> Result<Tensor> {
+        kinds.check(x.rows(), "linear")?;
+        self.by_kind(x, kinds, &|x, _, decode| self.op_linear(x, w, decode))
+    }
+
+    fn gather_rows(&self, parts: &[(&Tensor, std::ops::Range<usize>)]) -> Result<Tensor> {
+        let shape = crate::backend::gather_shape(parts)?;
+        self.copy_rows(parts, shape, ElemType::F32)
     }
 
     fn relu2(&self, x: &Tensor) -> Result<Tensor> {
@@ -550,13 +600,37 @@ impl Backend for CudaBackend {
         self.op_router(logits, bias, p)
     }
 
-    fn moe_experts(
+    fn moe_experts_rows(
         &self,
         x: &Tensor,
         experts: &ExpertWeights,
         routing: &Routing,
+        kinds: Rows,
     ) -> Result<Tensor> {
-        self.op_moe_experts(x, experts, routing)
+        kinds.check(x.rows(), "moe_experts")?;
+        if kinds.decode == 0 || kinds.decode == x.rows() {
+            return self.op_moe_experts(x, experts, routing, kinds.decode > 0);
+        }
+        let k = routing.ids.cols();
+        if routing.ids.rows() != x.rows() || routing.weights.shape() != routing.ids.shape() {
+            return Err(self.dev.err(format!(
+                "moe_experts: routing {:?} / {:?} does not match {} tokens",
+                routing.ids.shape(),
+                routing.weights.shape(),
+                x.rows()
+            )));
+        }
+        self.by_kind(x, kinds, &|x, r, decode| {
+            let part = Routing {
+                ids: self.copy_rows(&[(&routing.ids, r.clone())], (r.len(), k), ElemType::U32)?,
+                weights: self.copy_rows(
+                    &[(&routing.weights, r.clone())],
+                    (r.len(), k),
+                    ElemType::F32,
+                )?,
+            };
+            self.op_moe_experts(x, experts, &part, decode)
+        })
     }
 
     fn argmax(&self, logits: &Tensor) -> Result<Vec<u32>> {

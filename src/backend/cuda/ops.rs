@@ -10,9 +10,6 @@ use crate::backend::{
 };
 use crate::error::Result;
 
-/// Batches up to this many tokens take the GEMV kernel (each weight byte read once per four
-/// tokens from DRAM); larger ones the tiled GEMM, which reuses a decoded tile 64 times.
-const GEMV_MAX_TOKENS: usize = 8;
 /// Rows per block of `linear_gemv` and the expert kernels: four warps of four rows
 /// (`GEMV_NR` in cuda/linear.cu, `MOE_NR` in cuda/moe_experts.cu).
 const GEMV_ROWS: usize = 16;
@@ -148,7 +145,9 @@ impl CudaBackend {
         Ok(out)
     }
 
-    pub(crate) fn op_linear(&self, x: &Tensor, w: &Weight) -> Result<Tensor> {
+    /// `decode`: the rows are decode rows and go through the GEMV kernel (each token's sums
+    /// formed as a lone token's are), whatever their number; otherwise the GEMM tiles.
+    pub(crate) fn op_linear(&self, x: &Tensor, w: &Weight, decode: bool) -> Result<Tensor> {
         let l = self.linear_of(w)?;
         self.check_cols(x, l.cols, &w.name)?;
         let tokens = x.rows();
@@ -181,7 +180,7 @@ impl CudaBackend {
             Arg::I32(l.cols as i32),
             Arg::I32(tokens as i32),
         ];
-        if tokens <= GEMV_MAX_TOKENS {
+        if decode {
             self.dev.launch(
                 &k::LINEAR,
                 "linear_gemv",
@@ -802,6 +801,7 @@ impl CudaBackend {
         x: &Tensor,
         experts: &ExpertWeights,
         routing: &Routing,
+        decode: bool,
     ) -> Result<Tensor> {
         let ex = experts.inner::<CudaExperts>().ok_or_else(|| {
             self.dev
@@ -844,7 +844,7 @@ impl CudaBackend {
             return self.moe_experts_fp4(x, ex, experts.experts, routing, (f, l), out);
         }
         let ids = self.buf(&routing.ids)?;
-        if tokens > GEMV_MAX_TOKENS {
+        if !decode {
             return self.moe_experts_grouped(x, ex, experts.experts, routing, (f, l), out);
         }
         // Slot activations [T·k, F] stay on the device between the two launches.

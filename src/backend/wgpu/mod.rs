@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::backend::{
     AttnDims, Backend, BackendInfo, Candidates, ElemType, ExpertWeights, RouterParams, Routing,
-    SsmDims, Tensor, Weight, tensor_bytes,
+    Rows, SsmDims, Tensor, Weight, tensor_bytes,
 };
 use crate::error::{Error, Result};
 use crate::weights::StoredLinear;
@@ -433,7 +433,11 @@ impl Backend for WgpuBackend {
         ops::rms_norm::add_rms_norm(self, residual, delta, w, eps)
     }
 
-    fn linear(&self, x: &Tensor, w: &Weight) -> Result<Tensor> {
+    // Each token's sums are formed the same way whatever the tile it shares with other tokens
+    // (shaders/linear.wgsl, moe_experts.wgsl), so decode and prefill rows need no separate
+    // kernels here: every row is computed independently of the others either way.
+    fn linear_rows(&self, x: &Tensor, w: &Weight, kinds: Rows) -> Result<Tensor> {
+        kinds.check(x.rows(), "linear")?;
         ops::linear::linear(self, x, w)
     }
 
@@ -503,13 +507,29 @@ impl Backend for WgpuBackend {
         ops::moe::router(self, logits, bias, p)
     }
 
-    fn moe_experts(
+    fn moe_experts_rows(
         &self,
         x: &Tensor,
         experts: &ExpertWeights,
         routing: &Routing,
+        kinds: Rows,
     ) -> Result<Tensor> {
+        kinds.check(x.rows(), "moe_experts")?;
         ops::moe::moe_experts(self, x, experts, routing)
+    }
+
+    fn gather_rows(&self, parts: &[(&Tensor, std::ops::Range<usize>)]) -> Result<Tensor> {
+        let (rows, cols) = crate::backend::gather_shape(parts)?;
+        let out = self.output(vec![rows, cols], "gather_rows output")?;
+        let dst = self.buf(&out)?;
+        let mut at = 0u64;
+        for (t, r) in parts {
+            let bytes = (r.len() * cols * 4) as u64;
+            self.gpu
+                .copy(self.buf(t)?, (r.start * cols * 4) as u64, dst, at, bytes);
+            at += bytes;
+        }
+        Ok(out)
     }
 
     fn argmax(&self, logits: &Tensor) -> Result<Vec<u32>> {
