@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::generate::{self, GenerateParams, TokenRoute};
-use crate::model::Model;
 use crate::model::loader::Access;
+use crate::model::{BatchEntry, ForwardOptions, Model};
 
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
@@ -207,6 +207,110 @@ pub fn run(model: &Model, opts: &BenchOptions) -> Result<BenchReport> {
         roofline_fraction_range,
         peak_rss_bytes: peak_rss(),
     })
+}
+
+/// One line of `bench --parallel`: `sequences` decoding together, one batched forward pass per
+/// step.
+#[derive(Clone, Debug, Serialize)]
+pub struct ParallelRow {
+    pub sequences: usize,
+    /// Tokens per second over all the sequences.
+    pub tok_s: Stats,
+    /// `tok_s` over one sequence's, each repeat's pair measured back to back.
+    pub speedup: Stats,
+}
+
+/// Decode throughput with `sizes[i]` sequences in one batch: each sequence gets its own
+/// synthetic prompt of `prompt_len` tokens (prefilled alone, not timed), then `gen_tokens`
+/// greedy steps in which one forward pass carries one decode row of every sequence. The sizes
+/// run in turn within each repeat, forwards then backwards on alternate repeats, so a noisy
+/// machine's drift falls on all of them alike; the speed-up is taken per repeat.
+pub fn run_parallel(
+    model: &Model,
+    sizes: &[usize],
+    prompt_len: usize,
+    gen_tokens: usize,
+    repeat: usize,
+) -> Result<Vec<ParallelRow>> {
+    if sizes.is_empty() || sizes.contains(&0) || prompt_len == 0 || gen_tokens == 0 || repeat == 0 {
+        return Err(Error::Invalid(
+            "bench --parallel needs sequence counts >= 1, --prompt-len >= 1, --gen >= 1 and \
+             --repeat >= 1"
+                .into(),
+        ));
+    }
+    let context = model.config.max_position_embeddings;
+    if prompt_len + gen_tokens > context {
+        return Err(Error::Invalid(format!(
+            "bench: --prompt-len {prompt_len} + --gen {gen_tokens} positions do not fit the \
+             model's context (max_position_embeddings {context})"
+        )));
+    }
+    let mut order: Vec<usize> = sizes.to_vec();
+    order.sort_unstable();
+    order.dedup();
+    let mut all = vec![Vec::new(); order.len()];
+    // A warm-up pass of the largest batch (pages, pipelines), not counted.
+    let largest = *order.last().expect("not empty");
+    decode_together(model, largest, prompt_len, gen_tokens.min(4))?;
+    for r in 0..repeat {
+        let idx: Vec<usize> = if r % 2 == 0 {
+            (0..order.len()).collect()
+        } else {
+            (0..order.len()).rev().collect()
+        };
+        for i in idx {
+            all[i].push(decode_together(model, order[i], prompt_len, gen_tokens)?);
+        }
+    }
+    let one = order.iter().position(|&n| n == 1);
+    Ok(order
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| ParallelRow {
+            sequences: n,
+            tok_s: Stats::of(&all[i]),
+            speedup: Stats::of(&match one {
+                Some(o) => all[i].iter().zip(&all[o]).map(|(a, b)| a / b).collect(),
+                None => Vec::new(),
+            }),
+        })
+        .collect())
+}
+
+/// Tokens per second of `n` sequences decoding `steps` tokens together.
+fn decode_together(model: &Model, n: usize, prompt_len: usize, steps: usize) -> Result<f64> {
+    let v = model.config.vocab_size;
+    let be = model.backend.as_ref();
+    let mut seqs = Vec::with_capacity(n);
+    let mut next = Vec::with_capacity(n);
+    for j in 0..n {
+        // Different prompts, so the sequences choose different experts.
+        let prompt: Vec<u32> = synthetic_prompt(prompt_len + j, v)[j..].to_vec();
+        let mut seq = model.new_sequence()?;
+        let out = model.forward(&mut seq, &prompt, ForwardOptions::default())?;
+        next.push(be.argmax(&out.logits)?[0]);
+        seqs.push(seq);
+    }
+    let start = Instant::now();
+    for _ in 0..steps {
+        let ids: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+        let mut entries: Vec<BatchEntry> = seqs
+            .iter_mut()
+            .zip(&ids)
+            .map(|(seq, t)| BatchEntry {
+                seq,
+                ids: t,
+                decode: true,
+                all_logits: false,
+            })
+            .collect();
+        let outs = model.forward_batch(&mut entries, ForwardOptions::default())?;
+        for (t, out) in next.iter_mut().zip(&outs) {
+            *t = be.argmax(&out.logits)?[0];
+        }
+    }
+    Ok((n * steps) as f64 / start.elapsed().as_secs_f64())
 }
 
 /// Streaming-read bandwidth in GB/s: `threads` threads summing disjoint parts of a `bytes`

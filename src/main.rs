@@ -76,6 +76,10 @@ struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Decode throughput with this many sequences batched together instead (e.g. 1,2,4,8):
+    /// one forward pass per step carries a token of every sequence.
+    #[arg(long, value_delimiter = ',')]
+    parallel: Option<Vec<usize>>,
 }
 
 #[derive(Args)]
@@ -853,6 +857,28 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
     let model = load(&a.model, &dir)?;
     let load_s = start.elapsed().as_secs_f64();
     let threads = model.backend.info().threads;
+    if let Some(sizes) = &a.parallel {
+        let rows =
+            nemotron_rt::bench::run_parallel(&model, sizes, a.prompt_len, a.gen_tokens, a.repeat)?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+            return Ok(());
+        }
+        let info = model.backend.info();
+        println!(
+            "{} ({}), {threads} threads, prompts of {} tokens, {} decode steps, {} repeats",
+            info.name, info.device, a.prompt_len, a.gen_tokens, a.repeat
+        );
+        println!("| sequences | tok/s (median) | min | max | vs 1 sequence |");
+        println!("|---|---|---|---|---|");
+        for r in rows {
+            println!(
+                "| {} | {:.2} | {:.2} | {:.2} | {:.2}x |",
+                r.sequences, r.tok_s.median, r.tok_s.min, r.tok_s.max, r.speedup.median
+            );
+        }
+        return Ok(());
+    }
     let opts = nemotron_rt::bench::BenchOptions {
         prompt_len: a.prompt_len,
         gen_tokens: a.gen_tokens,

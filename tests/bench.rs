@@ -88,3 +88,42 @@ fn stats_are_median_min_max() {
     let s = Stats::of(&[5.0, 1.0, 4.0]);
     assert_eq!((s.median, s.min, s.max), (4.0, 1.0, 5.0));
 }
+
+/// `bench --parallel`: one row per distinct sequence count, in order, each measured; the
+/// speed-up of one sequence over itself is 1. (Speeds themselves are for the benchmark, not a
+/// test.) A count of 0 is refused by name.
+#[test]
+fn parallel_bench_reports_every_batch_size() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models/nemotronh_tiny_grouped_nvfp4_super/hf");
+    let run = |sizes: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_nemotron-rt"))
+            .args(["bench", "--threads", "2", "--model"])
+            .arg(&dir)
+            .args(["--parallel", sizes, "--prompt-len", "5", "--gen", "3"])
+            .args(["--repeat", "2", "--json"])
+            .output()
+            .unwrap()
+    };
+    let out = run("4,1,2,2");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    let counts: Vec<u64> = rows
+        .iter()
+        .map(|r| r["sequences"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts, [1, 2, 4]);
+    for r in rows {
+        let t = r["tok_s"]["median"].as_f64().unwrap();
+        assert!(t > 0.0 && t.is_finite(), "{r}");
+    }
+    assert_eq!(rows[0]["speedup"]["median"].as_f64(), Some(1.0));
+    let bad = run("0,2");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("sequence counts >= 1"));
+}
