@@ -447,6 +447,10 @@ impl CpuLinear {
         } else {
             self.prepare(lv, x, tokens, &mut xp)
         };
+        let token_inputs: Vec<&[f32]> = match stride {
+            0 => Vec::new(),
+            _ => xp.chunks_exact(stride).collect(),
+        };
         let per = if par {
             (rows / (rayon::current_num_threads() * 8)).clamp(16, 256)
         } else {
@@ -464,6 +468,15 @@ impl CpuLinear {
             }
             for (i, o) in chunk.chunks_exact_mut(tokens).enumerate() {
                 let r = b * per + i;
+                // NVFP4: the row's codes decoded once for all the tokens, each token's sums
+                // exactly `dot_row`'s.
+                if !self.q8
+                    && let Some(((packed, scales), ts)) = self.nvfp4_rows_of(r, r + 1)
+                {
+                    simd::dot_nvfp4_tokens(lv, packed, scales, ts, &token_inputs, o);
+                    o.iter_mut().for_each(|v| *v += self.bias(r));
+                    continue;
+                }
                 for (t, v) in o.iter_mut().enumerate() {
                     let d = if self.q8 {
                         self.q8_dot(r, &q8[t])

@@ -284,6 +284,58 @@ pub(crate) fn dot_nvfp4_rows(
     }
 }
 
+/// One NVFP4 row dotted with several tokens' prepared inputs (`xp[t]` from [`prepare_x`]):
+/// `out[t]` is bit for bit [`dot_nvfp4`]'s for token t, the row's codes decoded once per group
+/// of up to four tokens where the level has such a kernel.
+pub(crate) fn dot_nvfp4_tokens(
+    level: Level,
+    packed: &[u8],
+    scales: &[u8],
+    tensor_scale: f32,
+    xp: &[&[f32]],
+    out: &mut [f32],
+) {
+    let cols = scales.len() * 16;
+    assert!(
+        packed.len() * 2 == cols
+            && out.len() == xp.len()
+            && xp
+                .iter()
+                .all(|x| x.len() >= x_len(level, Kind::Nvfp4, cols)),
+        "NVFP4 tokens: lengths disagree"
+    );
+    match level {
+        // SAFETY: this level is only chosen when the CPU has AVX2, FMA and F16C; the lengths
+        // are checked above.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => unsafe {
+            let (p, s, ts) = (packed, scales, tensor_scale);
+            let mut t = 0;
+            while t < xp.len() {
+                let o = &mut out[t..];
+                match xp.len() - t {
+                    1 => avx2::dot_nvfp4_tokens::<1>(p, s, ts, [xp[t]], o),
+                    2 => avx2::dot_nvfp4_tokens::<2>(p, s, ts, [xp[t], xp[t + 1]], o),
+                    3 => avx2::dot_nvfp4_tokens::<3>(p, s, ts, [xp[t], xp[t + 1], xp[t + 2]], o),
+                    _ => avx2::dot_nvfp4_tokens::<4>(
+                        p,
+                        s,
+                        ts,
+                        [xp[t], xp[t + 1], xp[t + 2], xp[t + 3]],
+                        o,
+                    ),
+                }
+                t += 4;
+            }
+        },
+        _ => {
+            for (o, x) in out.iter_mut().zip(xp) {
+                *o = dot_nvfp4(level, packed, scales, tensor_scale, x);
+            }
+        }
+    }
+}
+
 /// `Σ_c w[c]·x[c]` for one FP8 (E4M3, per-tensor `scale`) row; `xp` from [`prepare_x`].
 pub(crate) fn dot_fp8(level: Level, row: &[u8], scale: f32, xp: &[f32]) -> f32 {
     assert!(
@@ -662,6 +714,44 @@ mod tests {
                     let want = dot_nvfp4(Level::Scalar, &p, &s, ts, &x);
                     let got = dot_nvfp4(level, &p, &s, ts, &prepared(level, Kind::Nvfp4, &x));
                     assert_close(&format!("NVFP4 {cols}"), got, want, cols, abs);
+                }
+            }
+        }
+    }
+
+    /// The many-token NVFP4 kernel gives each token exactly the one-token kernel's bits: any
+    /// token count, widths with and without a partial last step, a tensor scale that needs
+    /// the split multiplier, and a NaN block scale.
+    #[test]
+    fn nvfp4_tokens_equal_one_token_dots_bit_for_bit() {
+        let mut rng = Rng(23);
+        for level in simd_levels() {
+            for cols in [16, 48, 128, 272, 1024] {
+                for tokens in 1..=9 {
+                    let (packed, mut scales, mut ts) = nvfp4_row(&mut rng, cols);
+                    if tokens == 5 {
+                        ts = 3.0e38;
+                    }
+                    if tokens == 7 {
+                        scales[cols / 16 - 1] = 0x7f;
+                    }
+                    let xs: Vec<Vec<f32>> = (0..tokens)
+                        .map(|_| {
+                            let x: Vec<f32> = (0..cols).map(|_| rng.f32()).collect();
+                            prepared(level, Kind::Nvfp4, &x)
+                        })
+                        .collect();
+                    let refs: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
+                    let mut out = vec![0.0; tokens];
+                    dot_nvfp4_tokens(level, &packed, &scales, ts, &refs, &mut out);
+                    for (t, x) in xs.iter().enumerate() {
+                        let one = dot_nvfp4(level, &packed, &scales, ts, x);
+                        assert!(
+                            bits_eq(out[t], one),
+                            "{level:?} cols {cols}, token {t} of {tokens}: {} vs {one}",
+                            out[t]
+                        );
+                    }
                 }
             }
         }

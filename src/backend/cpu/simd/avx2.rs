@@ -112,9 +112,8 @@ fn e2m1_tables() -> (__m256i, __m256i) {
     }
 }
 
-/// Half a step of the NVFP4 dot: 32 packed bytes `v` (two blocks per 128-bit lane) against
-/// 64 prepared inputs. Returns the per-lane sums of the first block of each lane and of the
-/// second.
+/// The weights of half a step of the NVFP4 dot: 32 packed bytes `v` (two blocks per 128-bit
+/// lane) decoded to f32 code values, in the order [`nv_half_dot`] takes them.
 ///
 /// Low nibbles give the even columns, high nibbles the odd ones; both go through the two
 /// BF16 byte tables, are interleaved into words and widened to f32 by a shift (even words)
@@ -123,27 +122,46 @@ fn e2m1_tables() -> (__m256i, __m256i) {
 /// of `v` encodes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn nv_half(v: __m256i, x: *const f32, tl: __m256i, th: __m256i) -> (__m256, __m256) {
+fn nv_half_weights(v: __m256i, tl: __m256i, th: __m256i) -> [__m256; 8] {
+    let m0f = _mm256_set1_epi8(0x0f);
+    let lo = _mm256_and_si256(v, m0f);
+    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m0f);
+    let (llo, hlo) = (_mm256_shuffle_epi8(tl, lo), _mm256_shuffle_epi8(th, lo));
+    let (lhi, hhi) = (_mm256_shuffle_epi8(tl, hi), _mm256_shuffle_epi8(th, hi));
+    let w0 = _mm256_unpacklo_epi8(llo, hlo);
+    let w1 = _mm256_unpackhi_epi8(llo, hlo);
+    let w2 = _mm256_unpacklo_epi8(lhi, hhi);
+    let w3 = _mm256_unpackhi_epi8(lhi, hhi);
+    [
+        even_words(w0),
+        odd_words(w0),
+        even_words(w2),
+        odd_words(w2),
+        even_words(w1),
+        odd_words(w1),
+        even_words(w3),
+        odd_words(w3),
+    ]
+}
+
+/// Half a step of the NVFP4 dot against 64 prepared inputs at `x`, the weights from
+/// [`nv_half_weights`]. Returns the per-lane sums of the first block of each lane and of the
+/// second. One token's sums are this exact sequence of operations whether the weights were
+/// decoded for it alone or for several tokens.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn nv_half_dot(w: &[__m256; 8], x: *const f32) -> (__m256, __m256) {
     // SAFETY: the caller guarantees 64 floats at `x`.
     unsafe {
-        let m0f = _mm256_set1_epi8(0x0f);
-        let lo = _mm256_and_si256(v, m0f);
-        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m0f);
-        let (llo, hlo) = (_mm256_shuffle_epi8(tl, lo), _mm256_shuffle_epi8(th, lo));
-        let (lhi, hhi) = (_mm256_shuffle_epi8(tl, hi), _mm256_shuffle_epi8(th, hi));
-        let w0 = _mm256_unpacklo_epi8(llo, hlo);
-        let w1 = _mm256_unpackhi_epi8(llo, hlo);
-        let w2 = _mm256_unpacklo_epi8(lhi, hhi);
-        let w3 = _mm256_unpackhi_epi8(lhi, hhi);
         let xv = |k: usize| _mm256_loadu_ps(x.add(8 * k));
-        let mut first = _mm256_mul_ps(even_words(w0), xv(0));
-        first = _mm256_fmadd_ps(odd_words(w0), xv(1), first);
-        first = _mm256_fmadd_ps(even_words(w2), xv(4), first);
-        first = _mm256_fmadd_ps(odd_words(w2), xv(5), first);
-        let mut second = _mm256_mul_ps(even_words(w1), xv(2));
-        second = _mm256_fmadd_ps(odd_words(w1), xv(3), second);
-        second = _mm256_fmadd_ps(even_words(w3), xv(6), second);
-        second = _mm256_fmadd_ps(odd_words(w3), xv(7), second);
+        let mut first = _mm256_mul_ps(w[0], xv(0));
+        first = _mm256_fmadd_ps(w[1], xv(1), first);
+        first = _mm256_fmadd_ps(w[2], xv(4), first);
+        first = _mm256_fmadd_ps(w[3], xv(5), first);
+        let mut second = _mm256_mul_ps(w[4], xv(2));
+        second = _mm256_fmadd_ps(w[5], xv(3), second);
+        second = _mm256_fmadd_ps(w[6], xv(6), second);
+        second = _mm256_fmadd_ps(w[7], xv(7), second);
         (first, second)
     }
 }
@@ -161,29 +179,13 @@ unsafe fn nv_step<const SPLIT: bool>(
     p: *const u8,
     s: *const u8,
     x: *const f32,
-    (ts, ts2): (__m256, __m256),
-    (tl, th): (__m256i, __m256i),
+    ts: (__m256, __m256),
+    tabs: (__m256i, __m256i),
     acc: &mut [__m256; 4],
 ) {
-    // SAFETY: the caller guarantees 64 bytes at `p`, 8 at `s` and 128 floats at `x`;
-    // prefetches never fault.
-    unsafe {
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PF_NV).cast());
-        _mm_prefetch::<_MM_HINT_T0>(s.wrapping_add(PF_NV / 8).cast());
-        let sb = _mm_loadl_epi64(s.cast());
-        let mut d = _mm256_mul_ps(e4m3x8_scaled(sb), ts);
-        if SPLIT {
-            d = _mm256_mul_ps(d, ts2);
-        }
-        let v0 = _mm256_loadu2_m128i(p.add(32).cast(), p.cast());
-        let v1 = _mm256_loadu2_m128i(p.add(48).cast(), p.add(16).cast());
-        let (b04, b15) = nv_half(v0, x, tl, th);
-        acc[0] = _mm256_fmadd_ps(b04, _mm256_permute_ps::<0x00>(d), acc[0]);
-        acc[1] = _mm256_fmadd_ps(b15, _mm256_permute_ps::<0x55>(d), acc[1]);
-        let (b26, b37) = nv_half(v1, x.add(64), tl, th);
-        acc[2] = _mm256_fmadd_ps(b26, _mm256_permute_ps::<0xaa>(d), acc[2]);
-        acc[3] = _mm256_fmadd_ps(b37, _mm256_permute_ps::<0xff>(d), acc[3]);
-    }
+    // SAFETY: the caller's guarantees, for one token. The one-token dot is the many-token
+    // one's code, so the two agree bit for bit by construction.
+    unsafe { nv_step_tokens::<SPLIT, 1>(p, s, [x], ts, tabs, std::array::from_mut(acc)) }
 }
 
 /// See [`super::dot_nvfp4`]; lengths are checked there.
@@ -351,6 +353,113 @@ unsafe fn nv_lanes<const SPLIT: bool>(
         }
     }
     _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))
+}
+
+/// [`nv_step`] for `T` tokens (`x[t]`: token t's 128 prepared inputs, `acc[t]` its
+/// accumulators): the weights and block multipliers are decoded once, then every token runs
+/// exactly [`nv_step`]'s arithmetic on them.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn nv_step_tokens<const SPLIT: bool, const T: usize>(
+    p: *const u8,
+    s: *const u8,
+    x: [*const f32; T],
+    (ts, ts2): (__m256, __m256),
+    (tl, th): (__m256i, __m256i),
+    acc: &mut [[__m256; 4]; T],
+) {
+    // SAFETY: the caller guarantees 64 bytes at `p`, 8 at `s` and 128 floats at each `x[t]`;
+    // prefetches never fault.
+    unsafe {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PF_NV).cast());
+        _mm_prefetch::<_MM_HINT_T0>(s.wrapping_add(PF_NV / 8).cast());
+        let sb = _mm_loadl_epi64(s.cast());
+        let mut d = _mm256_mul_ps(e4m3x8_scaled(sb), ts);
+        if SPLIT {
+            d = _mm256_mul_ps(d, ts2);
+        }
+        let (d0, d1) = (_mm256_permute_ps::<0x00>(d), _mm256_permute_ps::<0x55>(d));
+        let (d2, d3) = (_mm256_permute_ps::<0xaa>(d), _mm256_permute_ps::<0xff>(d));
+        let v0 = _mm256_loadu2_m128i(p.add(32).cast(), p.cast());
+        let w = nv_half_weights(v0, tl, th);
+        for t in 0..T {
+            let (b04, b15) = nv_half_dot(&w, x[t]);
+            acc[t][0] = _mm256_fmadd_ps(b04, d0, acc[t][0]);
+            acc[t][1] = _mm256_fmadd_ps(b15, d1, acc[t][1]);
+        }
+        let v1 = _mm256_loadu2_m128i(p.add(48).cast(), p.add(16).cast());
+        let w = nv_half_weights(v1, tl, th);
+        for t in 0..T {
+            let (b26, b37) = nv_half_dot(&w, x[t].add(64));
+            acc[t][2] = _mm256_fmadd_ps(b26, d2, acc[t][2]);
+            acc[t][3] = _mm256_fmadd_ps(b37, d3, acc[t][3]);
+        }
+    }
+}
+
+/// One NVFP4 row dotted with `T` tokens' prepared inputs: `out[t]` is bit for bit what
+/// [`dot_nvfp4`] gives for token t, the row's codes decoded once for all of them.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_nvfp4_tokens<const T: usize>(
+    packed: &[u8],
+    scales: &[u8],
+    ts: f32,
+    xp: [&[f32]; T],
+    out: &mut [f32],
+) {
+    let ts120 = ts * TWO_POW_120;
+    let t = if ts120.is_finite() {
+        (_mm256_set1_ps(ts120), _mm256_setzero_ps())
+    } else {
+        (_mm256_set1_ps(TWO_POW_120), _mm256_set1_ps(ts))
+    };
+    // SAFETY: the caller's guarantees, passed on.
+    let lanes = unsafe {
+        if ts120.is_finite() {
+            nv_lanes_tokens::<false, T>(packed, scales, t, xp)
+        } else {
+            nv_lanes_tokens::<true, T>(packed, scales, t, xp)
+        }
+    };
+    let nan = any_nan_e4m3(scales);
+    for (o, l) in out.iter_mut().zip(lanes) {
+        *o = if nan { f32::NAN } else { hsum(l) };
+    }
+}
+
+/// [`nv_lanes`] for `T` tokens, through [`nv_step_tokens`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn nv_lanes_tokens<const SPLIT: bool, const T: usize>(
+    packed: &[u8],
+    scales: &[u8],
+    ts: (__m256, __m256),
+    xp: [&[f32]; T],
+) -> [__m256; T] {
+    let cols = scales.len() * 16;
+    let steps = cols / NV_STEP;
+    let tabs = e2m1_tables();
+    let mut acc = [[_mm256_setzero_ps(); 4]; T];
+    // SAFETY: as in `nv_lanes`, for every token's inputs.
+    unsafe {
+        for i in 0..steps {
+            let x = xp.map(|x| x.as_ptr().add(NV_STEP * i));
+            nv_step_tokens::<SPLIT, T>(
+                packed.as_ptr().add(64 * i),
+                scales.as_ptr().add(8 * i),
+                x,
+                ts,
+                tabs,
+                &mut acc,
+            );
+        }
+        if !cols.is_multiple_of(NV_STEP) {
+            let (p, s) = super::nv_tail(packed, scales, steps);
+            let x = xp.map(|x| x[NV_STEP * steps..NV_STEP * (steps + 1)].as_ptr());
+            nv_step_tokens::<SPLIT, T>(p.as_ptr(), s.as_ptr(), x, ts, tabs, &mut acc);
+        }
+    }
+    acc.map(|a| _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])))
 }
 
 /// Half a step of the FP8 dot: 32 bytes against 32 prepared inputs. Each byte `b` is put
