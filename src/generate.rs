@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::backend::Tensor;
 use crate::error::{Error, Result};
 use crate::model::{ForwardOptions, LayerRouting, Model, Sequence};
 use crate::sampling::{Sampler, SamplingParams, StopStrings};
@@ -179,52 +180,8 @@ pub fn generate_on(
     params: &GenerateParams,
     on_event: &mut dyn FnMut(&Event) -> bool,
 ) -> Result<Generation> {
-    params.sampling.validate()?;
-    if prompt.is_empty() {
-        return Err(Error::Invalid(
-            "the prompt is empty: give at least one token".into(),
-        ));
-    }
-    if !params.stop_strings.is_empty() && tokenizer.is_none() {
-        return Err(Error::Invalid("stop strings need a tokenizer".into()));
-    }
-    let max_ctx = params
-        .max_context
-        .unwrap_or(model.config.max_position_embeddings);
-    if seq.pos + prompt.len() > max_ctx {
-        return Err(Error::PromptTooLong {
-            got: seq.pos + prompt.len(),
-            max: max_ctx,
-            why: "the context limit (max_position_embeddings, or --max-context)".into(),
-        });
-    }
-    let eos: Vec<u32> = if params.ignore_eos {
-        Vec::new()
-    } else {
-        model.generation.eos_token_ids.clone()
-    };
-    let stops = StopStrings::new(params.stop_strings.clone());
-    let mut sampler = Sampler::new(params.sampling)?;
-    let mut stream = tokenizer.map(|t| StreamDecoder::new(t.clone()));
-    let be = model.backend.as_ref();
-    let fopts = ForwardOptions {
-        routing: params.routing,
-        ..Default::default()
-    };
-
-    let mut out = Generation {
-        prompt_tokens: prompt.len(),
-        tokens: Vec::new(),
-        text: String::new(),
-        prefill_ms: 0.0,
-        decode_ms: Vec::new(),
-        finish_reason: FinishReason::Length,
-        routing: Vec::new(),
-    };
-    // Text decoded so far and how much of it has been handed out in events.
-    let mut text = String::new();
-    let mut emitted = 0usize;
-
+    let mut dec = Decoding::new(model, seq.pos, tokenizer, prompt.len(), params)?;
+    let fopts = dec.forward_options();
     let mut step_start = Instant::now();
     let mut pieces = prefill_pieces(prompt.len(), params.prefill_chunk);
     let piece = &prompt[pieces.pop().expect("the prompt is not empty")];
@@ -234,89 +191,13 @@ pub fn generate_on(
     }
     let mut fwd = model.forward(seq, piece, fopts)?;
     let mut last_row = piece.len() - 1;
-    let mut first = true;
     let mut reason = FinishReason::Length;
-    while out.tokens.len() < params.max_tokens {
-        // Greedy decoding reads back one id (the argmax runs on the backend); top-k, top-p and
-        // min-p sampling read back the few candidates that can win (and the softmax mass);
-        // plain temperature sampling, or candidates that cannot decide, read the whole row.
-        // All pick the same token on every backend.
-        let v = model.config.vocab_size;
-        let picked = if params.sampling.is_greedy() {
-            Some(*be.argmax(&fwd.logits)?.last().expect("logits have a row"))
-        } else if let Some(req) = sampler.candidates_needed() {
-            let cands = be.top_candidates(&fwd.logits, req.k, req.mass_inv_t)?;
-            sampler.sample_top(&cands, v)
-        } else {
-            None
-        };
-        let id = match picked {
-            Some(id) => id,
-            None => {
-                let logits = be.download(&fwd.logits)?;
-                sampler.sample(&logits[logits.len() - v..])
-            }
-        };
+    while dec.wants_more() {
+        let id = dec.pick(model, &fwd.logits)?;
         let ms = step_start.elapsed().as_secs_f64() * 1000.0;
-        if first {
-            out.prefill_ms = ms;
-        } else {
-            out.decode_ms.push(ms);
-        }
-        if first {
-            on_event(&Event::Prefilled {
-                tokens: prompt.len(),
-                ms,
-            });
-        }
-        let routing = params.routing.then(|| {
-            let t = if first { last_row } else { 0 };
-            routes_of(&fwd.routing, t)
-        });
-        first = false;
-        out.tokens.push(id);
-        if let Some(r) = &routing {
-            out.routing.push(r.clone());
-        }
-        let is_eos = eos.contains(&id);
-        if let Some(stream) = stream.as_mut().filter(|_| !is_eos) {
-            text.push_str(&stream.push(id)?);
-        }
-        let stop_at = stops.find(&text);
-        if let Some(cut) = stop_at {
-            text.truncate(cut);
-        }
-        let safe = if stop_at.is_some() || is_eos {
-            text.len()
-        } else {
-            text.len() - stops.holdback(&text)
-        };
-        let delta = text[emitted.min(safe)..safe].to_string();
-        emitted = emitted.max(safe);
-        let go_on = on_event(&Event::Token {
-            index: out.tokens.len() - 1,
-            id,
-            text: delta,
-            ms,
-            routing,
-        });
-        if is_eos {
-            reason = FinishReason::Eos;
-            break;
-        }
-        if stop_at.is_some() {
-            reason = FinishReason::Stop;
-            break;
-        }
-        if !go_on {
-            reason = FinishReason::Cancelled;
-            break;
-        }
-        if out.tokens.len() >= params.max_tokens {
-            break;
-        }
-        if seq.pos + 1 > max_ctx {
-            reason = FinishReason::Context;
+        let routing = params.routing.then(|| routes_of(&fwd.routing, last_row));
+        if let Some(r) = dec.accept(id, ms, routing, seq.pos, on_event)? {
+            reason = r;
             break;
         }
         // A step's time runs from feeding the token to having sampled the next one.
@@ -324,19 +205,202 @@ pub fn generate_on(
         fwd = model.forward(seq, &[id], fopts)?;
         last_row = 0;
     }
-    let ended_by_text = matches!(reason, FinishReason::Stop | FinishReason::Eos);
-    if let Some(stream) = stream.as_mut().filter(|_| !ended_by_text) {
-        text.push_str(&stream.finish()?);
-        if let Some(cut) = stops.find(&text) {
-            text.truncate(cut);
-            reason = FinishReason::Stop;
+    dec.finish(reason, on_event)
+}
+
+/// One sequence's generation once its prompt is in: sampling, end-of-sequence and stop
+/// strings, the streamed text, the [`Generation`] record and the events. [`generate_on`] drives
+/// one sequence with it; the engine drives many, batched.
+pub struct Decoding {
+    params: GenerateParams,
+    eos: Vec<u32>,
+    stops: StopStrings,
+    sampler: Sampler,
+    stream: Option<StreamDecoder>,
+    out: Generation,
+    /// Text decoded so far and how much of it has been handed out in events.
+    text: String,
+    emitted: usize,
+    max_ctx: usize,
+    first: bool,
+}
+
+impl Decoding {
+    /// Checks the request against a sequence at position `pos`: sampling parameters, a
+    /// non-empty prompt that fits the context, a tokenizer where stop strings need one.
+    pub fn new(
+        model: &Model,
+        pos: usize,
+        tokenizer: Option<&Arc<Tokenizer>>,
+        prompt_len: usize,
+        params: &GenerateParams,
+    ) -> Result<Decoding> {
+        params.sampling.validate()?;
+        if prompt_len == 0 {
+            return Err(Error::Invalid(
+                "the prompt is empty: give at least one token".into(),
+            ));
+        }
+        if !params.stop_strings.is_empty() && tokenizer.is_none() {
+            return Err(Error::Invalid("stop strings need a tokenizer".into()));
+        }
+        let max_ctx = params
+            .max_context
+            .unwrap_or(model.config.max_position_embeddings);
+        if pos + prompt_len > max_ctx {
+            return Err(Error::PromptTooLong {
+                got: pos + prompt_len,
+                max: max_ctx,
+                why: "the context limit (max_position_embeddings, or --max-context)".into(),
+            });
+        }
+        Ok(Decoding {
+            params: params.clone(),
+            eos: if params.ignore_eos {
+                Vec::new()
+            } else {
+                model.generation.eos_token_ids.clone()
+            },
+            stops: StopStrings::new(params.stop_strings.clone()),
+            sampler: Sampler::new(params.sampling)?,
+            stream: tokenizer.map(|t| StreamDecoder::new(t.clone())),
+            out: Generation {
+                prompt_tokens: prompt_len,
+                tokens: Vec::new(),
+                text: String::new(),
+                prefill_ms: 0.0,
+                decode_ms: Vec::new(),
+                finish_reason: FinishReason::Length,
+                routing: Vec::new(),
+            },
+            text: String::new(),
+            emitted: 0,
+            max_ctx,
+            first: true,
+        })
+    }
+
+    /// What the forward passes of this generation must return.
+    pub fn forward_options(&self) -> ForwardOptions {
+        ForwardOptions {
+            routing: self.params.routing,
+            ..Default::default()
         }
     }
-    let rest = text[emitted.min(text.len())..].to_string();
-    out.text = text;
-    out.finish_reason = reason;
-    on_event(&Event::Finished { reason, text: rest });
-    Ok(out)
+
+    /// Whether another token is to be sampled (`max_tokens` not reached).
+    pub fn wants_more(&self) -> bool {
+        self.out.tokens.len() < self.params.max_tokens
+    }
+
+    /// The next token from the last row of `logits`. Greedy decoding reads back one id (the
+    /// argmax runs on the backend); top-k, top-p and min-p sampling read back the few
+    /// candidates that can win (and the softmax mass); plain temperature sampling, or
+    /// candidates that cannot decide, read the whole row. All pick the same token on every
+    /// backend.
+    pub fn pick(&mut self, model: &Model, logits: &Tensor) -> Result<u32> {
+        let be = model.backend.as_ref();
+        let v = model.config.vocab_size;
+        let picked = if self.params.sampling.is_greedy() {
+            Some(*be.argmax(logits)?.last().expect("logits have a row"))
+        } else if let Some(req) = self.sampler.candidates_needed() {
+            let cands = be.top_candidates(logits, req.k, req.mass_inv_t)?;
+            self.sampler.sample_top(&cands, v)
+        } else {
+            None
+        };
+        Ok(match picked {
+            Some(id) => id,
+            None => {
+                let row = be.download(logits)?;
+                self.sampler.sample(&row[row.len() - v..])
+            }
+        })
+    }
+
+    /// Records token `id`, sampled `ms` after its step began, with the routing of the pass
+    /// that produced it, on a sequence now at `pos`; emits its events. Returns why the
+    /// generation ends here, if it does (otherwise `id` is to be fed next).
+    pub fn accept(
+        &mut self,
+        id: u32,
+        ms: f64,
+        routing: Option<Vec<TokenRoute>>,
+        pos: usize,
+        on_event: &mut dyn FnMut(&Event) -> bool,
+    ) -> Result<Option<FinishReason>> {
+        if self.first {
+            self.out.prefill_ms = ms;
+            on_event(&Event::Prefilled {
+                tokens: self.out.prompt_tokens,
+                ms,
+            });
+        } else {
+            self.out.decode_ms.push(ms);
+        }
+        self.first = false;
+        self.out.tokens.push(id);
+        if let Some(r) = &routing {
+            self.out.routing.push(r.clone());
+        }
+        let is_eos = self.eos.contains(&id);
+        if let Some(stream) = self.stream.as_mut().filter(|_| !is_eos) {
+            self.text.push_str(&stream.push(id)?);
+        }
+        let stop_at = self.stops.find(&self.text);
+        if let Some(cut) = stop_at {
+            self.text.truncate(cut);
+        }
+        let safe = if stop_at.is_some() || is_eos {
+            self.text.len()
+        } else {
+            self.text.len() - self.stops.holdback(&self.text)
+        };
+        let delta = self.text[self.emitted.min(safe)..safe].to_string();
+        self.emitted = self.emitted.max(safe);
+        let go_on = on_event(&Event::Token {
+            index: self.out.tokens.len() - 1,
+            id,
+            text: delta,
+            ms,
+            routing,
+        });
+        Ok(if is_eos {
+            Some(FinishReason::Eos)
+        } else if stop_at.is_some() {
+            Some(FinishReason::Stop)
+        } else if !go_on {
+            Some(FinishReason::Cancelled)
+        } else if !self.wants_more() {
+            Some(FinishReason::Length)
+        } else if pos + 1 > self.max_ctx {
+            Some(FinishReason::Context)
+        } else {
+            None
+        })
+    }
+
+    /// Ends the generation for `reason`: the text held back is released (or cut at a stop
+    /// string it completes), the `Finished` event sent, the record returned.
+    pub fn finish(
+        mut self,
+        mut reason: FinishReason,
+        on_event: &mut dyn FnMut(&Event) -> bool,
+    ) -> Result<Generation> {
+        let ended_by_text = matches!(reason, FinishReason::Stop | FinishReason::Eos);
+        if let Some(stream) = self.stream.as_mut().filter(|_| !ended_by_text) {
+            self.text.push_str(&stream.finish()?);
+            if let Some(cut) = self.stops.find(&self.text) {
+                self.text.truncate(cut);
+                reason = FinishReason::Stop;
+            }
+        }
+        let rest = self.text[self.emitted.min(self.text.len())..].to_string();
+        self.out.text = self.text;
+        self.out.finish_reason = reason;
+        on_event(&Event::Finished { reason, text: rest });
+        Ok(self.out)
+    }
 }
 
 #[cfg(test)]

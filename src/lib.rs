@@ -13,6 +13,7 @@ pub mod codec;
 pub mod config;
 pub mod default_model;
 pub mod devices;
+pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod memory;
