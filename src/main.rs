@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use nemotron_rt::backend::cuda::PrefillMath;
 use nemotron_rt::backend::{self, BackendKind};
+use nemotron_rt::engine::{Engine, Update};
 use nemotron_rt::generate::{self, Event, GenerateParams, TokenRoute};
 use nemotron_rt::model::{ForwardOptions, LoadOptions, Model};
 use nemotron_rt::sampling::SamplingParams;
@@ -438,7 +439,25 @@ fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
         }
         true
     };
-    let g = generate::generate(&model, tokenizer.as_ref(), &prompt, &params, &mut on_event)?;
+    // Through the engine, as the app and the server run requests: the same tokens and events
+    // as a lone `generate`, batched with whatever else the engine runs.
+    let engine = Engine::start(Arc::new(model), tokenizer.clone());
+    let ticket = engine.submit(prompt, params);
+    let mut g = None;
+    for update in ticket.updates.iter() {
+        match update {
+            Update::Event(ev) => {
+                if !on_event(&ev) {
+                    engine.cancel(ticket.id);
+                }
+            }
+            Update::Done(result) => {
+                g = Some(result?);
+                break;
+            }
+        }
+    }
+    let g = g.context("the engine stopped before the generation finished")?;
     if let Some(e) = trace_err {
         bail!("writing the routing trace: {e}");
     }
