@@ -142,6 +142,8 @@ struct Running {
     /// When the current step (or, for the first token, the prompt) began.
     since: Instant,
     started: bool,
+    /// Bytes of KV cache and state this request may come to hold (its whole context).
+    reserved: u64,
 }
 
 struct Scheduler {
@@ -221,8 +223,10 @@ impl Scheduler {
                 "token id {bad} is outside the vocabulary (vocab_size {v})"
             )));
         }
+        let reserved = self.reserve(&prompt, params)?;
         Ok(Running {
             id,
+            reserved,
             seq: model.new_sequence()?,
             dec,
             pieces: prefill_pieces(prompt.len(), params.prefill_chunk).into(),
@@ -232,6 +236,52 @@ impl Scheduler {
             since: Instant::now(),
             started: false,
         })
+    }
+
+    /// The memory a request may come to need (its state, and KV for every position it may
+    /// reach), checked against what the machine has left once the running requests' KV caches
+    /// have grown to their own reservations: a request that would not fit is refused up front,
+    /// naming both numbers, rather than failing the batch halfway.
+    fn reserve(&self, prompt: &[u32], params: &GenerateParams) -> Result<u64> {
+        let sizes = &self.model.config.sizes;
+        let context = params
+            .max_context
+            .unwrap_or(self.model.config.max_position_embeddings);
+        let positions = (prompt.len() as u64)
+            .saturating_add(params.max_tokens as u64)
+            .min(context as u64);
+        let need = sizes
+            .kv_bytes_per_token
+            .saturating_mul(positions)
+            .saturating_add(sizes.state_bytes_per_sequence);
+        let held = |r: &Running| {
+            sizes
+                .kv_bytes_per_token
+                .saturating_mul(r.seq.pos as u64)
+                .saturating_add(sizes.state_bytes_per_sequence)
+        };
+        let promised: u64 = self
+            .running
+            .iter()
+            .map(|r| r.reserved.saturating_sub(held(r)))
+            .sum();
+        if let Some(free) = crate::memory::headroom() {
+            let left = free.saturating_sub(promised);
+            if need > left {
+                let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+                return Err(Error::Invalid(format!(
+                    "this request needs {:.2} GiB for its KV cache and state ({positions} \
+                     positions), but only {:.2} GiB is available ({:.2} GiB free, {:.2} GiB \
+                     promised to the {} running requests); lower max_tokens or the context",
+                    gib(need),
+                    gib(left),
+                    gib(free),
+                    gib(promised),
+                    self.running.len()
+                )));
+            }
+        }
+        Ok(need)
     }
 
     /// One forward pass over every running request, then each one's token.

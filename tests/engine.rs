@@ -223,10 +223,23 @@ fn cancelled_and_bad_requests_leave_the_others_running() {
         reference[..tokens.len()],
         "the cancelled request's tokens"
     );
+    // Room for the prompt, but a KV cache for 2^31 positions would not fit anywhere.
+    let huge = engine.submit(
+        reqs[0].0.clone(),
+        GenerateParams {
+            max_tokens: 1 << 31,
+            max_context: Some(1 << 31),
+            ..Default::default()
+        },
+    );
     for (t, what) in [
         (empty, "prompt is empty"),
         (outside, "outside the vocabulary"),
         (over, "context"),
+        (
+            huge,
+            "GiB for its KV cache and state (2147483648 positions), but only",
+        ),
     ] {
         let e = t.wait(&mut |_| {}).unwrap_err().to_string();
         assert!(e.contains(what), "{e}");
