@@ -4,7 +4,6 @@
 //! Everything here is deterministic for a given seed and identical on every platform and
 //! backend: the generator is integer-only and the uniform draw is an exact 24-bit fraction.
 
-use crate::backend::{Candidates, MASS_REL_ERR};
 use crate::{Error, Result};
 
 /// How to pick each token. The default is greedy decoding.
@@ -527,6 +526,19 @@ impl StopStrings {
         }
         best
     }
+}
+
+/// Relative error a backend's [`Candidates::mass`] may have (the device sums in f32 with its
+/// own `exp`); sampling only trusts decisions that hold anywhere within it.
+pub const MASS_REL_ERR: f64 = 1e-3;
+
+/// What a backend's `top_candidates` reads back (`crate::backend::Backend::top_candidates`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Candidates {
+    /// (id, logit) of the largest logits, by logit descending, ties to the lower id, NaN last.
+    pub top: Vec<(u32, f32)>,
+    /// `Σ exp(l·inv_t − max)` over the whole row (NaN and −inf contributing 0), when asked.
+    pub mass: Option<f64>,
 }
 
 #[cfg(test)]

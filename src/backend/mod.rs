@@ -13,7 +13,10 @@ use std::any::Any;
 use std::sync::Arc;
 
 use crate::checkpoint::DType;
+// What `top_candidates` reads back is the sampler's vocabulary; the dependency runs one way,
+// backends to sampling.
 use crate::error::{Error, Result};
+pub use crate::sampling::{Candidates, MASS_REL_ERR};
 use crate::weights::{LinearData, StoredLinear};
 
 /// Element type of an activation tensor. Routing ids are the only integer activations.
@@ -534,19 +537,6 @@ pub(crate) fn expert_shapes(
         }
     }
     Ok((hidden, latent))
-}
-
-/// Relative error a backend's [`Candidates::mass`] may have (the device sums in f32 with its
-/// own `exp`); sampling only trusts decisions that hold anywhere within it.
-pub const MASS_REL_ERR: f64 = 1e-3;
-
-/// What [`Backend::top_candidates`] reads back.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Candidates {
-    /// (id, logit) of the largest logits, by logit descending, ties to the lower id, NaN last.
-    pub top: Vec<(u32, f32)>,
-    /// `Σ exp(l·inv_t − max)` over the whole row (NaN and −inf contributing 0), when asked.
-    pub mass: Option<f64>,
 }
 
 /// Which backend to run on, as the CLI and the app name them.
