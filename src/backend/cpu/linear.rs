@@ -447,9 +447,11 @@ impl CpuLinear {
         } else {
             self.prepare(lv, x, tokens, &mut xp)
         };
-        let token_inputs: Vec<&[f32]> = match stride {
-            0 => Vec::new(),
-            _ => xp.chunks_exact(stride).collect(),
+        // Only the many-token path reads them: a single-token step allocates nothing here.
+        let token_inputs: Vec<&[f32]> = if tokens > 1 && stride > 0 {
+            xp.chunks_exact(stride).collect()
+        } else {
+            Vec::new()
         };
         let per = if par {
             (rows / (rayon::current_num_threads() * 8)).clamp(16, 256)
