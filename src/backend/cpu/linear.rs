@@ -388,6 +388,27 @@ impl CpuLinear {
         true
     }
 
+    /// Many-token outputs (`[rows, T]`) of rows `r0 ..` of a BF16 or FP8 weight, each row
+    /// loaded once for all the tokens and every value bit-identical to [`Self::dot_row`]'s.
+    /// `false`, with nothing written, for other formats or where the level has no such kernel.
+    fn dense_tokens(&self, lv: Level, r0: usize, xp: &[&[f32]], y: &mut [f32]) -> bool {
+        let c = self.cols;
+        let done = match &self.format {
+            Format::Bf16(s) => simd::dot_bf16_tokens(lv, &s.slice()[r0 * c..], c, xp, y),
+            Format::Fp8 { data, scale } => {
+                simd::dot_fp8_tokens(lv, &data.bytes()[r0 * c..], c, *scale, xp, y)
+            }
+            _ => false,
+        };
+        if done && self.bias.is_some() {
+            for (i, o) in y.chunks_exact_mut(xp.len()).enumerate() {
+                let b = self.bias(r0 + i);
+                o.iter_mut().for_each(|v| *v += b);
+            }
+        }
+        done
+    }
+
     fn bias(&self, r: usize) -> f32 {
         self.bias.as_ref().map_or(0.0, |b| b[r])
     }
@@ -466,6 +487,9 @@ impl CpuLinear {
                 } else {
                     self.exact_rows(lv, b * per, chunk, &xp);
                 }
+                return;
+            }
+            if !self.q8 && self.dense_tokens(lv, b * per, &token_inputs, chunk) {
                 return;
             }
             for (i, o) in chunk.chunks_exact_mut(tokens).enumerate() {

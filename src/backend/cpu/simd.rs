@@ -379,6 +379,69 @@ pub(crate) fn dot_bf16_pair(level: Level, a: &[u16], b: &[u16], xp: &[f32]) -> O
     }
 }
 
+/// Rows of a BF16 weight (`cols` columns each, `out.len() / xp.len()` of them from the start
+/// of `w`) dotted with several tokens' prepared inputs: `out[r·T + t]` is bit for bit
+/// [`dot_bf16`]'s for row r and token t, each weight loaded once for all the tokens. `false`,
+/// with nothing written, where the level has no such kernel.
+pub(crate) fn dot_bf16_tokens(
+    level: Level,
+    w: &[u16],
+    cols: usize,
+    xp: &[&[f32]],
+    out: &mut [f32],
+) -> bool {
+    check_tokens(
+        "BF16",
+        w.len(),
+        cols,
+        x_len(level, Kind::Bf16, cols),
+        xp,
+        out,
+    );
+    match level {
+        Level::Scalar => false,
+        // SAFETY: these levels are only chosen when the CPU has AVX2, FMA and F16C; the
+        // lengths are checked above.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 | Level::Avx512 => {
+            unsafe { avx2::dot_bf16_tokens(w, cols, xp, out) };
+            true
+        }
+    }
+}
+
+/// [`dot_bf16_tokens`] for an FP8 weight (per-tensor `scale`): each result bit for bit
+/// [`dot_fp8`]'s.
+pub(crate) fn dot_fp8_tokens(
+    level: Level,
+    w: &[u8],
+    cols: usize,
+    scale: f32,
+    xp: &[&[f32]],
+    out: &mut [f32],
+) -> bool {
+    check_tokens("FP8", w.len(), cols, x_len(level, Kind::Fp8, cols), xp, out);
+    match level {
+        Level::Scalar => false,
+        // SAFETY: as for `dot_bf16_tokens`.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 | Level::Avx512 => {
+            unsafe { avx2::dot_fp8_tokens(w, cols, scale, xp, out) };
+            true
+        }
+    }
+}
+
+/// The many-token kernels' contract: whole rows for every output, every input long enough.
+fn check_tokens(what: &str, w_len: usize, cols: usize, x_len: usize, xp: &[&[f32]], out: &[f32]) {
+    let ok = !xp.is_empty()
+        && cols > 0
+        && out.len().is_multiple_of(xp.len())
+        && w_len >= out.len() / xp.len() * cols
+        && xp.iter().all(|x| x.len() >= x_len);
+    assert!(ok, "{what} tokens: lengths disagree");
+}
+
 /// `Σ_c w[c]·x[c]` for one F16 row.
 pub(crate) fn dot_f16(level: Level, row: &[u16], x: &[f32]) -> f32 {
     let x = &x[..row.len()];
@@ -751,6 +814,73 @@ mod tests {
                             "{level:?} cols {cols}, token {t} of {tokens}: {} vs {one}",
                             out[t]
                         );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The dense many-token kernels give, for every row and token, exactly the one-token
+    /// dot: widths with and without whole steps and tails, one to nine tokens (every pass
+    /// width and several column blocks), row counts across the row groups, an FP8 NaN code.
+    #[test]
+    fn dense_tokens_equal_one_token_dots_bit_for_bit() {
+        let mut rng = Rng(29);
+        for level in simd_levels() {
+            for (rows, cols) in [
+                (1, 1),
+                (3, 15),
+                (9, 17),
+                (2, 33),
+                (17, 100),
+                (5, 1030),
+                (3, 4096),
+            ] {
+                for tokens in [1, 2, 3, 4, 5, 7, 9] {
+                    let xs = |kind: Kind, rng: &mut Rng| -> Vec<Vec<f32>> {
+                        (0..tokens)
+                            .map(|_| {
+                                let x: Vec<f32> = (0..cols).map(|_| rng.f32()).collect();
+                                prepared(level, kind, &x)
+                            })
+                            .collect()
+                    };
+                    let what = format!("{level:?} {rows}x{cols}, {tokens} tokens");
+                    let bf16: Vec<u16> = (0..rows * cols)
+                        .map(|_| half::bf16::from_f32(rng.f32() * 3.0).to_bits())
+                        .collect();
+                    let x = xs(Kind::Bf16, &mut rng);
+                    let refs: Vec<&[f32]> = x.iter().map(Vec::as_slice).collect();
+                    let mut out = vec![f32::NAN; rows * tokens];
+                    assert!(dot_bf16_tokens(level, &bf16, cols, &refs, &mut out));
+                    for r in 0..rows {
+                        for t in 0..tokens {
+                            let one = dot_bf16(level, &bf16[r * cols..(r + 1) * cols], &x[t]);
+                            let got = out[r * tokens + t];
+                            assert!(
+                                bits_eq(got, one),
+                                "BF16 {what}: row {r} token {t}: {got} vs {one}"
+                            );
+                        }
+                    }
+                    let mut fp8: Vec<u8> = (0..rows * cols).map(|_| rng.e4m3()).collect();
+                    if tokens == 3 {
+                        fp8[(rows - 1) * cols] = 0xff;
+                    }
+                    let scale = 0.02 * (1.0 + rng.f32().abs());
+                    let x = xs(Kind::Fp8, &mut rng);
+                    let refs: Vec<&[f32]> = x.iter().map(Vec::as_slice).collect();
+                    assert!(dot_fp8_tokens(level, &fp8, cols, scale, &refs, &mut out));
+                    for r in 0..rows {
+                        for t in 0..tokens {
+                            let one = dot_fp8(level, &fp8[r * cols..(r + 1) * cols], scale, &x[t]);
+                            let got = out[r * tokens + t];
+                            assert!(
+                                bits_eq(got, one),
+                                "FP8 {what}: row {r} token {t}: {got} vs {one}"
+                            );
+                            assert_eq!(got.is_nan(), tokens == 3 && r == rows - 1, "FP8 {what}");
+                        }
                     }
                 }
             }

@@ -934,3 +934,246 @@ unsafe fn tile<const R: usize, const T: usize>(
         }
     }
 }
+
+/// Rows per group of the dense many-token kernels: the group's accumulators stay in L1
+/// between column blocks.
+const TOKEN_ROWS: usize = 8;
+/// Bytes of the tokens' inputs a column block of the many-token kernels reads, so that they
+/// stay in L1 while every row of the group passes over them.
+const TOKEN_X_BYTES: usize = 16 * 1024;
+
+/// Columns per block of the many-token kernels for `tokens` inputs, a multiple of `step`.
+fn token_block(tokens: usize, step: usize) -> usize {
+    (TOKEN_X_BYTES / 4 / tokens / step).max(1) * step
+}
+
+/// The loop of the dense many-token kernels, for `rows` rows and `tn` tokens, the rows' whole
+/// steps (`step` columns each) end at `full`: rows go in groups of [`TOKEN_ROWS`],
+/// columns in blocks of [`token_block`]; in a block, each row of the group runs the first
+/// half of every step, then the second (`pass(row, half, span, t, acc)` for tokens `t ..
+/// t + per_pass`, `acc` pointing at token t's accumulators of that half, `per_acc` per token
+/// in all), then `finish(row, t, acc)` gets each (row, token)'s accumulators after the last
+/// block. Each accumulator thus gets its columns in the one-token kernel's order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn token_loop(
+    (rows, tn): (usize, usize),
+    (step, full, per_acc, per_pass): (usize, usize, usize, usize),
+    mut pass: impl FnMut(usize, usize, (usize, usize), usize, *mut __m256),
+    mut finish: impl FnMut(usize, usize, &mut [__m256]),
+) {
+    let block = token_block(tn, step);
+    let mut acc = vec![_mm256_setzero_ps(); TOKEN_ROWS * tn * per_acc];
+    for g0 in (0..rows).step_by(TOKEN_ROWS) {
+        let g1 = (g0 + TOKEN_ROWS).min(rows);
+        acc.fill(_mm256_setzero_ps());
+        for c0 in (0..full).step_by(block) {
+            let span = (c0, (c0 + block).min(full));
+            for r in g0..g1 {
+                for half in [0, step / 2] {
+                    for t in (0..tn).step_by(per_pass) {
+                        let a = ((r - g0) * tn + t) * per_acc + half * 2 / step * per_acc / 2;
+                        pass(r, half, span, t, acc[a..].as_mut_ptr());
+                    }
+                }
+            }
+        }
+        for r in g0..g1 {
+            for t in 0..tn {
+                finish(r, t, &mut acc[((r - g0) * tn + t) * per_acc..][..per_acc]);
+            }
+        }
+    }
+}
+
+/// One half (`w`, `x` already offset by 0 or 16 columns) of [`dot_bf16`]'s 32-column steps
+/// over columns `c0..c1` for `T` tokens: token t's two accumulators of that half are at
+/// `acc + 4t`. The weights are widened once for all tokens.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn bf16_pass<const T: usize>(
+    w: *const u16,
+    (c0, c1): (usize, usize),
+    x: [*const f32; T],
+    acc: *mut __m256,
+    ahead: *const u16,
+) {
+    // SAFETY: the caller guarantees the columns at `w` and every `x[t]`, and four
+    // accumulators per token at `acc`.
+    unsafe {
+        let mut a = [[_mm256_setzero_ps(); 2]; T];
+        for (t, a) in a.iter_mut().enumerate() {
+            *a = [*acc.add(4 * t), *acc.add(4 * t + 1)];
+        }
+        let mut c = c0;
+        while c < c1 {
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(c).cast());
+            let v = _mm256_loadu_si256(w.add(c).cast());
+            let (e, o) = (even_words(v), odd_words(v));
+            for (a, x) in a.iter_mut().zip(x) {
+                a[0] = _mm256_fmadd_ps(e, _mm256_loadu_ps(x.add(c)), a[0]);
+                a[1] = _mm256_fmadd_ps(o, _mm256_loadu_ps(x.add(c + 8)), a[1]);
+            }
+            c += 2 * BF16_STEP;
+        }
+        for (t, a) in a.iter().enumerate() {
+            *acc.add(4 * t) = a[0];
+            *acc.add(4 * t + 1) = a[1];
+        }
+    }
+}
+
+/// See [`super::dot_bf16_tokens`]: `out[r·T + t]` is [`dot_bf16`] of row r and token t, bit
+/// for bit. Each (row, token) keeps `dot_bf16`'s four accumulators, each fed its columns in
+/// the same order; only the loop around them changes. Columns go in blocks whose inputs stay
+/// in L1 while a group of rows passes over them (the accumulators wait in memory between
+/// blocks, which is exact), and the two halves of each 32-column step, which feed
+/// accumulators 0-1 and 2-3, run as separate passes so that four tokens' accumulators fit
+/// the registers.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_bf16_tokens(w: &[u16], cols: usize, xp: &[&[f32]], out: &mut [f32]) {
+    let tn = xp.len();
+    let full = cols / (2 * BF16_STEP) * (2 * BF16_STEP);
+    token_loop(
+        (out.len() / tn, tn),
+        (2 * BF16_STEP, full, 4, 4),
+        |r, half, span, t, a| {
+            let wr = w[r * cols..].as_ptr();
+            // The next row (past a group, the next group's first), a line per step.
+            let ahead = wr.wrapping_add(cols);
+            let x = |i: usize| xp[t + i].as_ptr().wrapping_add(half);
+            let w = wr.wrapping_add(half);
+            // SAFETY: columns below `full` are inside every row and input; `a` holds the
+            // accumulators of tokens t.. of row r.
+            unsafe {
+                match tn - t {
+                    1 => bf16_pass::<1>(w, span, [x(0)], a, ahead),
+                    2 => bf16_pass::<2>(w, span, [x(0), x(1)], a, ahead),
+                    3 => bf16_pass::<3>(w, span, [x(0), x(1), x(2)], a, ahead),
+                    _ => bf16_pass::<4>(w, span, [x(0), x(1), x(2), x(3)], a, ahead),
+                }
+            }
+        },
+        // What `dot_bf16` does past its whole 32-column steps, then its sum.
+        |r, t, a| {
+            let (wr, x) = (&w[r * cols..(r + 1) * cols], xp[t]);
+            let mut c = full;
+            // SAFETY: as in `dot_bf16`.
+            unsafe {
+                if c + BF16_STEP <= cols {
+                    bf16_chunk(wr.as_ptr().add(c), x.as_ptr().add(c), &mut a[..2]);
+                    c += BF16_STEP;
+                }
+                if c < cols {
+                    let mut tail = [0u16; BF16_STEP];
+                    tail[..cols - c].copy_from_slice(&wr[c..]);
+                    bf16_chunk(tail.as_ptr(), x.as_ptr().add(c), &mut a[2..]);
+                }
+            }
+            out[r * tn + t] = hsum(_mm256_add_ps(
+                _mm256_add_ps(a[0], a[1]),
+                _mm256_add_ps(a[2], a[3]),
+            ));
+        },
+    );
+}
+
+/// One half (`p`, `x` already offset by 0 or 32 columns) of [`dot_fp8`]'s 64-column steps
+/// over columns `c0..c1` for `T` tokens: token t's four accumulators of that half are at
+/// `acc + 8t`. The codes are widened once for all tokens, as [`fp8_half`] widens them.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn fp8_pass<const T: usize>(
+    p: *const u8,
+    (c0, c1): (usize, usize),
+    x: [*const f32; T],
+    acc: *mut __m256,
+    ahead: *const u8,
+) {
+    // SAFETY: the caller guarantees the columns at `p` and every `x[t]`, and eight
+    // accumulators per token at `acc`.
+    unsafe {
+        let mut a = [[_mm256_setzero_ps(); 4]; T];
+        for (t, a) in a.iter_mut().enumerate() {
+            for (k, v) in a.iter_mut().enumerate() {
+                *v = *acc.add(8 * t + k);
+            }
+        }
+        let z = _mm256_setzero_si256();
+        let m = _mm256_set1_epi16(0x87ff_u16 as i16);
+        let mut c = c0;
+        while c < c1 {
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(c).cast());
+            let v = _mm256_loadu_si256(p.add(c).cast());
+            let g0 = _mm256_and_si256(_mm256_srai_epi16::<4>(_mm256_unpacklo_epi8(z, v)), m);
+            let g1 = _mm256_and_si256(_mm256_srai_epi16::<4>(_mm256_unpackhi_epi8(z, v)), m);
+            let wv = [even_words(g0), odd_words(g0), even_words(g1), odd_words(g1)];
+            for (a, x) in a.iter_mut().zip(x) {
+                for (k, v) in a.iter_mut().enumerate() {
+                    *v = _mm256_fmadd_ps(wv[k], _mm256_loadu_ps(x.add(c + 8 * k)), *v);
+                }
+            }
+            c += FP8_STEP;
+        }
+        for (t, a) in a.iter().enumerate() {
+            for (k, v) in a.iter().enumerate() {
+                *acc.add(8 * t + k) = *v;
+            }
+        }
+    }
+}
+
+/// See [`super::dot_fp8_tokens`]: `out[r·T + t]` is [`dot_fp8`] of row r and token t, bit for
+/// bit, looped as [`dot_bf16_tokens`] is (the halves of each 64-column step feed
+/// accumulators 0-3 and 4-7).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_fp8_tokens(
+    w: &[u8],
+    cols: usize,
+    scale: f32,
+    xp: &[&[f32]],
+    out: &mut [f32],
+) {
+    let tn = xp.len();
+    let full = cols / FP8_STEP * FP8_STEP;
+    token_loop(
+        (out.len() / tn, tn),
+        (FP8_STEP, full, 8, 2),
+        |r, half, span, t, a| {
+            let wr = w[r * cols..].as_ptr();
+            let ahead = wr.wrapping_add(cols);
+            let x = |i: usize| xp[t + i].as_ptr().wrapping_add(half);
+            let p = wr.wrapping_add(half);
+            // SAFETY: as in `dot_bf16_tokens`.
+            unsafe {
+                match tn - t {
+                    1 => fp8_pass::<1>(p, span, [x(0)], a, ahead),
+                    _ => fp8_pass::<2>(p, span, [x(0), x(1)], a, ahead),
+                }
+            }
+        },
+        // What `dot_fp8` does past its whole steps, then its NaN check and sum.
+        |r, t, a| {
+            let wr = &w[r * cols..(r + 1) * cols];
+            if full < cols {
+                let mut p = [0u8; FP8_STEP];
+                p[..cols - full].copy_from_slice(&wr[full..]);
+                let mut ignored = [_mm256_setzero_si256(); 2];
+                let (lo, hi) = a.split_at_mut(4);
+                // SAFETY: as in `dot_fp8`: the input is padded to whole steps.
+                unsafe {
+                    let x = xp[t][full..full + FP8_STEP].as_ptr();
+                    fp8_half(p.as_ptr(), x, lo, &mut ignored);
+                    fp8_half(p.as_ptr().add(32), x.add(32), hi, &mut ignored);
+                }
+            }
+            out[r * tn + t] = if any_nan_e4m3(wr) {
+                f32::NAN
+            } else {
+                let s = |k: usize| _mm256_add_ps(a[k], a[k + 4]);
+                let sum = _mm256_add_ps(_mm256_add_ps(s(0), s(1)), _mm256_add_ps(s(2), s(3)));
+                hsum(sum) * (scale * FP8_SUM_SCALE)
+            };
+        },
+    );
+}
