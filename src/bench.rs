@@ -2,16 +2,18 @@
 //! bandwidth roofline — bytes of weights actually read per token (from the stored formats and
 //! the experts really chosen) against a streaming-read bandwidth measured in the same run.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::generate::{self, GenerateParams, TokenRoute};
+use crate::generate::{GenerateParams, Generation, TokenRoute};
+use crate::model::Model;
 use crate::model::loader::Access;
-use crate::model::{BatchEntry, ForwardOptions, Model};
 
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
@@ -20,6 +22,8 @@ pub struct BenchOptions {
     pub repeat: usize,
     /// Threads for the bandwidth probe (the CPU backend's thread count); 0 = skip the probe.
     pub bandwidth_threads: usize,
+    /// Sequences decoding together, one report each (`[1]`: the plain single-sequence bench).
+    pub sequences: Vec<usize>,
 }
 
 /// Median, minimum and maximum of a measurement over repeats.
@@ -76,11 +80,31 @@ pub struct BenchReport {
     pub machine_gb_s_range: Option<Stats>,
     pub roofline_fraction_range: Option<Stats>,
     pub peak_rss_bytes: Option<u64>,
+    /// With `--parallel`: how many sequences decoded together (`decode_tok_s` is then their
+    /// aggregate), each one's share, and the speed-up over one sequence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parallel: Option<Parallel>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Parallel {
+    pub sequences: usize,
+    pub per_sequence_decode_tok_s: Stats,
+    /// Aggregate decode speed over one sequence's, each repeat's pair measured back to back;
+    /// absent when 1 is not among the counts.
+    pub speedup: Option<Stats>,
 }
 
 /// Bytes of weights read for one decoded token whose routing was `routes`: every non-routed
 /// tensor whole, one embedding row, and the chosen experts of each MoE layer.
 pub fn bytes_for_token(model: &Model, routes: &[TokenRoute]) -> f64 {
+    bytes_for_step(model, &[routes])
+}
+
+/// Bytes of weights read by one decode step whose rows were routed as `rows` (one routing per
+/// row): the non-routed tensors once for all rows, and in each MoE layer every expert that
+/// any row chose, once.
+pub fn bytes_for_step(model: &Model, rows: &[&[TokenRoute]]) -> f64 {
     let info = &model.info;
     let mut bytes: f64 = info
         .groups
@@ -88,15 +112,16 @@ pub fn bytes_for_token(model: &Model, routes: &[TokenRoute]) -> f64 {
         .filter(|g| !matches!(g.access, Access::Routed { .. }))
         .map(|g| g.bytes_per_token())
         .sum();
+    let mut chosen: BTreeMap<usize, BTreeSet<u32>> = BTreeMap::new();
+    for r in rows.iter().flat_map(|routes| routes.iter()) {
+        chosen.entry(r.layer).or_default().extend(&r.ids);
+    }
+    let chosen: usize = chosen.values().map(BTreeSet::len).sum();
     let moe_layers = model.moe_layers().len().max(1) as f64;
     for g in info.groups.iter() {
         if let Access::Routed { experts, .. } = g.access {
             // The group sums one projection of every expert over all MoE layers.
             let per_expert = g.bytes as f64 / (experts as f64 * moe_layers);
-            let chosen: usize = routes
-                .iter()
-                .map(|r| r.ids.iter().collect::<BTreeSet<_>>().len())
-                .sum();
             bytes += per_expert * chosen as f64;
         }
     }
@@ -111,15 +136,28 @@ pub fn synthetic_prompt(n: usize, vocab: usize) -> Vec<u32> {
         .collect()
 }
 
-pub fn run(model: &Model, opts: &BenchOptions) -> Result<BenchReport> {
+/// Measures prefill and decode through the engine, `opts.sequences[i]` sequences at a time: one
+/// report per distinct count, in ascending order. Each sequence gets its own synthetic prompt
+/// (so the sequences choose different experts); all of a measurement's sequences are submitted
+/// together, so they are prefilled in the same passes and then decode one row each per step.
+/// The counts take turns within each repeat, forwards then backwards on alternate repeats, so
+/// a noisy machine's drift falls on all of them alike, and the speed-up over one sequence is
+/// taken per repeat.
+pub fn run(model: &Arc<Model>, opts: &BenchOptions) -> Result<Vec<BenchReport>> {
     if opts.prompt_len == 0 || opts.gen_tokens < 2 || opts.repeat == 0 {
         return Err(Error::Invalid(format!(
             "bench needs --prompt-len >= 1, --gen >= 2 and --repeat >= 1 (got {}, {}, {})",
             opts.prompt_len, opts.gen_tokens, opts.repeat
         )));
     }
+    if opts.sequences.is_empty() || opts.sequences.contains(&0) {
+        return Err(Error::Invalid(
+            "bench --parallel needs sequence counts >= 1".into(),
+        ));
+    }
     let context = model.config.max_position_embeddings;
-    match opts.prompt_len.checked_add(opts.gen_tokens) {
+    let last = opts.sequences.iter().max().copied().unwrap_or(1) - 1;
+    match (opts.prompt_len + last).checked_add(opts.gen_tokens) {
         Some(n) if n <= context => {}
         _ => {
             return Err(Error::Invalid(format!(
@@ -129,188 +167,170 @@ pub fn run(model: &Model, opts: &BenchOptions) -> Result<BenchReport> {
             )));
         }
     }
-    let prompt = synthetic_prompt(opts.prompt_len, model.config.vocab_size);
-    let base = GenerateParams {
-        max_tokens: opts.gen_tokens,
-        ignore_eos: true,
-        max_context: Some(opts.prompt_len + opts.gen_tokens + 1),
-        ..Default::default()
-    };
+    let mut sizes = opts.sequences.clone();
+    sizes.sort_unstable();
+    sizes.dedup();
+    let engine = Engine::start(model.clone(), None);
     // Warm-up (pipelines, page cache) that also records routing for the byte count.
-    let warm = generate::generate(
-        model,
-        None,
-        &prompt,
-        &GenerateParams {
-            max_tokens: opts.gen_tokens.min(16),
-            routing: true,
-            ..base.clone()
-        },
-        &mut |_| true,
-    )?;
-    let decoded = &warm.routing[1..];
-    let bytes_per_token = if decoded.is_empty() {
-        model.info.bytes_per_token()
-    } else {
-        decoded
-            .iter()
-            .map(|r| bytes_for_token(model, r))
-            .sum::<f64>()
-            / decoded.len() as f64
-    };
+    let mut bytes_per_token = Vec::with_capacity(sizes.len());
+    for &n in &sizes {
+        let steps = opts.gen_tokens.min(16);
+        let gens = together(&engine, model, n, opts.prompt_len, steps, true)?;
+        let per_step: Vec<f64> = (1..steps)
+            .filter_map(|i| {
+                let rows: Option<Vec<&[TokenRoute]>> = gens
+                    .iter()
+                    .map(|g| g.routing.get(i).map(Vec::as_slice))
+                    .collect();
+                rows.map(|rows| bytes_for_step(model, &rows) / n as f64)
+            })
+            .collect();
+        bytes_per_token.push(if per_step.is_empty() {
+            model.info.bytes_per_token()
+        } else {
+            per_step.iter().sum::<f64>() / per_step.len() as f64
+        });
+    }
     let probe = (opts.bandwidth_threads > 0)
         .then(|| BandwidthProbe::new(opts.bandwidth_threads, 1 << 30))
         .flatten();
-    let (mut prefill, mut decode, mut ttft) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut machine, mut fractions) = (Vec::new(), Vec::new());
-    for _ in 0..opts.repeat {
-        let start = Instant::now();
-        let mut first: Option<f64> = None;
-        let g = generate::generate(model, None, &prompt, &base, &mut |ev| {
-            if first.is_none() && matches!(ev, generate::Event::Token { .. }) {
-                first = Some(start.elapsed().as_secs_f64() * 1000.0);
-            }
-            true
-        })?;
-        prefill.push(g.prefill_tok_s());
-        decode.push(g.decode_tok_s());
-        ttft.push(first.unwrap_or(g.prefill_ms));
-        if let Some(p) = &probe {
-            let gb_s = p.measure(3);
-            machine.push(gb_s);
-            fractions.push(bytes_per_token * g.decode_tok_s() / 1e9 / gb_s);
-        }
-    }
-    let decode_tok_s = Stats::of(&decode);
-    let achieved_gb_s = bytes_per_token * decode_tok_s.median / 1e9;
-    let (machine_gb_s_range, roofline_fraction_range) = if machine.is_empty() {
-        (None, None)
-    } else {
-        (Some(Stats::of(&machine)), Some(Stats::of(&fractions)))
-    };
-    let info = model.backend.info();
-    Ok(BenchReport {
-        backend: info.name,
-        device: info.device,
-        threads: info.threads,
-        prompt_len: opts.prompt_len,
-        gen_tokens: opts.gen_tokens,
-        repeat: opts.repeat,
-        prefill_tok_s: Stats::of(&prefill),
-        decode_tok_s,
-        ttft_ms: Stats::of(&ttft),
-        bytes_per_token,
-        achieved_gb_s,
-        machine_gb_s: machine_gb_s_range.map(|m| m.median),
-        roofline_fraction: roofline_fraction_range.map(|f| f.median),
-        machine_gb_s_range,
-        roofline_fraction_range,
-        peak_rss_bytes: peak_rss(),
-    })
-}
-
-/// One line of `bench --parallel`: `sequences` decoding together, one batched forward pass per
-/// step.
-#[derive(Clone, Debug, Serialize)]
-pub struct ParallelRow {
-    pub sequences: usize,
-    /// Tokens per second over all the sequences.
-    pub tok_s: Stats,
-    /// `tok_s` over one sequence's, each repeat's pair measured back to back.
-    pub speedup: Stats,
-}
-
-/// Decode throughput with `sizes[i]` sequences in one batch: each sequence gets its own
-/// synthetic prompt of `prompt_len` tokens (prefilled alone, not timed), then `gen_tokens`
-/// greedy steps in which one forward pass carries one decode row of every sequence. The sizes
-/// run in turn within each repeat, forwards then backwards on alternate repeats, so a noisy
-/// machine's drift falls on all of them alike; the speed-up is taken per repeat.
-pub fn run_parallel(
-    model: &Model,
-    sizes: &[usize],
-    prompt_len: usize,
-    gen_tokens: usize,
-    repeat: usize,
-) -> Result<Vec<ParallelRow>> {
-    if sizes.is_empty() || sizes.contains(&0) || prompt_len == 0 || gen_tokens == 0 || repeat == 0 {
-        return Err(Error::Invalid(
-            "bench --parallel needs sequence counts >= 1, --prompt-len >= 1, --gen >= 1 and \
-             --repeat >= 1"
-                .into(),
-        ));
-    }
-    let context = model.config.max_position_embeddings;
-    if prompt_len + gen_tokens > context {
-        return Err(Error::Invalid(format!(
-            "bench: --prompt-len {prompt_len} + --gen {gen_tokens} positions do not fit the \
-             model's context (max_position_embeddings {context})"
-        )));
-    }
-    let mut order: Vec<usize> = sizes.to_vec();
-    order.sort_unstable();
-    order.dedup();
-    let mut all = vec![Vec::new(); order.len()];
-    // A warm-up pass of the largest batch (pages, pipelines), not counted.
-    let largest = *order.last().expect("not empty");
-    decode_together(model, largest, prompt_len, gen_tokens.min(4))?;
-    for r in 0..repeat {
-        let idx: Vec<usize> = if r % 2 == 0 {
-            (0..order.len()).collect()
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); sizes.len()];
+    for r in 0..opts.repeat {
+        let order: Vec<usize> = if r % 2 == 0 {
+            (0..sizes.len()).collect()
         } else {
-            (0..order.len()).rev().collect()
+            (0..sizes.len()).rev().collect()
         };
-        for i in idx {
-            all[i].push(decode_together(model, order[i], prompt_len, gen_tokens)?);
+        for i in order {
+            let n = sizes[i];
+            let gens = together(&engine, model, n, opts.prompt_len, opts.gen_tokens, false)?;
+            let mut s = Sample::of(&gens);
+            if let Some(p) = &probe {
+                let gb_s = p.measure(3);
+                s.probe = Some((gb_s, bytes_per_token[i] * s.decode / 1e9 / gb_s));
+            }
+            samples[i].push(s);
         }
     }
-    let one = order.iter().position(|&n| n == 1);
-    Ok(order
+    let info = model.backend.info();
+    let one = sizes.iter().position(|&n| n == 1);
+    Ok(sizes
         .iter()
         .enumerate()
-        .map(|(i, &n)| ParallelRow {
-            sequences: n,
-            tok_s: Stats::of(&all[i]),
-            speedup: Stats::of(&match one {
-                Some(o) => all[i].iter().zip(&all[o]).map(|(a, b)| a / b).collect(),
-                None => Vec::new(),
-            }),
+        .map(|(i, &n)| {
+            let of =
+                |f: fn(&Sample) -> f64| Stats::of(&samples[i].iter().map(f).collect::<Vec<_>>());
+            let decode_tok_s = of(|s| s.decode);
+            let achieved_gb_s = bytes_per_token[i] * decode_tok_s.median / 1e9;
+            let probes: Vec<(f64, f64)> = samples[i].iter().filter_map(|s| s.probe).collect();
+            let (machine_gb_s_range, roofline_fraction_range) = if probes.is_empty() {
+                (None, None)
+            } else {
+                let (m, f): (Vec<f64>, Vec<f64>) = probes.into_iter().unzip();
+                (Some(Stats::of(&m)), Some(Stats::of(&f)))
+            };
+            let parallel = (opts.sequences != [1]).then(|| Parallel {
+                sequences: n,
+                per_sequence_decode_tok_s: of(|s| s.decode / s.sequences as f64),
+                speedup: one.map(|o| {
+                    let pairs = samples[i].iter().zip(&samples[o]);
+                    Stats::of(&pairs.map(|(a, b)| a.decode / b.decode).collect::<Vec<_>>())
+                }),
+            });
+            BenchReport {
+                backend: info.name.clone(),
+                device: info.device.clone(),
+                threads: info.threads,
+                prompt_len: opts.prompt_len,
+                gen_tokens: opts.gen_tokens,
+                repeat: opts.repeat,
+                prefill_tok_s: of(|s| s.prefill),
+                decode_tok_s,
+                ttft_ms: of(|s| s.ttft_ms),
+                bytes_per_token: bytes_per_token[i],
+                achieved_gb_s,
+                machine_gb_s: machine_gb_s_range.map(|m| m.median),
+                roofline_fraction: roofline_fraction_range.map(|f| f.median),
+                machine_gb_s_range,
+                roofline_fraction_range,
+                peak_rss_bytes: peak_rss(),
+                parallel,
+            }
         })
         .collect())
 }
 
-/// Tokens per second of `n` sequences decoding `steps` tokens together.
-fn decode_together(model: &Model, n: usize, prompt_len: usize, steps: usize) -> Result<f64> {
-    let v = model.config.vocab_size;
-    let be = model.backend.as_ref();
-    let mut seqs = Vec::with_capacity(n);
-    let mut next = Vec::with_capacity(n);
-    for j in 0..n {
-        // Different prompts, so the sequences choose different experts.
-        let prompt: Vec<u32> = synthetic_prompt(prompt_len + j, v)[j..].to_vec();
-        let mut seq = model.new_sequence()?;
-        let out = model.forward(&mut seq, &prompt, ForwardOptions::default())?;
-        next.push(be.argmax(&out.logits)?[0]);
-        seqs.push(seq);
-    }
-    let start = Instant::now();
-    for _ in 0..steps {
-        let ids: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
-        let mut entries: Vec<BatchEntry> = seqs
-            .iter_mut()
-            .zip(&ids)
-            .map(|(seq, t)| BatchEntry {
-                seq,
-                ids: t,
-                decode: true,
-                all_logits: false,
-            })
-            .collect();
-        let outs = model.forward_batch(&mut entries, ForwardOptions::default())?;
-        for (t, out) in next.iter_mut().zip(&outs) {
-            *t = be.argmax(&out.logits)?[0];
+/// One measurement of `sequences` sequences together.
+#[derive(Clone, Debug)]
+struct Sample {
+    sequences: usize,
+    /// Prompt tokens per second over all the sequences.
+    prefill: f64,
+    /// Decoded tokens per second over all the sequences.
+    decode: f64,
+    /// From the first step to the last sequence's first token.
+    ttft_ms: f64,
+    /// The bandwidth probed right after, and the decode's fraction of it.
+    probe: Option<(f64, f64)>,
+}
+
+impl Sample {
+    /// The sequences ran their steps together: the prefill took as long as the slowest
+    /// prompt, and the decode as long as the longest run of steps.
+    fn of(gens: &[Generation]) -> Sample {
+        let longest = |f: fn(&Generation) -> f64| gens.iter().map(f).fold(0.0, f64::max);
+        let prefill_ms = longest(|g| g.prefill_ms);
+        let decode_ms = longest(|g| g.decode_ms.iter().sum());
+        let prompt: usize = gens.iter().map(|g| g.prompt_tokens).sum();
+        let decoded: usize = gens.iter().map(|g| g.decode_ms.len()).sum();
+        let rate = |n: usize, ms: f64| {
+            if ms > 0.0 {
+                n as f64 * 1000.0 / ms
+            } else {
+                0.0
+            }
+        };
+        Sample {
+            sequences: gens.len(),
+            prefill: rate(prompt, prefill_ms),
+            decode: rate(decoded, decode_ms),
+            ttft_ms: prefill_ms,
+            probe: None,
         }
     }
-    Ok((n * steps) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// `n` greedy generations of `steps` tokens from different synthetic prompts, submitted to
+/// the engine together so that they run in the same steps.
+fn together(
+    engine: &Engine,
+    model: &Model,
+    n: usize,
+    prompt_len: usize,
+    steps: usize,
+    routing: bool,
+) -> Result<Vec<Generation>> {
+    let v = model.config.vocab_size;
+    let params = GenerateParams {
+        max_tokens: steps,
+        ignore_eos: true,
+        routing,
+        max_context: Some(prompt_len + steps + 1),
+        ..Default::default()
+    };
+    let requests = (0..n)
+        .map(|j| {
+            (
+                synthetic_prompt(prompt_len + j, v)[j..].to_vec(),
+                params.clone(),
+            )
+        })
+        .collect();
+    engine
+        .submit_all(requests)
+        .into_iter()
+        .map(|t| t.wait(&mut |_| {}))
+        .collect()
 }
 
 /// Streaming-read bandwidth in GB/s: `threads` threads summing disjoint parts of a `bytes`

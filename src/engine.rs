@@ -51,13 +51,15 @@ impl Ticket {
     }
 }
 
+struct Submission {
+    id: u64,
+    prompt: Vec<u32>,
+    params: GenerateParams,
+    updates: mpsc::Sender<Update>,
+}
+
 enum Command {
-    Submit {
-        id: u64,
-        prompt: Vec<u32>,
-        params: GenerateParams,
-        updates: mpsc::Sender<Update>,
-    },
+    Submit(Vec<Submission>),
     Cancel(u64),
 }
 
@@ -88,20 +90,38 @@ impl Engine {
     /// next step. A request the engine cannot run (an empty prompt, one over the context, bad
     /// sampling parameters) gets its error as its only update.
     pub fn submit(&self, prompt: Vec<u32>, params: GenerateParams) -> Ticket {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel();
-        let cmd = Command::Submit {
-            id,
-            prompt,
-            params,
-            updates: tx.clone(),
-        };
-        if self.send(cmd).is_err() {
-            let _ = tx.send(Update::Done(Err(Error::Invalid(
-                "the engine has stopped".into(),
-            ))));
+        self.submit_all(vec![(prompt, params)])
+            .pop()
+            .expect("one ticket per request")
+    }
+
+    /// Queues several generations at once: they join the running batch at the same step (so
+    /// that, for instance, a benchmark's sequences prefill and decode in the same passes).
+    pub fn submit_all(&self, requests: Vec<(Vec<u32>, GenerateParams)>) -> Vec<Ticket> {
+        let mut tickets = Vec::with_capacity(requests.len());
+        let mut batch = Vec::with_capacity(requests.len());
+        for (prompt, params) in requests {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = mpsc::channel();
+            batch.push(Submission {
+                id,
+                prompt,
+                params,
+                updates: tx,
+            });
+            tickets.push(Ticket { id, updates: rx });
         }
-        Ticket { id, updates: rx }
+        if let Err(cmd) = self.send(Command::Submit(batch)) {
+            let Command::Submit(batch) = cmd else {
+                unreachable!("the command sent was a submission")
+            };
+            for s in batch {
+                let _ = s.updates.send(Update::Done(Err(Error::Invalid(
+                    "the engine has stopped".into(),
+                ))));
+            }
+        }
+        tickets
     }
 
     /// Stops request `id`: it finishes with [`FinishReason::Cancelled`] and leaves the batch.
@@ -110,10 +130,11 @@ impl Engine {
         let _ = self.send(Command::Cancel(id));
     }
 
-    fn send(&self, cmd: Command) -> std::result::Result<(), ()> {
+    /// The command back where the engine has stopped.
+    fn send(&self, cmd: Command) -> std::result::Result<(), Command> {
         match &self.commands {
-            Some(c) => c.send(cmd).map_err(|_| ()),
-            None => Err(()),
+            Some(c) => c.send(cmd).map_err(|e| e.0),
+            None => Err(cmd),
         }
     }
 }
@@ -189,17 +210,16 @@ impl Scheduler {
 
     fn handle(&mut self, c: Command) {
         match c {
-            Command::Submit {
-                id,
-                prompt,
-                params,
-                updates,
-            } => match self.admit(id, prompt, &params, updates.clone()) {
-                Ok(r) => self.running.push(r),
-                Err(e) => {
-                    let _ = updates.send(Update::Done(Err(e)));
+            Command::Submit(batch) => {
+                for s in batch {
+                    match self.admit(s.id, s.prompt, &s.params, s.updates.clone()) {
+                        Ok(r) => self.running.push(r),
+                        Err(e) => {
+                            let _ = s.updates.send(Update::Done(Err(e)));
+                        }
+                    }
                 }
-            },
+            }
             Command::Cancel(id) => {
                 if let Some(i) = self.running.iter().position(|r| r.id == id) {
                     finish(self.running.remove(i), FinishReason::Cancelled);

@@ -19,6 +19,7 @@ pub mod generate;
 pub mod memory;
 pub mod model;
 pub mod quant_config;
+pub mod runtime;
 pub mod sampling;
 pub mod synth;
 pub mod tokenizer;

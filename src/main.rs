@@ -10,9 +10,10 @@ use serde::Serialize;
 
 use nemotron_rt::backend::cuda::PrefillMath;
 use nemotron_rt::backend::{self, BackendKind};
-use nemotron_rt::engine::{Engine, Update};
+use nemotron_rt::engine::Update;
 use nemotron_rt::generate::{self, Event, GenerateParams, TokenRoute};
 use nemotron_rt::model::{ForwardOptions, LoadOptions, Model};
+use nemotron_rt::runtime::Runtime;
 use nemotron_rt::sampling::SamplingParams;
 use nemotron_rt::tokenizer::Tokenizer;
 
@@ -321,17 +322,7 @@ fn prompt_ids(
             .map(<[u32]>::to_vec)
             .context("give a prompt as text or as token ids");
     };
-    let tok = tokenizer.context("a text prompt needs the checkpoint's tokenizer.json")?;
-    let ids = tok.encode(text, true)?;
-    if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
-        bail!(
-            "the tokenizer {} encodes the prompt to token id {bad}, outside this model's \
-             vocabulary (vocab_size {vocab}): the tokenizer.json does not belong to this \
-             checkpoint",
-            tok.path().display()
-        );
-    }
-    Ok(ids)
+    Ok(nemotron_rt::runtime::encode_prompt(tokenizer, text, vocab)?)
 }
 
 #[derive(Serialize)]
@@ -441,7 +432,8 @@ fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
     };
     // Through the engine, as the app and the server run requests: the same tokens and events
     // as a lone `generate`, batched with whatever else the engine runs.
-    let engine = Engine::start(Arc::new(model), tokenizer.clone());
+    let runtime = Runtime::new(model, tokenizer.clone());
+    let engine = &runtime.engine;
     let ticket = engine.submit(prompt, params);
     let mut g = None;
     for update in ticket.updates.iter() {
@@ -873,31 +865,9 @@ fn run_devices() -> anyhow::Result<()> {
 fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
     let dir = model_dir(&a.model.model)?;
-    let model = load(&a.model, &dir)?;
+    let model = std::sync::Arc::new(load(&a.model, &dir)?);
     let load_s = start.elapsed().as_secs_f64();
     let threads = model.backend.info().threads;
-    if let Some(sizes) = &a.parallel {
-        let rows =
-            nemotron_rt::bench::run_parallel(&model, sizes, a.prompt_len, a.gen_tokens, a.repeat)?;
-        if a.json {
-            println!("{}", serde_json::to_string_pretty(&rows)?);
-            return Ok(());
-        }
-        let info = model.backend.info();
-        println!(
-            "{} ({}), {threads} threads, prompts of {} tokens, {} decode steps, {} repeats",
-            info.name, info.device, a.prompt_len, a.gen_tokens, a.repeat
-        );
-        println!("| sequences | tok/s (median) | min | max | vs 1 sequence |");
-        println!("|---|---|---|---|---|");
-        for r in rows {
-            println!(
-                "| {} | {:.2} | {:.2} | {:.2} | {:.2}x |",
-                r.sequences, r.tok_s.median, r.tok_s.min, r.tok_s.max, r.speedup.median
-            );
-        }
-        return Ok(());
-    }
     let opts = nemotron_rt::bench::BenchOptions {
         prompt_len: a.prompt_len,
         gen_tokens: a.gen_tokens,
@@ -908,13 +878,16 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
         } else {
             0
         },
+        sequences: a.parallel.clone().unwrap_or_else(|| vec![1]),
     };
-    let mut r = nemotron_rt::bench::run(&model, &opts)?;
+    let mut reports = nemotron_rt::bench::run(&model, &opts)?;
     if a.model.backend == BackendKind::Cuda {
         // The roofline on a GPU is its own memory bandwidth, probed the way decode reads.
         let gb_s = nemotron_rt::backend::cuda::measure_bandwidth(a.model.device)?;
-        r.machine_gb_s = Some(gb_s);
-        r.roofline_fraction = Some(r.achieved_gb_s / gb_s);
+        for r in &mut reports {
+            r.machine_gb_s = Some(gb_s);
+            r.roofline_fraction = Some(r.achieved_gb_s / gb_s);
+        }
     }
     if a.json {
         #[derive(Serialize)]
@@ -924,14 +897,49 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
             #[serde(flatten)]
             report: &'a nemotron_rt::bench::BenchReport,
         }
-        let out = Out {
-            model: dir.display().to_string(),
-            load_s,
-            report: &r,
-        };
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        let out: Vec<Out> = reports
+            .iter()
+            .map(|report| Out {
+                model: dir.display().to_string(),
+                load_s,
+                report,
+            })
+            .collect();
+        match out.as_slice() {
+            [one] => println!("{}", serde_json::to_string_pretty(one)?),
+            all => println!("{}", serde_json::to_string_pretty(all)?),
+        }
         return Ok(());
     }
+    if a.parallel.is_some() {
+        let info = model.backend.info();
+        println!(
+            "{} ({}), {threads} threads, prompts of {} tokens, {} decode steps, {} repeats",
+            info.name, info.device, a.prompt_len, a.gen_tokens, a.repeat
+        );
+        println!(
+            "| sequences | tok/s (median) | min | max | per sequence | vs 1 sequence | weights per step | roofline |"
+        );
+        println!("|---|---|---|---|---|---|---|---|");
+        for r in &reports {
+            let Some(p) = &r.parallel else { continue };
+            println!(
+                "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
+                p.sequences,
+                r.decode_tok_s.median,
+                r.decode_tok_s.min,
+                r.decode_tok_s.max,
+                p.per_sequence_decode_tok_s.median,
+                p.speedup
+                    .map_or("-".to_string(), |s| format!("{:.2}x", s.median)),
+                bytes(r.bytes_per_token * p.sequences as f64),
+                r.roofline_fraction
+                    .map_or("-".to_string(), |f| format!("{:.0}%", f * 100.0)),
+            );
+        }
+        return Ok(());
+    }
+    let r = &reports[0];
     println!(
         "| {:<28} | {:<8} | {:>7} | {:>7} | {:>10} | {:>10} | {:>10} |",
         "model", "backend", "threads", "test", "t/s", "min", "max"

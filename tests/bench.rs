@@ -89,41 +89,75 @@ fn stats_are_median_min_max() {
     assert_eq!((s.median, s.min, s.max), (4.0, 1.0, 5.0));
 }
 
-/// `bench --parallel`: one row per distinct sequence count, in order, each measured; the
-/// speed-up of one sequence over itself is 1. (Speeds themselves are for the benchmark, not a
-/// test.) A count of 0 is refused by name.
+/// `bench --parallel`: with several counts, a list of the plain bench's objects, one per
+/// distinct count in order, each with `parallel` (its `decode_tok_s` the aggregate over the
+/// sequences, each one's share, the speed-up over one sequence, which is 1 for one); with one
+/// count, a single such object; without `--parallel`, no `parallel` at all. (Speeds
+/// themselves are for the benchmark, not a test.) A count of 0 is refused by name.
 #[test]
 fn parallel_bench_reports_every_batch_size() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/models/nemotronh_tiny_grouped_nvfp4_super/hf");
-    let run = |sizes: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_nemotron-rt"))
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_nemotron-rt"))
             .args(["bench", "--threads", "2", "--model"])
             .arg(&dir)
-            .args(["--parallel", sizes, "--prompt-len", "5", "--gen", "3"])
-            .args(["--repeat", "2", "--json"])
+            .args(["--prompt-len", "5", "--gen", "3", "--repeat", "2", "--json"])
+            .args(extra)
             .output()
-            .unwrap()
+            .unwrap();
+        (
+            out.status.success(),
+            out.stdout,
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     };
-    let out = run("4,1,2,2");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (ok, stdout, stderr) = run(&["--parallel", "4,1,2,2"]);
+    assert!(ok, "{stderr}");
+    let rows: Value = serde_json::from_slice(&stdout).unwrap();
     let rows = rows.as_array().unwrap();
     let counts: Vec<u64> = rows
         .iter()
-        .map(|r| r["sequences"].as_u64().unwrap())
+        .map(|r| r["parallel"]["sequences"].as_u64().unwrap())
         .collect();
     assert_eq!(counts, [1, 2, 4]);
     for r in rows {
-        let t = r["tok_s"]["median"].as_f64().unwrap();
-        assert!(t > 0.0 && t.is_finite(), "{r}");
+        let n = r["parallel"]["sequences"].as_f64().unwrap();
+        let all = r["decode_tok_s"]["median"].as_f64().unwrap();
+        let each = r["parallel"]["per_sequence_decode_tok_s"]["median"]
+            .as_f64()
+            .unwrap();
+        assert!(all > 0.0 && all.is_finite(), "{r}");
+        assert!((all / n - each).abs() <= 1e-9 * all, "{r}");
+        for key in [
+            "prefill_tok_s",
+            "ttft_ms",
+            "bytes_per_token",
+            "achieved_gb_s",
+            "load_s",
+        ] {
+            assert!(r.get(key).is_some(), "{key} missing from {r}");
+        }
     }
-    assert_eq!(rows[0]["speedup"]["median"].as_f64(), Some(1.0));
-    let bad = run("0,2");
-    assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("sequence counts >= 1"));
+    assert_eq!(rows[0]["parallel"]["speedup"]["median"].as_f64(), Some(1.0));
+    // Four sequences read more experts per step than one, and less than four times its bytes.
+    let step = |r: &Value| {
+        r["bytes_per_token"].as_f64().unwrap() * r["parallel"]["sequences"].as_f64().unwrap()
+    };
+    assert!(step(&rows[2]) > step(&rows[0]) && step(&rows[2]) < 4.0 * step(&rows[0]));
+
+    let (ok, stdout, stderr) = run(&["--parallel", "2"]);
+    assert!(ok, "{stderr}");
+    let one: Value = serde_json::from_slice(&stdout).unwrap();
+    assert_eq!(one["parallel"]["sequences"].as_u64(), Some(2), "{one}");
+    assert!(one["parallel"]["speedup"].is_null(), "{one}");
+
+    let (ok, stdout, stderr) = run(&[]);
+    assert!(ok, "{stderr}");
+    let plain: Value = serde_json::from_slice(&stdout).unwrap();
+    assert!(plain.get("parallel").is_none() && plain["decode_tok_s"]["median"].is_f64());
+
+    let (ok, _, stderr) = run(&["--parallel", "0,2"]);
+    assert!(!ok);
+    assert!(stderr.contains("sequence counts >= 1"), "{stderr}");
 }

@@ -12,10 +12,10 @@ use nemotron_rt::backend::BackendInfo;
 use nemotron_rt::config::ModelConfig;
 use nemotron_rt::devices::Device;
 use nemotron_rt::generate::{Event, FinishReason, GenerateParams, TokenRoute};
+use nemotron_rt::model::ModelInfo;
 use nemotron_rt::model::loader::LoadProgress;
-use nemotron_rt::model::{Model, ModelInfo};
+use nemotron_rt::runtime::Runtime;
 use nemotron_rt::sampling::SamplingParams;
-use nemotron_rt::tokenizer::Tokenizer;
 
 use crate::heatmap::Heatmap;
 use crate::recent::Recent;
@@ -38,8 +38,8 @@ pub struct ModelSummary {
 
 #[derive(Clone)]
 pub struct Loaded {
-    pub model: Arc<Model>,
-    pub tokenizer: Option<Arc<Tokenizer>>,
+    /// The model, its tokenizer and the engine every generation runs on.
+    pub runtime: Arc<Runtime>,
     pub summary: ModelSummary,
 }
 
@@ -713,7 +713,7 @@ impl AppState {
         }
         let total: f64 = run
             .routes()
-            .map(|r| nemotron_rt::bench::bytes_for_token(&loaded.model, r))
+            .map(|r| nemotron_rt::bench::bytes_for_token(&loaded.runtime.model, r))
             .sum();
         Some(total / run.tokens.len() as f64)
     }

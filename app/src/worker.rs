@@ -5,15 +5,16 @@ use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
-use std::time::Instant;
+use std::sync::mpsc::{self, Sender};
+use std::time::{Duration, Instant};
 
 use nemotron_rt::backend;
 use nemotron_rt::devices::Device;
-use nemotron_rt::generate::{self, Event, GenerateParams, Generation};
+use nemotron_rt::engine::Update;
+use nemotron_rt::generate::{Event, GenerateParams, Generation};
+use nemotron_rt::model::LoadOptions;
 use nemotron_rt::model::loader::LoadProgress;
-use nemotron_rt::model::{LoadOptions, Model};
-use nemotron_rt::tokenizer::Tokenizer;
+use nemotron_rt::runtime::Runtime;
 
 use crate::state::{CompareStats, Loaded, ModelSummary};
 
@@ -98,15 +99,9 @@ pub(crate) fn load(
     let start = Instant::now();
     let be = backend::create_with(kind, &opts).map_err(|e| e.to_string())?;
     let backend_info = be.info();
-    let model = Model::load_observed(dir, be, LoadOptions::default(), Some(progress))
+    let runtime = Runtime::load(dir, be, LoadOptions::default(), Some(progress))
         .map_err(|e| format!("loading {}: {e}", dir.display()))?;
-    let tokenizer = if dir.join("tokenizer.json").exists() {
-        Some(Arc::new(
-            Tokenizer::from_dir(dir).map_err(|e| e.to_string())?,
-        ))
-    } else {
-        None
-    };
+    let model = &runtime.model;
     let summary = ModelSummary {
         dir: dir.to_path_buf(),
         info: model.info.clone(),
@@ -115,21 +110,46 @@ pub(crate) fn load(
         backend: backend_info,
         device_label: device.label.clone(),
         load_ms: start.elapsed().as_secs_f64() * 1000.0,
-        has_tokenizer: tokenizer.is_some(),
+        has_tokenizer: runtime.tokenizer.is_some(),
     };
     Ok(Loaded {
-        model: Arc::new(model),
-        tokenizer,
+        runtime: Arc::new(runtime),
         summary,
     })
 }
 
-/// The prompt's token ids, encoded exactly as `nemotron-rt generate --prompt` encodes them.
-pub(crate) fn encode(tokenizer: Option<&Arc<Tokenizer>>, prompt: &str) -> Result<Vec<u32>, String> {
-    let tok =
-        tokenizer.ok_or("this checkpoint has no tokenizer.json, so text cannot be encoded")?;
-    tok.encode(prompt, true).map_err(|e| e.to_string())
+/// Runs `prompt` on the loaded model's engine, sending every event on; a raised `cancel`
+/// cancels the request (checked while waiting, so also during a long prefill).
+fn run_on_engine(
+    runtime: &Runtime,
+    prompt: &str,
+    params: &GenerateParams,
+    cancel: &AtomicBool,
+    on_event: &mut dyn FnMut(&Event),
+    on_ids: &mut dyn FnMut(usize),
+) -> Result<Generation, String> {
+    let ids = runtime.encode(prompt).map_err(|e| e.to_string())?;
+    on_ids(ids.len());
+    let ticket = runtime.engine.submit(ids, params.clone());
+    let mut cancelled = false;
+    loop {
+        if !cancelled && cancel.load(Ordering::Relaxed) {
+            runtime.engine.cancel(ticket.id);
+            cancelled = true;
+        }
+        match ticket.updates.recv_timeout(CANCEL_POLL) {
+            Ok(Update::Event(ev)) => on_event(&ev),
+            Ok(Update::Done(result)) => return result.map_err(|e| e.to_string()),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err("the engine stopped before the generation finished".into());
+            }
+        }
+    }
 }
+
+/// How often a waiting job looks at its cancel flag.
+const CANCEL_POLL: Duration = Duration::from_millis(20);
 
 pub(crate) fn generate_job(
     job: u64,
@@ -139,30 +159,22 @@ pub(crate) fn generate_job(
     cancel: &AtomicBool,
     tx: &Sender<Msg>,
 ) {
-    let run = || -> Result<(), String> {
-        let ids = encode(loaded.tokenizer.as_ref(), prompt)?;
-        let _ = tx.send(Msg::GenStarted {
-            job,
-            prompt_tokens: ids.len(),
-        });
-        let mut on_event = |ev: &Event| {
+    let result = run_on_engine(
+        &loaded.runtime,
+        prompt,
+        params,
+        cancel,
+        &mut |ev| {
             let _ = tx.send(Msg::Gen {
                 job,
                 event: ev.clone(),
             });
-            !cancel.load(Ordering::Relaxed)
-        };
-        generate::generate(
-            &loaded.model,
-            loaded.tokenizer.as_ref(),
-            &ids,
-            params,
-            &mut on_event,
-        )
-        .map_err(|e| e.to_string())?;
-        Ok(())
-    };
-    if let Err(error) = run() {
+        },
+        &mut |prompt_tokens| {
+            let _ = tx.send(Msg::GenStarted { job, prompt_tokens });
+        },
+    );
+    if let Err(error) = result {
         let _ = tx.send(Msg::GenFailed { job, error });
     }
     let _ = tx.send(Msg::Done { job });
@@ -186,16 +198,14 @@ pub(crate) fn compare_job(job: u64, c: CompareJob, cancel: &AtomicBool, tx: &Sen
         }
         let _ = tx.send(Msg::CompareStep { job, device: i });
         let result = load(&c.dir, &device, c.threads, &LoadProgress::new()).and_then(|loaded| {
-            let ids = encode(loaded.tokenizer.as_ref(), &c.prompt)?;
-            let mut go_on = |_: &Event| !cancel.load(Ordering::Relaxed);
-            let g = generate::generate(
-                &loaded.model,
-                loaded.tokenizer.as_ref(),
-                &ids,
+            let g = run_on_engine(
+                &loaded.runtime,
+                &c.prompt,
                 &c.params,
-                &mut go_on,
-            )
-            .map_err(|e| e.to_string())?;
+                cancel,
+                &mut |_| {},
+                &mut |_| {},
+            )?;
             Ok(stats_of(&g))
         });
         let _ = tx.send(Msg::CompareResult {
