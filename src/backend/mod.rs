@@ -4,7 +4,12 @@
 //! the single synchronisation point (a GPU backend queues everything else).
 //!
 //! Every op has the same name in `src/backend/cpu/`, `shaders/<op>.wgsl` and `cuda/<op>.cu`.
+//!
+//! Operands are checked against each other in one place, [`checked::Checked`], which
+//! [`create_with`] puts in front of every backend: an implementation may take the shapes the
+//! trait's docs state as given.
 
+pub mod checked;
 pub mod cpu;
 pub mod cuda;
 pub mod wgpu;
@@ -581,7 +586,12 @@ pub fn create(kind: BackendKind, threads: usize) -> Result<Arc<dyn Backend>> {
     )
 }
 
+/// A backend of `kind`, behind [`checked::Checked`]: every op's operands are checked there.
 pub fn create_with(kind: BackendKind, opts: &BackendOptions) -> Result<Arc<dyn Backend>> {
+    Ok(Arc::new(checked::Checked(create_unchecked(kind, opts)?)))
+}
+
+fn create_unchecked(kind: BackendKind, opts: &BackendOptions) -> Result<Arc<dyn Backend>> {
     match kind {
         BackendKind::Cpu => Ok(Arc::new(cpu::CpuBackend::with_q8_activations(
             opts.threads,

@@ -19,6 +19,12 @@ pub fn cpu() -> Arc<dyn Backend> {
         .clone()
 }
 
+/// A backend made directly, behind the operand checks `backend::create` puts in front of
+/// every backend.
+fn checked(b: impl Backend + 'static) -> Arc<dyn Backend> {
+    Arc::new(backend::checked::Checked(Arc::new(b)))
+}
+
 /// Every non-reference backend present on this machine. Absent ones are reported once.
 pub fn others() -> Vec<Arc<dyn Backend>> {
     static OTHERS: OnceLock<Vec<Arc<dyn Backend>>> = OnceLock::new();
@@ -37,13 +43,13 @@ pub fn others() -> Vec<Arc<dyn Backend>> {
             };
             let has_subgroups = v.iter().any(|b| !b.info().device.contains("no subgroups"));
             if has_subgroups && let Ok(b) = WgpuBackend::with_options(&plain) {
-                v.push(Arc::new(b));
+                v.push(checked(b));
             }
             // The exact path: the FP4 tensor-core one is W4A4 and compared separately.
             match cuda_emulator::install()
                 .and_then(|_| backend::cuda::CudaBackend::exact(0).map_err(|e| e.to_string()))
             {
-                Ok(b) => v.push(Arc::new(b) as Arc<dyn Backend>),
+                Ok(b) => v.push(checked(b)),
                 Err(e) => eprintln!("conformance: cuda skipped: {e}"),
             }
             v
@@ -63,7 +69,7 @@ pub fn others_with_prefill_variants() -> Vec<Arc<dyn Backend>> {
             ..Default::default()
         });
         match f32_tiles {
-            Ok(b) => v.push(Arc::new(b)),
+            Ok(b) => v.push(checked(b)),
             Err(e) => eprintln!("conformance: cuda with f32 prefill tiles skipped: {e}"),
         }
     }

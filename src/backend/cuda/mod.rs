@@ -316,16 +316,6 @@ impl CudaBackend {
         }
         Ok(())
     }
-
-    pub(crate) fn check_cols(&self, x: &Tensor, cols: usize, what: &str) -> Result<()> {
-        if x.cols() != cols {
-            return Err(self.dev.err(format!(
-                "{what}: input has {} columns, expected {cols}",
-                x.cols()
-            )));
-        }
-        Ok(())
-    }
 }
 
 impl Backend for CudaBackend {
@@ -525,7 +515,6 @@ impl Backend for CudaBackend {
     }
 
     fn linear_rows(&self, x: &Tensor, w: &Weight, kinds: Rows) -> Result<Tensor> {
-        kinds.check(x.rows(), "linear")?;
         self.by_kind(x, kinds, &|x, _, decode| self.op_linear(x, w, decode))
     }
 
@@ -607,7 +596,6 @@ impl Backend for CudaBackend {
         routing: &Routing,
         kinds: Rows,
     ) -> Result<Tensor> {
-        kinds.check(x.rows(), "moe_experts")?;
         if kinds.decode == 0 || kinds.decode == x.rows() {
             return self.op_moe_experts(x, experts, routing, kinds.decode > 0);
         }

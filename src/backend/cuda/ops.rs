@@ -86,7 +86,6 @@ impl CudaBackend {
 
     pub(crate) fn op_rms_norm(&self, x: &Tensor, w: &Weight, eps: f32) -> Result<Tensor> {
         let (wb, n) = self.vector_of(w)?;
-        self.check_cols(x, n, "rms_norm")?;
         let out = self.output(vec![x.rows(), n], "rms_norm output")?;
         if x.rows() > 0 {
             self.dev.launch(
@@ -122,7 +121,6 @@ impl CudaBackend {
                 delta.shape()
             )));
         }
-        self.check_cols(residual, n, "add_rms_norm")?;
         let rows = residual.rows();
         let out = self.output(vec![rows, n], "add_rms_norm output")?;
         if rows > 0 {
@@ -149,7 +147,6 @@ impl CudaBackend {
     /// formed as a lone token's are), whatever their number; otherwise the GEMM tiles.
     pub(crate) fn op_linear(&self, x: &Tensor, w: &Weight, decode: bool) -> Result<Tensor> {
         let l = self.linear_of(w)?;
-        self.check_cols(x, l.cols, &w.name)?;
         let tokens = x.rows();
         let y = self.output(vec![tokens, l.rows], "linear output")?;
         if tokens == 0 || l.rows == 0 {
@@ -339,7 +336,6 @@ impl CudaBackend {
 
     pub(crate) fn op_split_columns(&self, x: &Tensor, widths: &[usize]) -> Result<Vec<Tensor>> {
         let total: usize = widths.iter().sum();
-        self.check_cols(x, total, "split_columns")?;
         let rows = x.rows();
         let mut out = Vec::with_capacity(widths.len());
         let mut offset = 0;
@@ -402,7 +398,6 @@ impl CudaBackend {
         let wl = self.linear_of(w)?;
         let (hist, channels) = (state.rows(), state.cols());
         let kernel = hist + 1;
-        self.check_cols(x, channels, "conv1d_silu")?;
         if wl.rows != channels || wl.cols != kernel {
             return Err(self.dev.err(format!(
                 "conv1d_silu: weight `{}` is [{}, {}], state expects [{channels}, {kernel}]",
@@ -467,8 +462,6 @@ impl CudaBackend {
         dt_min: Option<f32>,
     ) -> Result<Tensor> {
         let inner = dims.inner()?;
-        self.check_cols(xbc, dims.xbc_width()?, "ssm_scan (xBC)")?;
-        self.check_cols(dt, dims.heads, "ssm_scan (dt)")?;
         self.check_rows(xbc, &[dt], "ssm_scan (xBC, dt)")?;
         if state.shape() != [dims.heads, dims.head_dim, dims.state] {
             return Err(self.dev.err(format!(
@@ -595,8 +588,6 @@ impl CudaBackend {
         eps: f32,
     ) -> Result<Tensor> {
         let (wb, n) = self.vector_of(w)?;
-        self.check_cols(y, n, "gated_group_rms_norm (y)")?;
-        self.check_cols(z, n, "gated_group_rms_norm (z)")?;
         self.check_rows(y, &[z], "gated_group_rms_norm (y, z)")?;
         if groups == 0 || !n.is_multiple_of(groups) {
             return Err(self.dev.err(format!(
@@ -639,9 +630,6 @@ impl CudaBackend {
             head_dim: hd,
         } = dims;
         let (q_width, kv_width) = (dims.q_width()?, dims.kv_width()?);
-        self.check_cols(q, q_width, "attention (q)")?;
-        self.check_cols(kt, kv_width, "attention (k)")?;
-        self.check_cols(v, kv_width, "attention (v)")?;
         self.check_rows(q, &[kt, v], "attention (q, k, v)")?;
         if hd > 256 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
             return Err(self.dev.err(format!(
@@ -755,7 +743,6 @@ impl CudaBackend {
         p: &RouterParams,
     ) -> Result<Routing> {
         let (bb, experts) = self.vector_of(bias)?;
-        self.check_cols(logits, experts, "router")?;
         if p.top_k == 0 || p.top_k > experts {
             return Err(self.dev.err(format!(
                 "router: top_k {} is outside 1..={experts}",
@@ -807,7 +794,6 @@ impl CudaBackend {
             self.dev
                 .err(format!("`{}` is not a CUDA expert set", experts.name))
         })?;
-        self.check_cols(x, experts.latent, &experts.name)?;
         if routing.ids.elem() != ElemType::U32 {
             return Err(self
                 .dev

@@ -32,9 +32,6 @@ pub(crate) fn attention(
         )));
     }
     let (q_width, kv_width) = (dims.q_width()?, dims.kv_width()?);
-    be.check_cols(q, q_width, "attention (q)")?;
-    be.check_cols(k, kv_width, "attention (k)")?;
-    be.check_cols(v, kv_width, "attention (v)")?;
     let tokens = q.rows();
     if k.rows() != tokens || v.rows() != tokens {
         return Err(be.gpu.err(format!(
