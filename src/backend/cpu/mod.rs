@@ -424,13 +424,6 @@ impl Backend for CpuBackend {
     }
 
     fn add(&self, a: &mut Tensor, b: &Tensor) -> Result<()> {
-        if a.shape() != b.shape() {
-            return Err(err(format!(
-                "add: shapes {:?} and {:?} differ",
-                a.shape(),
-                b.shape()
-            )));
-        }
         let bs = f32s(b)?;
         for (x, y) in f32s_mut(a)?.iter_mut().zip(bs) {
             *x += y;
@@ -466,9 +459,6 @@ impl Backend for CpuBackend {
 
     fn last_row(&self, x: &Tensor) -> Result<Tensor> {
         let (rows, cols) = (x.rows(), x.cols());
-        if rows == 0 {
-            return Err(err("last_row of an empty tensor"));
-        }
         let xs = f32s(x)?;
         Ok(matrix(xs[(rows - 1) * cols..].to_vec(), 1, cols))
     }

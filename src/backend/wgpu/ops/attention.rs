@@ -33,13 +33,6 @@ pub(crate) fn attention(
     }
     let (q_width, kv_width) = (dims.q_width()?, dims.kv_width()?);
     let tokens = q.rows();
-    if k.rows() != tokens || v.rows() != tokens {
-        return Err(be.gpu.err(format!(
-            "attention: q has {tokens} rows but k has {} and v {}",
-            k.rows(),
-            v.rows()
-        )));
-    }
     let (qb, kb, vb) = (be.buf(q)?, be.buf(k)?, be.buf(v)?);
     let c = cache
         .inner_mut::<GpuKv>()

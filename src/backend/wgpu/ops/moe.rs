@@ -133,16 +133,6 @@ pub(crate) fn moe_experts(
         return Err(be.gpu.err("moe_experts: routing ids are not a u32 tensor"));
     }
     let k = routing.ids.cols();
-    if routing.ids.rows() != tokens
-        || routing.weights.rows() != tokens
-        || routing.weights.cols() != k
-    {
-        return Err(be.gpu.err(format!(
-            "moe_experts: {tokens} tokens but routing ids are {:?} and weights {:?}",
-            routing.ids.shape(),
-            routing.weights.shape()
-        )));
-    }
     if (ex.up.rows, ex.up.cols, ex.down.rows, ex.down.cols) != (hidden, latent, latent, hidden) {
         return Err(be.gpu.err(format!(
             "moe_experts: `{}` up is [{}, {}] and down [{}, {}], expected [{hidden}, {latent}] and [{latent}, {hidden}]",

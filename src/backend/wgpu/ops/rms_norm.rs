@@ -52,13 +52,6 @@ pub(crate) fn add_rms_norm(
     w: &Weight,
     eps: f32,
 ) -> Result<Tensor> {
-    if residual.shape() != delta.shape() {
-        return Err(be.gpu.err(format!(
-            "add_rms_norm: residual {:?} and delta {:?} differ in shape",
-            residual.shape(),
-            delta.shape()
-        )));
-    }
     let (wb, len) = be.vector_of(w)?;
     let (rows, cols) = dims(be, residual, len, "add_rms_norm")?;
     let rb = f32_buf(be, residual, "add_rms_norm")?;
