@@ -285,7 +285,7 @@ impl Scheduler {
             .iter()
             .map(|r| r.reserved.saturating_sub(held(r)))
             .sum();
-        if let Some(free) = crate::memory::headroom() {
+        if let Some(free) = self.model.backend.memory_headroom() {
             let left = free.saturating_sub(promised);
             if need > left {
                 let gib = |b: u64| b as f64 / (1u64 << 30) as f64;

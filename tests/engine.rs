@@ -14,6 +14,9 @@ use nemotron_rt::model::{LoadOptions, Model};
 use nemotron_rt::sampling::SamplingParams;
 use nemotron_rt::tokenizer::Tokenizer;
 
+#[path = "support/backends.rs"]
+mod support_backends;
+
 fn setup() -> (Arc<Model>, Arc<Tokenizer>) {
     let dir = default_model::dir().unwrap();
     let be = backend::create(BackendKind::Cpu, 2).unwrap();
@@ -249,4 +252,60 @@ fn cancelled_and_bad_requests_leave_the_others_running() {
         &want,
         "the request beside the cancelled and bad ones",
     );
+}
+
+/// The engine reserves a request's KV cache and state in the memory of the backend that holds
+/// them: on a GPU (the CUDA emulator, with 8 GiB of device memory) a request that would need
+/// more than the device has is refused with the device's numbers, whatever the host has, and
+/// the engine goes on serving requests that fit.
+#[test]
+fn requests_are_reserved_in_the_backends_own_memory() {
+    let Some((_, be)) = support_backends::all()
+        .into_iter()
+        .find(|(name, _)| *name == "cuda")
+    else {
+        eprintln!("skipped: no CUDA backend (the emulator did not install)");
+        return;
+    };
+    let free = be.memory_headroom().expect("CUDA reports its free memory");
+    assert!(
+        free <= 8 << 30,
+        "the emulator's device has 8 GiB, {free} free"
+    );
+    let dir = default_model::dir().unwrap();
+    let model = Arc::new(Model::load(&dir, be, LoadOptions::default()).unwrap());
+    let per_token = model.config.sizes.kv_bytes_per_token;
+    // Twice the device's free memory in KV positions.
+    let positions = (2 * free / per_token) as usize;
+    let engine = Engine::start(model.clone(), None);
+    let too_big = engine.submit(
+        vec![1, 2, 3],
+        GenerateParams {
+            max_tokens: positions,
+            max_context: Some(positions + 3),
+            ignore_eos: true,
+            ..Default::default()
+        },
+    );
+    let e = too_big.wait(&mut |_| {}).unwrap_err().to_string();
+    assert!(
+        e.contains("but only") && e.contains("GiB is available"),
+        "{e}"
+    );
+    let available: f64 = e
+        .split("but only ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number in {e}"));
+    assert!(available <= 8.0, "device numbers expected: {e}");
+    let fits = engine.submit(
+        vec![1, 2, 3],
+        GenerateParams {
+            max_tokens: 4,
+            ignore_eos: true,
+            ..Default::default()
+        },
+    );
+    assert_eq!(fits.wait(&mut |_| {}).unwrap().tokens.len(), 4);
 }

@@ -71,6 +71,10 @@ impl Backend for Checked {
         self.0.enter(f)
     }
 
+    fn memory_headroom(&self) -> Option<u64> {
+        self.0.memory_headroom()
+    }
+
     fn upload(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
         let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         if n != Some(data.len()) {

@@ -297,6 +297,13 @@ pub trait Backend: Send + Sync {
     }
 
     // ---- memory ----
+    /// Bytes this backend can still allocate for new per-sequence state (KV caches, Mamba
+    /// states), for the engine's admission check: host memory on the CPU, free device memory
+    /// on a GPU. `None` where the backend cannot tell; its allocations then fail with their own
+    /// out-of-memory error when it runs out.
+    fn memory_headroom(&self) -> Option<u64> {
+        crate::memory::headroom()
+    }
     fn upload(&self, data: &[f32], shape: &[usize]) -> Result<Tensor>;
     fn download(&self, t: &Tensor) -> Result<Vec<f32>>;
     fn download_u32(&self, t: &Tensor) -> Result<Vec<u32>>;

@@ -19,7 +19,8 @@ pub fn all() -> Vec<(&'static str, Arc<dyn Backend>)> {
     match cuda_emulator::install()
         .and_then(|_| backend::cuda::CudaBackend::exact(0).map_err(|e| e.to_string()))
     {
-        Ok(b) => v.push(("cuda", Arc::new(b))),
+        // Behind the operand checks `backend::create` puts in front of every backend.
+        Ok(b) => v.push(("cuda", Arc::new(backend::checked::Checked(Arc::new(b))))),
         Err(e) => eprintln!("cuda skipped: {e}"),
     }
     v

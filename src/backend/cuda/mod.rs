@@ -319,6 +319,15 @@ impl CudaBackend {
 }
 
 impl Backend for CudaBackend {
+    /// The device's free memory as the driver reports it.
+    fn memory_headroom(&self) -> Option<u64> {
+        self.dev
+            .ctx
+            .mem_get_info()
+            .ok()
+            .map(|(free, _)| free as u64)
+    }
+
     fn info(&self) -> BackendInfo {
         let (ma, mi) = self.dev.cc;
         BackendInfo {

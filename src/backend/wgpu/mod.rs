@@ -268,6 +268,16 @@ impl Backend for WgpuBackend {
         }
     }
 
+    /// Adapters that share the host's memory (a CPU driver such as lavapipe, an integrated
+    /// GPU) have what the host has; wgpu has no way to ask a discrete GPU how much of its
+    /// memory is free, so there the allocations report running out themselves.
+    fn memory_headroom(&self) -> Option<u64> {
+        match self.gpu.info.device_type {
+            wgpu::DeviceType::Cpu | wgpu::DeviceType::IntegratedGpu => crate::memory::headroom(),
+            _ => None,
+        }
+    }
+
     fn upload(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
         let n: usize = shape.iter().product();
         if n != data.len() {
