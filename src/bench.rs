@@ -109,7 +109,7 @@ pub fn bytes_for_step(model: &Model, rows: &[&[TokenRoute]]) -> f64 {
     let mut bytes: f64 = info
         .groups
         .iter()
-        .filter(|g| !matches!(g.access, Access::Routed { .. }))
+        .filter(|g| !matches!(g.access, Access::Routed { .. }) && !g.draft)
         .map(|g| g.bytes_per_token())
         .sum();
     let mut chosen: BTreeMap<usize, BTreeSet<u32>> = BTreeMap::new();
@@ -118,7 +118,7 @@ pub fn bytes_for_step(model: &Model, rows: &[&[TokenRoute]]) -> f64 {
     }
     let chosen: usize = chosen.values().map(BTreeSet::len).sum();
     let moe_layers = model.moe_layers().len().max(1) as f64;
-    for g in info.groups.iter() {
+    for g in info.groups.iter().filter(|g| !g.draft) {
         if let Access::Routed { experts, .. } = g.access {
             // The group sums one projection of every expert over all MoE layers.
             let per_expert = g.bytes as f64 / (experts as f64 * moe_layers);

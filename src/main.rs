@@ -551,6 +551,7 @@ fn run_forward(a: ForwardArgs) -> anyhow::Result<()> {
         all_logits: tensors,
         routing: a.trace_routing.is_some(),
         hidden: tensors,
+        ..Default::default()
     };
     let mut trace = match &a.trace_routing {
         Some(p) => Some(std::io::BufWriter::new(

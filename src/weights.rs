@@ -36,6 +36,71 @@ pub struct StoredLinear {
 }
 
 impl StoredLinear {
+    /// Columns `cols` of this weight as a weight of its own, in the same stored format (the
+    /// rows' pieces copied; nothing decoded). NVFP4 splits only at 16-column blocks. For a
+    /// projection of concatenated inputs, `W·[a; b] = W[:, ..n]·a + W[:, n..]·b`.
+    pub fn columns(&self, cols: std::ops::Range<usize>, name: &str) -> Result<StoredLinear> {
+        let (c, n) = (self.cols, cols.len());
+        if cols.end > c || n == 0 || self.bias.is_some() {
+            return Err(Error::Invalid(format!(
+                "{}: columns {cols:?} of a [{}, {c}] weight{} cannot be taken apart",
+                self.name,
+                self.rows,
+                if self.bias.is_some() {
+                    " with a bias"
+                } else {
+                    ""
+                }
+            )));
+        }
+        let pick = |data: &[u8], per_row: usize, unit: usize| -> Vec<u8> {
+            // `unit` columns per `per_row / (c / unit)` bytes.
+            let bytes_per_unit = per_row / (c / unit);
+            let (a, b) = (
+                cols.start / unit * bytes_per_unit,
+                cols.end / unit * bytes_per_unit,
+            );
+            data.chunks_exact(per_row)
+                .flat_map(|row| row[a..b].iter().copied())
+                .collect()
+        };
+        let data = match &self.data {
+            LinearData::Dense { dtype, data } => LinearData::Dense {
+                dtype: *dtype,
+                data: ByteView::owned(pick(data.bytes(), c * dtype.size(), 1), name),
+            },
+            LinearData::Fp8 { data, scale } => LinearData::Fp8 {
+                data: ByteView::owned(pick(data.bytes(), c, 1), name),
+                scale: *scale,
+            },
+            LinearData::Nvfp4 {
+                packed,
+                block_scales,
+                tensor_scale,
+            } => {
+                if !cols.start.is_multiple_of(16) || !cols.end.is_multiple_of(16) {
+                    return Err(Error::Invalid(format!(
+                        "{}: NVFP4 columns split only at 16-column blocks, not {cols:?}",
+                        self.name
+                    )));
+                }
+                LinearData::Nvfp4 {
+                    packed: ByteView::owned(pick(packed.bytes(), c / 2, 16), name),
+                    block_scales: ByteView::owned(pick(block_scales.bytes(), c / 16, 16), name),
+                    tensor_scale: *tensor_scale,
+                }
+            }
+        };
+        Ok(StoredLinear {
+            name: name.to_string(),
+            rows: self.rows,
+            cols: n,
+            data,
+            input_scale: self.input_scale,
+            bias: None,
+        })
+    }
+
     pub fn format_name(&self) -> String {
         match &self.data {
             LinearData::Dense { dtype, .. } => dtype.name().to_string(),

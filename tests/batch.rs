@@ -99,6 +99,7 @@ const OPTS: ForwardOptions = ForwardOptions {
     all_logits: false,
     routing: true,
     hidden: false,
+    final_hidden: false,
 };
 
 /// One sequence alone: its prefill's last row, then `STEPS` greedy decode steps one token at a

@@ -468,6 +468,7 @@ fn bf16_prefill_agreement_with_f32_tiles() {
                         all_logits: true,
                         routing: true,
                         hidden: false,
+                        ..Default::default()
                     },
                 )
                 .unwrap();

@@ -56,6 +56,7 @@ fn prefill_routing_and_greedy_tokens_equal_the_reference_on_every_backend() {
                 all_logits: true,
                 routing: true,
                 hidden: false,
+                ..Default::default()
             };
             let out = model.forward(&mut seq, &ids, opts).unwrap();
             let logits = model.backend.download(&out.logits).unwrap();

@@ -62,6 +62,7 @@ fn check_model(model_dir: &str, golden_file: &str) {
                         all_logits: true,
                         routing: true,
                         hidden: want_hidden,
+                        ..Default::default()
                     },
                 )
                 .unwrap();

@@ -216,6 +216,7 @@ fn check_recipe(recipe: Recipe) {
         all_logits: true,
         routing: true,
         hidden: true,
+        ..Default::default()
     };
     let out = model.forward(&mut seq, &ids, opts).unwrap();
     let logits = model.backend.download(&out.logits).unwrap();

@@ -37,6 +37,9 @@ pub struct GroupStats {
     /// Reads a tensor stored under another group (a tied `lm_head`): counted in the bytes read
     /// per token, not in the parameters or bytes stored.
     pub tied: bool,
+    /// Part of the multi-token-prediction step (`mtp.*`): read per drafted token, only when
+    /// drafting, so not in a plain decode step's bytes or active parameters.
+    pub draft: bool,
 }
 
 impl GroupStats {
@@ -165,6 +168,7 @@ impl<'a> Loader<'a> {
             access,
             row_bytes: 0,
             tied: false,
+            draft: tensor_name.starts_with("mtp."),
         });
         if !g.formats.iter().any(|f| f == format) {
             g.formats.push(format.to_string());
@@ -175,8 +179,22 @@ impl<'a> Loader<'a> {
         g.row_bytes += row_bytes;
     }
 
-    /// `backbone.layers.7.mixer.experts.3.up_proj` -> `moe.experts.*.up_proj`.
+    /// `backbone.layers.7.mixer.experts.3.up_proj` -> `moe.experts.*.up_proj`;
+    /// `mtp.layers.1.mixer.gate` -> `mtp.moe.gate` (layer kinds from the MTP pattern).
     fn group_of(&self, name: &str) -> String {
+        if let Some(rest) = name.strip_prefix("mtp.layers.") {
+            let (idx, rest) = rest.split_once('.').unwrap_or((rest, ""));
+            let kind = idx
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| {
+                    self.config
+                        .mtp_layers
+                        .get(i % self.config.mtp_layers.len().max(1))
+                })
+                .map_or("layer".to_string(), |k| k.to_string());
+            return format!("mtp.{kind}.{}", Self::role(rest));
+        }
         let Some(rest) = name.strip_prefix("backbone.layers.") else {
             return name
                 .trim_start_matches("backbone.")
@@ -189,13 +207,18 @@ impl<'a> Loader<'a> {
             .ok()
             .and_then(|i| self.config.layers.get(i))
             .map_or("layer".to_string(), |k| k.to_string());
+        format!("{kind}.{}", Self::role(rest))
+    }
+
+    /// `mixer.experts.3.up_proj.weight` -> `experts.*.up_proj`.
+    fn role(rest: &str) -> String {
         let rest = rest.trim_start_matches("mixer.");
         let parts: Vec<&str> = rest
             .split('.')
             .map(|p| if p.parse::<usize>().is_ok() { "*" } else { p })
             .filter(|p| *p != "weight")
             .collect();
-        format!("{kind}.{}", parts.join("."))
+        parts.join(".")
     }
 
     fn record_linear(&mut self, w: &StoredLinear, access: Access) {
@@ -284,6 +307,7 @@ impl<'a> Loader<'a> {
                 access: Access::Full,
                 row_bytes: 0,
                 tied: true,
+                draft: false,
             },
         );
     }
@@ -346,8 +370,11 @@ impl<'a> Loader<'a> {
     /// declares an FP8 KV cache (a checkpoint that declares one without its scales is
     /// mislabelled), optional otherwise.
     pub fn kv_cache_scale(&mut self, name: &str) -> Result<Option<f32>> {
+        // The MTP step is exported unquantized (BF16, as in the release), and its attention may
+        // come without KV scales; the main layers' must be there.
         if let Some(q) = self.quant
             && q.kv_cache.is_some()
+            && !name.starts_with("mtp.")
         {
             self.ck.require(
                 name,
@@ -380,7 +407,10 @@ impl<'a> Loader<'a> {
     /// are kept for speculative decoding and are not an error.
     pub fn check_all_used(&self) -> Result<()> {
         for t in self.ck.tensors() {
-            if !self.used.contains(&t.name) && !t.name.starts_with("mtp.") {
+            // Without an MTP step in the config, its tensors are left alone (as the
+            // reference leaves them); with one, they must all be part of it.
+            let spare_mtp = t.name.starts_with("mtp.") && self.config.num_nextn_predict_layers == 0;
+            if !self.used.contains(&t.name) && !spare_mtp {
                 return Err(Error::tensor(
                     &t.name,
                     t.file(),

@@ -7,6 +7,7 @@ pub mod loader;
 pub mod mamba;
 pub mod mlp;
 pub mod moe;
+pub mod mtp;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use self::loader::{Access, GroupStats, LoadProgress, Loader};
 use self::mamba::{Mamba, MambaState};
 use self::mlp::Mlp;
 use self::moe::Moe;
+use self::mtp::Mtp;
 
 pub enum Mixer {
     Mamba(Mamba),
@@ -53,13 +55,22 @@ impl ModelInfo {
         self.groups.iter().filter(|g| !g.tied)
     }
 
+    /// The groups a plain decode step reads (the MTP step's are read only when drafting).
+    fn decoding(&self) -> impl Iterator<Item = &GroupStats> {
+        self.groups.iter().filter(|g| !g.draft)
+    }
+
     pub fn total_params(&self) -> u64 {
         self.stored().map(|g| g.params).sum()
     }
 
-    /// Parameters touched per token: everything but the unchosen routed experts.
+    /// Parameters touched per token: everything but the unchosen routed experts (and the MTP
+    /// step).
     pub fn active_params(&self) -> f64 {
-        self.stored().map(GroupStats::active_params).sum()
+        self.stored()
+            .filter(|g| !g.draft)
+            .map(GroupStats::active_params)
+            .sum()
     }
 
     pub fn weight_bytes(&self) -> u64 {
@@ -68,7 +79,7 @@ impl ModelInfo {
 
     /// Expected weight bytes read to decode one token (experts averaged over `k / E`).
     pub fn bytes_per_token(&self) -> f64 {
-        self.groups.iter().map(GroupStats::bytes_per_token).sum()
+        self.decoding().map(GroupStats::bytes_per_token).sum()
     }
 }
 
@@ -83,6 +94,8 @@ pub struct Model {
     norm_f: Weight,
     /// `None` when tied to the embedding table.
     lm_head: Option<Weight>,
+    /// The multi-token-prediction step, when the checkpoint has one.
+    mtp: Option<Mtp>,
 }
 
 /// Routing of one MoE layer for the tokens of one forward call.
@@ -114,6 +127,9 @@ pub struct ForwardOutput {
     pub routing: Vec<LayerRouting>,
     /// `("embeddings" | "layer{i}" | "final_norm", [T, D])` when hidden states were asked for.
     pub hidden: Vec<(String, Vec<f32>)>,
+    /// The `norm_f` output of this entry's logit rows, on the backend, when
+    /// [`ForwardOptions::final_hidden`] asked for it: what the MTP step reads as `h_t`.
+    pub final_hidden: Option<Tensor>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -121,6 +137,17 @@ pub struct ForwardOptions {
     pub all_logits: bool,
     pub routing: bool,
     pub hidden: bool,
+    /// Keep the `norm_f` output of the logit rows on the backend (for the MTP step).
+    pub final_hidden: bool,
+}
+
+/// What one MTP step returns.
+pub struct MtpOutput {
+    /// `[T, D]` (or the last row): the step's `final_layernorm` output, the `h` of the next
+    /// recursive draft.
+    pub out: Tensor,
+    /// The draft logits of the same rows.
+    pub logits: Tensor,
 }
 
 /// One sequence's part of a batched forward pass ([`Model::forward_batch`]).
@@ -163,6 +190,29 @@ pub struct LoadOptions {
     pub progress: bool,
 }
 
+/// One pre-norm residual block: `{root}.norm.weight` and the mixer of `kind` under
+/// `{root}.mixer` (main layers are `backbone.layers.{i}`, the MTP step's `mtp.layers.{j}`).
+pub(crate) fn load_layer(
+    ld: &mut Loader,
+    config: &ModelConfig,
+    root: &str,
+    index: usize,
+    kind: LayerKind,
+) -> Result<Layer> {
+    let prefix = format!("{root}.mixer");
+    let norm = ld.vector(&format!("{root}.norm.weight"), config.hidden_size)?;
+    let mixer = match kind {
+        LayerKind::Mamba => Mixer::Mamba(Mamba::load(ld, &prefix)?),
+        LayerKind::Attention => Mixer::Attention(Attention::load(ld, &prefix)?),
+        LayerKind::Moe => Mixer::Moe(Moe::load(ld, &prefix)?),
+        LayerKind::Mlp => {
+            let (w, bias) = (config.intermediate_size, config.mlp_bias);
+            Mixer::Mlp(Mlp::load(ld, &prefix, w, bias)?)
+        }
+    };
+    Ok(Layer { index, norm, mixer })
+}
+
 impl Model {
     pub fn load(dir: &Path, backend: Arc<dyn Backend>, opts: LoadOptions) -> Result<Model> {
         Self::load_observed(dir, backend, opts, None)
@@ -193,25 +243,14 @@ impl Model {
         }
         let (v, d) = (config.vocab_size, config.hidden_size);
         let embeddings = ld.table("backbone.embeddings.weight", v, d, Access::OneRow)?;
-        let mut layers = Vec::with_capacity(config.layers.len());
-        for (i, kind) in config.layers.iter().enumerate() {
-            let prefix = format!("backbone.layers.{i}.mixer");
-            let norm = ld.vector(&format!("backbone.layers.{i}.norm.weight"), d)?;
-            let mixer = match kind {
-                LayerKind::Mamba => Mixer::Mamba(Mamba::load(&mut ld, &prefix)?),
-                LayerKind::Attention => Mixer::Attention(Attention::load(&mut ld, &prefix)?),
-                LayerKind::Moe => Mixer::Moe(Moe::load(&mut ld, &prefix)?),
-                LayerKind::Mlp => {
-                    let (w, bias) = (config.intermediate_size, config.mlp_bias);
-                    Mixer::Mlp(Mlp::load(&mut ld, &prefix, w, bias)?)
-                }
-            };
-            layers.push(Layer {
-                index: i,
-                norm,
-                mixer,
-            });
-        }
+        let layers = config
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, &kind)| {
+                load_layer(&mut ld, &config, &format!("backbone.layers.{i}"), i, kind)
+            })
+            .collect::<Result<Vec<_>>>()?;
         let norm_f = ld.vector("backbone.norm_f.weight", d)?;
         let lm_head = if ck.contains("lm_head.weight") {
             Some(ld.linear("lm_head", v, d, false)?)
@@ -225,6 +264,7 @@ impl Model {
                 expected: format!("a [{v}, {d}] output projection (tie_word_embeddings is false)"),
             });
         };
+        let mtp = Mtp::load(&mut ld, &config)?;
         ld.check_all_used()?;
         ld.finish();
         let kv_cache_fp8 = quant.as_ref().is_some_and(|q| q.kv_cache.is_some());
@@ -246,6 +286,7 @@ impl Model {
             layers,
             norm_f,
             lm_head,
+            mtp,
         })
     }
 
@@ -263,9 +304,131 @@ impl Model {
     }
 
     pub fn new_sequence(&self) -> Result<Sequence> {
+        self.sequence_of(&self.layers)
+    }
+
+    /// Whether the checkpoint has an MTP step to draft with.
+    pub fn has_mtp(&self) -> bool {
+        self.mtp.is_some()
+    }
+
+    /// A new sequence for the MTP step's own state (the KV cache of its attention layer).
+    pub fn new_mtp_sequence(&self) -> Result<Sequence> {
+        self.sequence_of(&self.mtp()?.layers)
+    }
+
+    fn mtp(&self) -> Result<&Mtp> {
+        self.mtp.as_ref().ok_or_else(|| {
+            Error::Invalid(
+                "this checkpoint has no MTP step (num_nextn_predict_layers is 0), so it cannot \
+                 draft tokens"
+                    .into(),
+            )
+        })
+    }
+
+    /// Runs the MTP step over `ids` (the tokens t+1) and `hidden` (`[T, D]`, the `h_t`: the
+    /// main model's `norm_f` output from [`ForwardOutput::final_hidden`], or a previous step's
+    /// `out` for a recursive draft), after what the MTP sequence `seq` already holds. Returns
+    /// the step's output (the next recursive draft's `h`) and the draft logits, of every row
+    /// or of the last.
+    pub fn mtp_step(
+        &self,
+        seq: &mut Sequence,
+        ids: &[u32],
+        hidden: &Tensor,
+        all_rows: bool,
+    ) -> Result<MtpOutput> {
+        let mtp = self.mtp()?;
+        let d = self.config.hidden_size;
+        if ids.is_empty() || hidden.rows() != ids.len() || hidden.cols() != d {
+            return Err(Error::Invalid(format!(
+                "MTP step: {} tokens with hidden states of shape {:?}; expected one [{d}] row per \
+                 token",
+                ids.len(),
+                hidden.shape()
+            )));
+        }
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.config.vocab_size) {
+            return Err(Error::Invalid(format!(
+                "token id {bad} is outside the vocabulary (vocab_size {})",
+                self.config.vocab_size
+            )));
+        }
+        if seq.layers.len() != mtp.layers.len() {
+            return Err(Error::Invalid(
+                "MTP step: the sequence was not made by new_mtp_sequence".into(),
+            ));
+        }
+        let mut result = None;
+        self.backend.enter(&mut || {
+            result = Some((|| -> Result<MtpOutput> {
+                let be = self.backend.as_ref();
+                let eps = self.config.layer_norm_epsilon;
+                let batch = Batch::new(&[(ids.len(), ids.len() == 1)])?;
+                let e = be.embed(&self.embeddings, ids)?;
+                let z = mtp.input(be, &e, hidden, eps)?;
+                let opts = ForwardOptions::default();
+                let (mut hidden, mut routes) = (Vec::new(), Vec::new());
+                let mut states = [&mut seq.layers[..]];
+                let out = self.run_stack(
+                    (&mtp.layers, &mtp.final_norm),
+                    &mut states,
+                    &batch,
+                    z,
+                    opts,
+                    &mut hidden,
+                    &mut routes,
+                )?;
+                let out = if all_rows || out.rows() == 1 {
+                    out
+                } else {
+                    be.last_row(&out)?
+                };
+                let logits = be.linear(&out, self.head())?;
+                Ok(MtpOutput { out, logits })
+            })());
+        });
+        let out = result.unwrap_or_else(|| {
+            Err(Error::Invalid(
+                "the backend returned without running the MTP step".into(),
+            ))
+        })?;
+        seq.pos += ids.len();
+        seq.undo_rows = 0;
+        Ok(out)
+    }
+
+    /// Cuts the MTP sequence back to `pos` positions, dropping drafted ones: its attention
+    /// caches are truncated. (An MTP pattern with a Mamba layer cannot be cut back this way.)
+    pub fn mtp_truncate(&self, seq: &mut Sequence, pos: usize) -> Result<()> {
+        if pos > seq.pos {
+            return Err(Error::Invalid(format!(
+                "MTP truncate to {pos}: the sequence holds only {}",
+                seq.pos
+            )));
+        }
         let be = self.backend.as_ref();
-        let layers = self
-            .layers
+        for st in seq.layers.iter_mut() {
+            match st {
+                LayerState::Attention(c) => be.kv_truncate(c, pos)?,
+                LayerState::Mamba(_) if pos < seq.pos => {
+                    return Err(Error::Invalid(
+                        "the MTP step has a Mamba layer, whose state cannot be cut back to an \
+                         earlier position"
+                            .into(),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        seq.pos = pos;
+        Ok(())
+    }
+
+    fn sequence_of(&self, layers: &[Layer]) -> Result<Sequence> {
+        let be = self.backend.as_ref();
+        let layers = layers
             .iter()
             .map(|l| {
                 Ok(match &l.mixer {
@@ -460,6 +623,7 @@ impl Model {
         let be = self.backend.as_ref();
         let mut hidden = Vec::new();
         let mut routes = Vec::new();
+        let mut final_hidden = None;
         let first_key = entries[order[0]].seq.id;
         let logits = {
             let mut sorted: Vec<&mut BatchEntry> = entries.iter_mut().collect();
@@ -470,10 +634,12 @@ impl Model {
                 && seg.decode
                 && seg.rows.len() == 1
                 && !opts.hidden
+                && !opts.final_hidden
             {
                 // Nothing is read back inside a decode step, so a backend may replay it.
                 be.decode_step(first_key, &mut || {
-                    self.run(only, &batch, &ids, &wanted, opts, &mut hidden, &mut routes)
+                    let (h, r, f) = (&mut hidden, &mut routes, &mut final_hidden);
+                    self.run(only, &batch, &ids, &wanted, opts, h, r, f)
                 })?
             } else {
                 self.run_batch(
@@ -484,6 +650,7 @@ impl Model {
                     opts,
                     &mut hidden,
                     &mut routes,
+                    &mut final_hidden,
                 )?
             }
         };
@@ -516,6 +683,11 @@ impl Model {
                 let all = logits.as_ref().expect("kept until the last entry");
                 be.gather_rows(&[(all, logit_row[slot[i]].clone())])?
             };
+            let entry_hidden = match &final_hidden {
+                Some(_) if single => final_hidden.take(),
+                Some(all) => Some(be.gather_rows(&[(all, logit_row[slot[i]].clone())])?),
+                None => None,
+            };
             let routing = routing
                 .iter()
                 .map(|(layer, ids, ws, k)| LayerRouting {
@@ -539,6 +711,7 @@ impl Model {
                 } else {
                     Vec::new()
                 },
+                final_hidden: entry_hidden,
             });
         }
         Ok(outs)
@@ -555,8 +728,19 @@ impl Model {
         opts: ForwardOptions,
         hidden: &mut Vec<(String, Vec<f32>)>,
         routes: &mut Vec<(usize, Routing, usize)>,
+        final_hidden: &mut Option<Tensor>,
     ) -> Result<Tensor> {
-        self.run_batch(&mut [states], batch, ids, wanted, opts, hidden, routes)
+        let mut states = [states];
+        self.run_batch(
+            &mut states,
+            batch,
+            ids,
+            wanted,
+            opts,
+            hidden,
+            routes,
+            final_hidden,
+        )
     }
 
     /// The device work of a forward pass: embeddings, every layer and the head, over the
@@ -573,18 +757,73 @@ impl Model {
         opts: ForwardOptions,
         hidden: &mut Vec<(String, Vec<f32>)>,
         routes: &mut Vec<(usize, Routing, usize)>,
+        final_hidden: &mut Option<Tensor>,
+    ) -> Result<Tensor> {
+        let be = self.backend.as_ref();
+        hidden.clear();
+        routes.clear();
+        let h = be.embed(&self.embeddings, ids)?;
+        if opts.hidden {
+            hidden.push(("embeddings".to_string(), be.download(&h)?));
+        }
+        let x = self.run_stack(
+            (&self.layers, &self.norm_f),
+            states,
+            batch,
+            h,
+            opts,
+            hidden,
+            routes,
+        )?;
+        if opts.hidden {
+            hidden.push(("final_norm".to_string(), be.download(&x)?));
+        }
+        // The head over the wanted rows only; they keep the batch's order, so the decode rows
+        // among them still come first.
+        let all_rows = wanted.len() == 1 && wanted[0] == (0..batch.total_rows());
+        let head_rows = Rows::decode(
+            wanted
+                .iter()
+                .zip(&batch.segments)
+                .filter(|(_, s)| s.decode)
+                .map(|(w, _)| w.len())
+                .sum(),
+        );
+        let x = if all_rows {
+            x
+        } else {
+            let parts: Vec<_> = wanted.iter().map(|w| (&x, w.clone())).collect();
+            be.gather_rows(&parts)?
+        };
+        let logits = be.linear_rows(&x, self.head(), head_rows)?;
+        *final_hidden = opts.final_hidden.then_some(x);
+        Ok(logits)
+    }
+
+    fn head(&self) -> &Weight {
+        self.lm_head.as_ref().unwrap_or(&self.embeddings)
+    }
+
+    /// A stack of pre-norm residual blocks on the residual stream `h`: `h += mixer(norm(h))`
+    /// for each layer, each layer's state taken from `states` (one list per sequence of
+    /// `batch`); returns `final_norm(h)`. The main model's layers and the MTP step's blocks
+    /// both run here.
+    #[allow(clippy::too_many_arguments)]
+    fn run_stack(
+        &self,
+        (layers, final_norm): (&[Layer], &Weight),
+        states: &mut [&mut [LayerState]],
+        batch: &Batch,
+        mut h: Tensor,
+        opts: ForwardOptions,
+        hidden: &mut Vec<(String, Vec<f32>)>,
+        routes: &mut Vec<(usize, Routing, usize)>,
     ) -> Result<Tensor> {
         let be = self.backend.as_ref();
         let eps = self.config.layer_norm_epsilon;
         let rows = batch.rows();
-        hidden.clear();
-        routes.clear();
-        let mut h = be.embed(&self.embeddings, ids)?;
-        if opts.hidden {
-            hidden.push(("embeddings".to_string(), be.download(&h)?));
-        }
-        let mut x = be.rms_norm(&h, &self.layers[0].norm, eps)?;
-        for (i, layer) in self.layers.iter().enumerate() {
+        let mut x = be.rms_norm(&h, &layers[0].norm, eps)?;
+        for (i, layer) in layers.iter().enumerate() {
             let out = match &layer.mixer {
                 Mixer::Mamba(m) => {
                     let mut st = states
@@ -609,43 +848,19 @@ impl Model {
                 Mixer::Moe(m) => {
                     let (out, r) = m.forward(be, &x, rows)?;
                     if opts.routing {
-                        routes.push((i, r, m.router.top_k));
+                        routes.push((layer.index, r, m.router.top_k));
                     }
                     out
                 }
                 Mixer::Mlp(m) => m.forward(be, &x, rows)?,
             };
-            let next_norm = self.layers.get(i + 1).map_or(&self.norm_f, |l| &l.norm);
+            let next_norm = layers.get(i + 1).map_or(final_norm, |l| &l.norm);
             x = be.add_rms_norm(&mut h, &out, next_norm, eps)?;
             if opts.hidden {
-                hidden.push((format!("layer{i}"), be.download(&h)?));
+                hidden.push((format!("layer{}", layer.index), be.download(&h)?));
             }
         }
-        if opts.hidden {
-            hidden.push(("final_norm".to_string(), be.download(&x)?));
-        }
-        // The head over the wanted rows only; they keep the batch's order, so the decode rows
-        // among them still come first.
-        let all_rows = wanted.len() == 1 && wanted[0] == (0..batch.total_rows());
-        let head_rows = Rows::decode(
-            wanted
-                .iter()
-                .zip(&batch.segments)
-                .filter(|(_, s)| s.decode)
-                .map(|(w, _)| w.len())
-                .sum(),
-        );
-        let x = if all_rows {
-            x
-        } else {
-            let parts: Vec<_> = wanted.iter().map(|w| (&x, w.clone())).collect();
-            be.gather_rows(&parts)?
-        };
-        be.linear_rows(
-            &x,
-            self.lm_head.as_ref().unwrap_or(&self.embeddings),
-            head_rows,
-        )
+        Ok(x)
     }
 }
 
