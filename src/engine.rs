@@ -16,11 +16,13 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use crate::backend::Tensor;
 use crate::error::{Error, Result};
 use crate::generate::{
-    Decoding, Event, FinishReason, GenerateParams, Generation, prefill_pieces, routes_of,
+    Decoding, DraftStats, Event, FinishReason, GenerateParams, Generation, prefill_pieces,
+    routes_of,
 };
-use crate::model::{BatchEntry, ForwardOptions, Model, Sequence};
+use crate::model::{BatchEntry, ForwardOptions, ForwardOutput, Model, Sequence};
 use crate::tokenizer::Tokenizer;
 
 /// What a request's receiver gets: its events in order, then its result.
@@ -165,6 +167,10 @@ struct Running {
     started: bool,
     /// Bytes of KV cache and state this request may come to hold (its whole context).
     reserved: u64,
+    /// Drafting with the MTP step (`GenerateParams::speculative`).
+    spec: Option<Speculation>,
+    /// This step's rows when speculating: the token fed, then the drafts.
+    verify: Vec<u32>,
 }
 
 struct Scheduler {
@@ -244,7 +250,20 @@ impl Scheduler {
             )));
         }
         let reserved = self.reserve(&prompt, params)?;
+        let spec = match params.speculative {
+            0 => None,
+            _ if !params.sampling.is_greedy() => {
+                return Err(Error::Invalid(
+                    "speculative decoding runs with greedy decoding only for now (temperature \
+                     0); sampling with drafts is not implemented yet"
+                        .into(),
+                ));
+            }
+            k => Some(Speculation::new(model, k)?),
+        };
         Ok(Running {
+            spec,
+            verify: Vec::new(),
             id,
             reserved,
             seq: model.new_sequence()?,
@@ -304,33 +323,62 @@ impl Scheduler {
         Ok(need)
     }
 
-    /// One forward pass over every running request, then each one's token.
+    /// One forward pass over every running request, then each one's tokens.
     fn step(&mut self) {
         let model = self.model.clone();
         let now = Instant::now();
         let mut opts = ForwardOptions::default();
+        // Drafts first: each speculating request's MTP step proposes its next tokens, which
+        // this pass verifies as decode rows after the token it feeds.
+        let mut failed = Vec::new();
+        for (i, r) in self.running.iter_mut().enumerate() {
+            if r.pieces.is_empty()
+                && r.started
+                && let Some(spec) = r.spec.as_mut()
+            {
+                let room = r.dec.tokens_left().min(r.dec.positions_left(r.seq.pos));
+                match spec.draft(&model, room.saturating_sub(1)) {
+                    Ok(drafts) => {
+                        r.verify.clear();
+                        r.verify.push(r.feed[0]);
+                        r.verify.extend(drafts);
+                    }
+                    Err(e) => failed.push((i, e)),
+                }
+            }
+        }
+        for (i, e) in failed.into_iter().rev() {
+            let r = self.running.remove(i);
+            let _ = r.updates.send(Update::Done(Err(e)));
+        }
         let mut entries = Vec::with_capacity(self.running.len());
-        // (index in `running`, rows fed, whether the step ends the prompt or is a decode).
+        // (index in `running`, rows fed, the prompt piece fed if any, whether the step samples).
         let mut plan = Vec::with_capacity(self.running.len());
         for (i, r) in self.running.iter_mut().enumerate() {
             opts.routing |= r.dec.forward_options().routing;
+            opts.final_hidden |= r.spec.is_some();
             if !r.started {
                 r.since = now;
                 r.started = true;
             }
-            let (ids, decode, samples) = match r.pieces.pop_front() {
-                Some(p) => (&r.prompt[p], false, r.pieces.is_empty()),
+            let (ids, decode, piece, samples) = match r.pieces.pop_front() {
+                Some(p) => (&r.prompt[p.clone()], false, Some(p), r.pieces.is_empty()),
                 None => {
                     r.since = now;
-                    (&r.feed[..], true, true)
+                    let ids = if r.spec.is_some() {
+                        &r.verify[..]
+                    } else {
+                        &r.feed[..]
+                    };
+                    (ids, true, None, true)
                 }
             };
-            plan.push((i, ids.len(), samples));
+            plan.push((i, ids.len(), piece, samples));
             entries.push(BatchEntry {
                 seq: &mut r.seq,
                 ids,
                 decode,
-                all_logits: false,
+                all_logits: decode && r.spec.is_some(),
             });
         }
         let result = model.forward_batch(&mut entries, opts);
@@ -349,28 +397,15 @@ impl Scheduler {
             }
         };
         let mut done = Vec::new();
-        for ((i, rows, samples), out) in plan.into_iter().zip(outs) {
-            if !samples {
-                continue;
-            }
+        for ((i, rows, piece, samples), out) in plan.into_iter().zip(outs) {
             let r = &mut self.running[i];
-            if !r.dec.wants_more() {
-                done.push((i, Ok(FinishReason::Length)));
-                continue;
-            }
-            let outcome = r.dec.pick(&model, &out.logits).and_then(|id| {
-                let ms = r.since.elapsed().as_secs_f64() * 1000.0;
-                let routing = r
-                    .dec
-                    .forward_options()
-                    .routing
-                    .then(|| routes_of(&out.routing, rows - 1));
-                r.feed = [id];
-                let updates = &r.updates;
-                r.dec.accept(id, ms, routing, r.seq.pos, &mut |e| {
-                    updates.send(Update::Event(e.clone())).is_ok()
-                })
-            });
+            let outcome = if let Some(p) = piece {
+                r.prefilled(&model, p, samples, rows, out)
+            } else if r.spec.is_some() {
+                r.verified(&model, out)
+            } else {
+                r.decoded(&model, rows, out)
+            };
             match outcome {
                 Ok(Some(reason)) => done.push((i, Ok(reason))),
                 Ok(None) => {}
@@ -389,11 +424,226 @@ impl Scheduler {
     }
 }
 
+impl Running {
+    /// After a prompt piece: the MTP step reads the piece's rows whose next token is known, and
+    /// the last piece samples the first token.
+    fn prefilled(
+        &mut self,
+        model: &Model,
+        piece: Range<usize>,
+        samples: bool,
+        rows: usize,
+        out: ForwardOutput,
+    ) -> Result<Option<FinishReason>> {
+        if let Some(spec) = self.spec.as_mut() {
+            let h = out
+                .final_hidden
+                .as_ref()
+                .ok_or_else(|| Error::Invalid("the pass kept no hidden states".into()))?;
+            spec.read_prompt(model, &self.prompt, piece, h)?;
+        }
+        if !samples {
+            return Ok(None);
+        }
+        self.decoded(model, rows, out)
+    }
+
+    /// After a plain decode step or the last prompt piece: one token from the last row.
+    fn decoded(
+        &mut self,
+        model: &Model,
+        rows: usize,
+        out: ForwardOutput,
+    ) -> Result<Option<FinishReason>> {
+        if !self.dec.wants_more() {
+            return Ok(Some(FinishReason::Length));
+        }
+        let id = self.dec.pick(model, &out.logits)?;
+        let ms = self.since.elapsed().as_secs_f64() * 1000.0;
+        let routing = self
+            .dec
+            .forward_options()
+            .routing
+            .then(|| routes_of(&out.routing, rows - 1));
+        self.feed = [id];
+        if let Some(spec) = self.spec.as_mut() {
+            spec.pending_ids = vec![id];
+        }
+        let updates = &self.updates;
+        self.dec.accept(id, ms, routing, self.seq.pos, &mut |e| {
+            updates.send(Update::Event(e.clone())).is_ok()
+        })
+    }
+
+    /// After a verify step (the fed token and the drafts, as decode rows): the drafts that
+    /// agree with the model are kept, then the model's own next token; the rest are rolled
+    /// back, from the model's state and from the MTP step's.
+    fn verified(&mut self, model: &Model, out: ForwardOutput) -> Result<Option<FinishReason>> {
+        let spec = self.spec.as_mut().expect("a speculating request");
+        let drafts = &self.verify[1..];
+        let fed_at = self.seq.pos - self.verify.len();
+        // Greedy: the model's choice after each row.
+        let targets = model.backend.argmax(&out.logits)?;
+        let agree = drafts
+            .iter()
+            .zip(&targets)
+            .take_while(|(d, t)| d == t)
+            .count();
+        spec.record(drafts.len(), agree);
+        let step_ms = self.since.elapsed().as_secs_f64() * 1000.0;
+        let routing_on = self.dec.forward_options().routing;
+        let mut emitted = 0;
+        let mut reason = None;
+        for (row, &id) in targets.iter().enumerate().take(agree + 1) {
+            if !self.dec.wants_more() {
+                reason = Some(FinishReason::Length);
+                break;
+            }
+            let routing = routing_on.then(|| routes_of(&out.routing, row));
+            let updates = &self.updates;
+            // The step's time spread over its tokens, so tokens per second stay true.
+            let ms = step_ms / (agree + 1) as f64;
+            emitted += 1;
+            self.feed = [id];
+            let r = self
+                .dec
+                .accept(id, ms, routing, fed_at + row + 1, &mut |e| {
+                    updates.send(Update::Event(e.clone())).is_ok()
+                })?;
+            if r.is_some() {
+                reason = r;
+                break;
+            }
+        }
+        if reason.is_some() {
+            return Ok(reason);
+        }
+        // The model keeps the fed token and the drafts it agreed with up to the last emitted.
+        let keep = fed_at + emitted;
+        model.rollback(&mut self.seq, keep)?;
+        let h = out
+            .final_hidden
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("the pass kept no hidden states".into()))?;
+        spec.verified(model, &targets[..emitted], h)?;
+        Ok(None)
+    }
+}
+
+/// A request drafting with the model's MTP step: `k` tokens per step, verified in one pass.
+struct Speculation {
+    k: usize,
+    /// The MTP step's own state (its attention layer's KV cache).
+    mtp: Sequence,
+    /// Rows not yet read by the MTP step: the tokens t+1 and the main model's `h_t`.
+    pending_ids: Vec<u32>,
+    pending_h: Option<Tensor>,
+    /// Per draft position: drafts proposed and accepted.
+    drafted: Vec<usize>,
+    accepted: Vec<usize>,
+    /// Drafts of the current step (its recursive MTP positions are cut after verifying).
+    drafted_last: usize,
+}
+
+impl Speculation {
+    fn new(model: &Model, k: usize) -> Result<Speculation> {
+        Ok(Speculation {
+            k,
+            mtp: model.new_mtp_sequence()?,
+            pending_ids: Vec::new(),
+            pending_h: None,
+            drafted: vec![0; k],
+            accepted: vec![0; k],
+            drafted_last: 0,
+        })
+    }
+
+    /// The MTP step reads the rows of a prompt piece `piece` (`h`: their `norm_f` outputs)
+    /// whose next token is in the prompt; the prompt's last row waits for the first sampled
+    /// token.
+    fn read_prompt(
+        &mut self,
+        model: &Model,
+        prompt: &[u32],
+        piece: Range<usize>,
+        h: &Tensor,
+    ) -> Result<()> {
+        let be = model.backend.as_ref();
+        let known = piece.end.min(prompt.len() - 1).saturating_sub(piece.start);
+        if known > 0 {
+            let hk = be.gather_rows(&[(h, 0..known)])?;
+            let ids = &prompt[piece.start + 1..piece.start + 1 + known];
+            model.mtp_step(&mut self.mtp, ids, &hk, false)?;
+        }
+        if piece.end == prompt.len() {
+            let last = piece.len() - 1;
+            self.pending_h = Some(be.gather_rows(&[(h, last..last + 1)])?);
+        }
+        Ok(())
+    }
+
+    /// Up to `room` greedy drafts (at most `k`): the MTP step reads the pending rows, whose
+    /// last output drafts the first token; each further draft feeds the previous one and the
+    /// step's own output. The drafted positions are cut from the MTP state afterwards
+    /// ([`Self::verified`]).
+    fn draft(&mut self, model: &Model, room: usize) -> Result<Vec<u32>> {
+        let n = self.k.min(room);
+        let h = self
+            .pending_h
+            .take()
+            .ok_or_else(|| Error::Invalid("no hidden state to draft from".into()))?;
+        let be = model.backend.as_ref();
+        let mut drafts = Vec::with_capacity(n);
+        if n == 0 {
+            // Nothing to draft; the rows still belong in the MTP state.
+            model.mtp_step(&mut self.mtp, &self.pending_ids, &h, false)?;
+            return Ok(drafts);
+        }
+        let mut s = model.mtp_step(&mut self.mtp, &self.pending_ids, &h, false)?;
+        loop {
+            let d = *be.argmax(&s.logits)?.last().expect("one row");
+            drafts.push(d);
+            if drafts.len() == n {
+                break;
+            }
+            s = model.mtp_step(&mut self.mtp, &[d], &s.out, false)?;
+        }
+        Ok(drafts)
+    }
+
+    /// After verification: the drafted MTP positions are dropped, and the accepted tokens
+    /// with the main model's `h` of their rows become the next pending rows.
+    fn verified(&mut self, model: &Model, tokens: &[u32], h: &Tensor) -> Result<()> {
+        let drafted_positions = self.drafted_last.saturating_sub(1);
+        let keep = self.mtp.pos - drafted_positions;
+        model.mtp_truncate(&mut self.mtp, keep)?;
+        self.pending_ids = tokens.to_vec();
+        self.pending_h = Some(model.backend.gather_rows(&[(h, 0..tokens.len())])?);
+        Ok(())
+    }
+
+    fn record(&mut self, drafted: usize, agreed: usize) {
+        self.drafted_last = drafted;
+        for i in 0..drafted {
+            self.drafted[i] += 1;
+            if i < agreed {
+                self.accepted[i] += 1;
+            }
+        }
+    }
+}
+
 /// Ends a request: its last events and its result.
 fn finish(r: Running, reason: FinishReason) {
     let updates = r.updates;
-    let result = r.dec.finish(reason, &mut |e| {
+    let mut result = r.dec.finish(reason, &mut |e| {
         updates.send(Update::Event(e.clone())).is_ok()
     });
+    if let (Ok(g), Some(spec)) = (result.as_mut(), r.spec) {
+        g.drafts = Some(DraftStats {
+            drafted: spec.drafted,
+            accepted: spec.accepted,
+        });
+    }
     let _ = updates.send(Update::Done(result));
 }

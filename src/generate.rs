@@ -27,6 +27,9 @@ pub struct GenerateParams {
     /// The prompt is run through the model this many tokens at a time (0: all at once), so a
     /// long prompt's activations stay bounded instead of growing with its length.
     pub prefill_chunk: usize,
+    /// Tokens drafted per step by the model's MTP step and verified in one pass (0: off).
+    /// Greedy output is the same token for token with it on or off.
+    pub speculative: usize,
 }
 
 /// The pieces a `len`-token prompt is prefilled in: `chunk` tokens each (all at once for 0; at
@@ -63,6 +66,7 @@ impl Default for GenerateParams {
             routing: false,
             max_context: None,
             prefill_chunk: PREFILL_CHUNK,
+            speculative: 0,
         }
     }
 }
@@ -123,6 +127,16 @@ pub struct Generation {
     pub finish_reason: FinishReason,
     /// For each generated token, the routing of the forward pass that produced it.
     pub routing: Vec<Vec<TokenRoute>>,
+    /// With speculative decoding: per draft position, the drafts proposed and accepted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drafts: Option<DraftStats>,
+}
+
+/// Drafts proposed and accepted at each draft position over a generation.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DraftStats {
+    pub drafted: Vec<usize>,
+    pub accepted: Vec<usize>,
 }
 
 impl Generation {
@@ -272,6 +286,7 @@ impl Decoding {
                 decode_ms: Vec::new(),
                 finish_reason: FinishReason::Length,
                 routing: Vec::new(),
+                drafts: None,
             },
             text: String::new(),
             emitted: 0,
@@ -291,6 +306,16 @@ impl Decoding {
     /// Whether another token is to be sampled (`max_tokens` not reached).
     pub fn wants_more(&self) -> bool {
         self.out.tokens.len() < self.params.max_tokens
+    }
+
+    /// Tokens still to be sampled before `max_tokens`.
+    pub fn tokens_left(&self) -> usize {
+        self.params.max_tokens.saturating_sub(self.out.tokens.len())
+    }
+
+    /// Positions a sequence at `pos` may still feed within the context.
+    pub fn positions_left(&self, pos: usize) -> usize {
+        self.max_ctx.saturating_sub(pos)
     }
 
     /// The next token from the last row of `logits`. Greedy decoding reads back one id (the

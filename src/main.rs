@@ -189,6 +189,10 @@ struct GenerateArgs {
     /// config's max_position_embeddings.
     #[arg(long)]
     max_context: Option<usize>,
+    /// Draft K tokens per step with the checkpoint's MTP step and verify them in one pass
+    /// (greedy decoding; the output is the same token for token). 0: off.
+    #[arg(long, default_value_t = 0)]
+    speculative: usize,
     /// Print one JSON object with tokens, text, timings and routing instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -336,6 +340,9 @@ struct GenerateJson<'a> {
     decode_ms: &'a [f64],
     finish_reason: generate::FinishReason,
     routing: &'a [Vec<TokenRoute>],
+    /// Per draft position, drafts proposed and accepted (with `--speculative`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drafts: Option<&'a generate::DraftStats>,
 }
 
 fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
@@ -376,6 +383,7 @@ fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
         ignore_eos: a.ignore_eos,
         routing: a.json || a.trace_routing.is_some(),
         max_context: a.max_context,
+        speculative: a.speculative,
         ..Default::default()
     };
     if let Some(hint) = &model.generation.sampling_hint
@@ -468,6 +476,7 @@ fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
             decode_ms: &g.decode_ms,
             finish_reason: g.finish_reason,
             routing: &g.routing,
+            drafts: g.drafts.as_ref(),
         };
         println!("{}", serde_json::to_string(&j)?);
     } else {

@@ -127,7 +127,7 @@ pub struct ForwardOutput {
     pub routing: Vec<LayerRouting>,
     /// `("embeddings" | "layer{i}" | "final_norm", [T, D])` when hidden states were asked for.
     pub hidden: Vec<(String, Vec<f32>)>,
-    /// The `norm_f` output of this entry's logit rows, on the backend, when
+    /// The `norm_f` output of every row of this entry, on the backend, when
     /// [`ForwardOptions::final_hidden`] asked for it: what the MTP step reads as `h_t`.
     pub final_hidden: Option<Tensor>,
 }
@@ -137,7 +137,7 @@ pub struct ForwardOptions {
     pub all_logits: bool,
     pub routing: bool,
     pub hidden: bool,
-    /// Keep the `norm_f` output of the logit rows on the backend (for the MTP step).
+    /// Keep the `norm_f` output of every row on the backend (for the MTP step).
     pub final_hidden: bool,
 }
 
@@ -685,7 +685,7 @@ impl Model {
             };
             let entry_hidden = match &final_hidden {
                 Some(_) if single => final_hidden.take(),
-                Some(all) => Some(be.gather_rows(&[(all, logit_row[slot[i]].clone())])?),
+                Some(all) => Some(be.gather_rows(&[(all, rows.clone())])?),
                 None => None,
             };
             let routing = routing
@@ -789,13 +789,13 @@ impl Model {
                 .map(|(w, _)| w.len())
                 .sum(),
         );
-        let x = if all_rows {
-            x
+        let gathered = if all_rows {
+            None
         } else {
             let parts: Vec<_> = wanted.iter().map(|w| (&x, w.clone())).collect();
-            be.gather_rows(&parts)?
+            Some(be.gather_rows(&parts)?)
         };
-        let logits = be.linear_rows(&x, self.head(), head_rows)?;
+        let logits = be.linear_rows(gathered.as_ref().unwrap_or(&x), self.head(), head_rows)?;
         *final_hidden = opts.final_hidden.then_some(x);
         Ok(logits)
     }
