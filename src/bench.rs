@@ -24,6 +24,8 @@ pub struct BenchOptions {
     pub bandwidth_threads: usize,
     /// Sequences decoding together, one report each (`[1]`: the plain single-sequence bench).
     pub sequences: Vec<usize>,
+    /// Tokens drafted per step by the MTP step (0: off).
+    pub speculative: usize,
 }
 
 /// Median, minimum and maximum of a measurement over repeats.
@@ -84,6 +86,12 @@ pub struct BenchReport {
     /// aggregate), each one's share, and the speed-up over one sequence.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parallel: Option<Parallel>,
+    /// With `--speculative K`: K, and the fraction of drafts accepted at each draft position
+    /// over the timed runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speculative: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub draft_acceptance: Option<Vec<f64>>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -175,7 +183,7 @@ pub fn run(model: &Arc<Model>, opts: &BenchOptions) -> Result<Vec<BenchReport>> 
     let mut bytes_per_token = Vec::with_capacity(sizes.len());
     for &n in &sizes {
         let steps = opts.gen_tokens.min(16);
-        let gens = together(&engine, model, n, opts.prompt_len, steps, true)?;
+        let gens = together(&engine, model, n, (opts.prompt_len, steps), 0, true)?;
         let per_step: Vec<f64> = (1..steps)
             .filter_map(|i| {
                 let rows: Option<Vec<&[TokenRoute]>> = gens
@@ -203,7 +211,8 @@ pub fn run(model: &Arc<Model>, opts: &BenchOptions) -> Result<Vec<BenchReport>> 
         };
         for i in order {
             let n = sizes[i];
-            let gens = together(&engine, model, n, opts.prompt_len, opts.gen_tokens, false)?;
+            let lens = (opts.prompt_len, opts.gen_tokens);
+            let gens = together(&engine, model, n, lens, opts.speculative, false)?;
             let mut s = Sample::of(&gens);
             if let Some(p) = &probe {
                 let gb_s = p.measure(3);
@@ -255,9 +264,37 @@ pub fn run(model: &Arc<Model>, opts: &BenchOptions) -> Result<Vec<BenchReport>> 
                 roofline_fraction_range,
                 peak_rss_bytes: peak_rss(),
                 parallel,
+                speculative: (opts.speculative > 0).then_some(opts.speculative),
+                draft_acceptance: acceptance(&samples[i]),
             }
         })
         .collect())
+}
+
+/// Accepted over drafted at each draft position, over all of a count's measurements.
+fn acceptance(samples: &[Sample]) -> Option<Vec<f64>> {
+    let totals = samples
+        .iter()
+        .filter_map(|s| s.drafts.as_ref())
+        .fold(None, |t, (dr, ac)| Some(add_drafts(t, (dr, ac))));
+    totals.map(|(dr, ac)| {
+        dr.iter()
+            .zip(&ac)
+            .map(|(&d, &a)| if d > 0 { a as f64 / d as f64 } else { 0.0 })
+            .collect()
+    })
+}
+
+/// `total` plus one run's drafted and accepted counts per draft position.
+fn add_drafts(
+    total: Option<(Vec<usize>, Vec<usize>)>,
+    (drafted, accepted): (&[usize], &[usize]),
+) -> (Vec<usize>, Vec<usize>) {
+    let (mut dr, mut ac) =
+        total.unwrap_or_else(|| (vec![0; drafted.len()], vec![0; accepted.len()]));
+    dr.iter_mut().zip(drafted).for_each(|(a, b)| *a += b);
+    ac.iter_mut().zip(accepted).for_each(|(a, b)| *a += b);
+    (dr, ac)
 }
 
 /// One measurement of `sequences` sequences together.
@@ -272,6 +309,8 @@ struct Sample {
     ttft_ms: f64,
     /// The bandwidth probed right after, and the decode's fraction of it.
     probe: Option<(f64, f64)>,
+    /// Drafts proposed and accepted per draft position, over the sequences.
+    drafts: Option<(Vec<usize>, Vec<usize>)>,
 }
 
 impl Sample {
@@ -296,6 +335,10 @@ impl Sample {
             decode: rate(decoded, decode_ms),
             ttft_ms: prefill_ms,
             probe: None,
+            drafts: gens
+                .iter()
+                .filter_map(|g| g.drafts.as_ref())
+                .fold(None, |t, d| Some(add_drafts(t, (&d.drafted, &d.accepted)))),
         }
     }
 }
@@ -306,8 +349,8 @@ fn together(
     engine: &Engine,
     model: &Model,
     n: usize,
-    prompt_len: usize,
-    steps: usize,
+    (prompt_len, steps): (usize, usize),
+    speculative: usize,
     routing: bool,
 ) -> Result<Vec<Generation>> {
     let v = model.config.vocab_size;
@@ -316,6 +359,7 @@ fn together(
         ignore_eos: true,
         routing,
         max_context: Some(prompt_len + steps + 1),
+        speculative,
         ..Default::default()
     };
     let requests = (0..n)

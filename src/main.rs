@@ -82,6 +82,10 @@ struct BenchArgs {
     /// one forward pass per step carries a token of every sequence.
     #[arg(long, value_delimiter = ',')]
     parallel: Option<Vec<usize>>,
+    /// Draft K tokens per step with the checkpoint's MTP step (greedy; 0: off). The report
+    /// adds the acceptance at each draft position.
+    #[arg(long, default_value_t = 0)]
+    speculative: usize,
 }
 
 #[derive(Args)]
@@ -889,6 +893,7 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
             0
         },
         sequences: a.parallel.clone().unwrap_or_else(|| vec![1]),
+        speculative: a.speculative,
     };
     let mut reports = nemotron_rt::bench::run(&model, &opts)?;
     if a.model.backend == BackendKind::Cuda {
@@ -996,6 +1001,14 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<()> {
         "weights per token   {} (stored formats, experts actually chosen)",
         bytes(r.bytes_per_token)
     );
+    if let Some(acc) = &r.draft_acceptance {
+        let per: Vec<String> = acc.iter().map(|a| format!("{:.0}%", a * 100.0)).collect();
+        println!(
+            "drafts              {} per step; accepted at each position: {}",
+            acc.len(),
+            per.join(", ")
+        );
+    }
     println!("decode bandwidth    {:.2} GB/s", r.achieved_gb_s);
     if let (Some(m), Some(f)) = (r.machine_gb_s, r.roofline_fraction) {
         match (r.machine_gb_s_range, r.roofline_fraction_range) {
