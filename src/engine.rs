@@ -23,6 +23,7 @@ use crate::generate::{
     routes_of,
 };
 use crate::model::{BatchEntry, ForwardOptions, ForwardOutput, Model, Sequence};
+use crate::sampling::Sampler;
 use crate::tokenizer::Tokenizer;
 
 /// What a request's receiver gets: its events in order, then its result.
@@ -252,13 +253,6 @@ impl Scheduler {
         let reserved = self.reserve(&prompt, params)?;
         let spec = match params.speculative {
             0 => None,
-            _ if !params.sampling.is_greedy() => {
-                return Err(Error::Invalid(
-                    "speculative decoding runs with greedy decoding only for now (temperature \
-                     0); sampling with drafts is not implemented yet"
-                        .into(),
-                ));
-            }
             k => Some(Speculation::new(model, k)?),
         };
         Ok(Running {
@@ -337,7 +331,7 @@ impl Scheduler {
                 && let Some(spec) = r.spec.as_mut()
             {
                 let room = r.dec.tokens_left().min(r.dec.positions_left(r.seq.pos));
-                match spec.draft(&model, room.saturating_sub(1)) {
+                match spec.draft(&model, room.saturating_sub(1), r.dec.sampler()) {
                     Ok(drafts) => {
                         r.verify.clear();
                         r.verify.push(r.feed[0]);
@@ -482,19 +476,50 @@ impl Running {
         let spec = self.spec.as_mut().expect("a speculating request");
         let drafts = &self.verify[1..];
         let fed_at = self.seq.pos - self.verify.len();
-        // Greedy: the model's choice after each row.
-        let targets = model.backend.argmax(&out.logits)?;
-        let agree = drafts
-            .iter()
-            .zip(&targets)
-            .take_while(|(d, t)| d == t)
-            .count();
+        let sampler = self.dec.sampler();
+        // The tokens this step yields: the drafts accepted, then one more.
+        let (targets, agree) = if sampler.params().is_greedy() {
+            // The model's own choice after each row; drafts count while they agree with it.
+            let targets = model.backend.argmax(&out.logits)?;
+            let agree = drafts
+                .iter()
+                .zip(&targets)
+                .take_while(|(d, t)| d == t)
+                .count();
+            (targets[..=agree].to_vec(), agree)
+        } else {
+            // Speculative sampling: each draft kept with probability min(1, p/q), the first
+            // one refused replaced by a draw from the residual, a bonus draw when all pass;
+            // every token is then distributed as the model's own sampling would give it.
+            let logits = model.backend.download(&out.logits)?;
+            let v = model.config.vocab_size;
+            let mut tokens = Vec::with_capacity(drafts.len() + 1);
+            let mut agree = 0;
+            for (i, (&d, q)) in drafts.iter().zip(&spec.q).enumerate() {
+                let p = sampler.distribution(&logits[i * v..(i + 1) * v]);
+                match sampler.accept_draft(d, &p, q) {
+                    Ok(d) => {
+                        tokens.push(d);
+                        agree += 1;
+                    }
+                    Err(t) => {
+                        tokens.push(t);
+                        break;
+                    }
+                }
+            }
+            if agree == drafts.len() {
+                let p = sampler.distribution(&logits[agree * v..(agree + 1) * v]);
+                tokens.push(sampler.draw(&p));
+            }
+            (tokens, agree)
+        };
         spec.record(drafts.len(), agree);
         let step_ms = self.since.elapsed().as_secs_f64() * 1000.0;
         let routing_on = self.dec.forward_options().routing;
         let mut emitted = 0;
         let mut reason = None;
-        for (row, &id) in targets.iter().enumerate().take(agree + 1) {
+        for (row, &id) in targets.iter().enumerate() {
             if !self.dec.wants_more() {
                 reason = Some(FinishReason::Length);
                 break;
@@ -502,7 +527,7 @@ impl Running {
             let routing = routing_on.then(|| routes_of(&out.routing, row));
             let updates = &self.updates;
             // The step's time spread over its tokens, so tokens per second stay true.
-            let ms = step_ms / (agree + 1) as f64;
+            let ms = step_ms / targets.len() as f64;
             emitted += 1;
             self.feed = [id];
             let r = self
@@ -543,6 +568,8 @@ struct Speculation {
     accepted: Vec<usize>,
     /// Drafts of the current step (its recursive MTP positions are cut after verifying).
     drafted_last: usize,
+    /// When sampling: the distribution each of this step's drafts was drawn from.
+    q: Vec<Vec<f64>>,
 }
 
 impl Speculation {
@@ -555,6 +582,7 @@ impl Speculation {
             drafted: vec![0; k],
             accepted: vec![0; k],
             drafted_last: 0,
+            q: Vec::new(),
         })
     }
 
@@ -582,31 +610,35 @@ impl Speculation {
         Ok(())
     }
 
-    /// Up to `room` greedy drafts (at most `k`): the MTP step reads the pending rows, whose
-    /// last output drafts the first token; each further draft feeds the previous one and the
-    /// step's own output. The drafted positions are cut from the MTP state afterwards
-    /// ([`Self::verified`]).
-    fn draft(&mut self, model: &Model, room: usize) -> Result<Vec<u32>> {
+    /// Up to `room` drafts (at most `k`): the MTP step reads the pending rows, whose last
+    /// output drafts the first token; each further draft feeds the previous one and the step's
+    /// own output. Greedy requests draft the arg max; sampling ones draw each draft from the
+    /// request's sampling distribution over the draft logits, kept for the acceptance test.
+    /// The drafted positions are cut from the MTP state afterwards ([`Self::verified`]).
+    fn draft(&mut self, model: &Model, room: usize, sampler: &mut Sampler) -> Result<Vec<u32>> {
         let n = self.k.min(room);
         let h = self
             .pending_h
             .take()
             .ok_or_else(|| Error::Invalid("no hidden state to draft from".into()))?;
         let be = model.backend.as_ref();
+        let greedy = sampler.params().is_greedy();
+        self.q.clear();
         let mut drafts = Vec::with_capacity(n);
-        if n == 0 {
-            // Nothing to draft; the rows still belong in the MTP state.
-            model.mtp_step(&mut self.mtp, &self.pending_ids, &h, false)?;
-            return Ok(drafts);
-        }
         let mut s = model.mtp_step(&mut self.mtp, &self.pending_ids, &h, false)?;
-        loop {
-            let d = *be.argmax(&s.logits)?.last().expect("one row");
+        while drafts.len() < n {
+            let d = if greedy {
+                *be.argmax(&s.logits)?.last().expect("one row")
+            } else {
+                let q = sampler.distribution(&be.download(&s.logits)?);
+                let d = sampler.draw(&q);
+                self.q.push(q);
+                d
+            };
             drafts.push(d);
-            if drafts.len() == n {
-                break;
+            if drafts.len() < n {
+                s = model.mtp_step(&mut self.mtp, &[d], &s.out, false)?;
             }
-            s = model.mtp_step(&mut self.mtp, &[d], &s.out, false)?;
         }
         Ok(drafts)
     }

@@ -28,7 +28,8 @@ pub struct GenerateParams {
     /// long prompt's activations stay bounded instead of growing with its length.
     pub prefill_chunk: usize,
     /// Tokens drafted per step by the model's MTP step and verified in one pass (0: off).
-    /// Greedy output is the same token for token with it on or off.
+    /// Greedy output is the same token for token with it on or off; sampled output keeps its
+    /// distribution (speculative sampling's acceptance rule).
     pub speculative: usize,
 }
 
@@ -306,6 +307,12 @@ impl Decoding {
     /// Whether another token is to be sampled (`max_tokens` not reached).
     pub fn wants_more(&self) -> bool {
         self.out.tokens.len() < self.params.max_tokens
+    }
+
+    /// The sampler, for speculative decoding's draws (drafts, acceptance, residuals), which
+    /// come from the request's own seeded random state.
+    pub fn sampler(&mut self) -> &mut Sampler {
+        &mut self.sampler
     }
 
     /// Tokens still to be sampled before `max_tokens`.

@@ -82,8 +82,8 @@ struct BenchArgs {
     /// one forward pass per step carries a token of every sequence.
     #[arg(long, value_delimiter = ',')]
     parallel: Option<Vec<usize>>,
-    /// Draft K tokens per step with the checkpoint's MTP step (greedy; 0: off). The report
-    /// adds the acceptance at each draft position.
+    /// Draft K tokens per step with the checkpoint's MTP step (0: off). The report adds the
+    /// acceptance at each draft position.
     #[arg(long, default_value_t = 0)]
     speculative: usize,
 }
@@ -193,8 +193,9 @@ struct GenerateArgs {
     /// config's max_position_embeddings.
     #[arg(long)]
     max_context: Option<usize>,
-    /// Draft K tokens per step with the checkpoint's MTP step and verify them in one pass
-    /// (greedy decoding; the output is the same token for token). 0: off.
+    /// Draft K tokens per step with the checkpoint's MTP step and verify them in one pass:
+    /// greedy output is the same token for token, sampled output keeps its distribution.
+    /// 0: off.
     #[arg(long, default_value_t = 0)]
     speculative: usize,
     /// Print one JSON object with tokens, text, timings and routing instead of streaming text.

@@ -252,6 +252,65 @@ impl Sampler {
         *cand.last().expect("the most probable token is always kept")
     }
 
+    /// The distribution [`sample`](Self::sample) draws from for this row, over the whole
+    /// vocabulary: the kept tokens' probabilities, renormalised, zero elsewhere (a point mass
+    /// on the arg max when the row is degenerate or the sampler greedy). What speculative
+    /// sampling compares drafts against.
+    pub fn distribution(&mut self, logits: &[f32]) -> Vec<f64> {
+        let mut dist = vec![0.0f64; logits.len()];
+        let kept = if self.params.is_greedy() {
+            None
+        } else {
+            self.filter(logits)
+        };
+        match kept {
+            Some(kept) => {
+                for &i in &self.cand {
+                    dist[i as usize] = self.probs[i as usize] as f64 / kept;
+                }
+            }
+            None => dist[argmax(logits) as usize] = 1.0,
+        }
+        dist
+    }
+
+    /// A token drawn from `dist` (non-negative weights, not necessarily normalised), with one
+    /// [`Rng::next_f32`]; the last token of positive weight where rounding runs past the end.
+    pub fn draw(&mut self, dist: &[f64]) -> u32 {
+        let total: f64 = dist.iter().sum();
+        let r = self.rng.next_f32() as f64 * total;
+        let mut acc = 0.0f64;
+        let mut last = 0;
+        for (i, &w) in dist.iter().enumerate() {
+            if w > 0.0 {
+                acc += w;
+                last = i;
+                if r < acc {
+                    return i as u32;
+                }
+            }
+        }
+        last as u32
+    }
+
+    /// The speculative-sampling rule for one draft `d` drawn from `q`, against the target
+    /// distribution `p`: `Ok(d)` with probability `min(1, p(d) / q(d))`, else `Err(t)` with `t`
+    /// drawn from `max(0, p - q)` renormalised (from `p` where that is all zero). Whatever `q`
+    /// is, the token that comes out is distributed as `p`.
+    pub fn accept_draft(&mut self, d: u32, p: &[f64], q: &[f64]) -> std::result::Result<u32, u32> {
+        let (pd, qd) = (p[d as usize], q[d as usize]);
+        let u = self.rng.next_f32() as f64;
+        if qd > 0.0 && u * qd < pd {
+            return Ok(d);
+        }
+        let residual: Vec<f64> = p.iter().zip(q).map(|(a, b)| (a - b).max(0.0)).collect();
+        if residual.iter().any(|&r| r > 0.0) {
+            Err(self.draw(&residual))
+        } else {
+            Err(self.draw(p))
+        }
+    }
+
     /// What [`sample_top`](Self::sample_top) needs to pick exactly the token
     /// [`sample`](Self::sample) would pick from the whole row, so a backend can select it on
     /// the device and read back only that: the `k` largest logits, and for top-p without

@@ -167,7 +167,15 @@ fn parallel_bench_reports_every_batch_size() {
 #[test]
 fn speculative_bench_reports_acceptance_per_draft_position() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_nemotron-rt"))
-        .args(["bench", "--threads", "2", "--prompt-len", "8", "--gen", "12"])
+        .args([
+            "bench",
+            "--threads",
+            "2",
+            "--prompt-len",
+            "8",
+            "--gen",
+            "12",
+        ])
         .args(["--repeat", "1", "--speculative", "2", "--json"])
         .output()
         .unwrap();
@@ -180,6 +188,9 @@ fn speculative_bench_reports_acceptance_per_draft_position() {
     assert_eq!(r["speculative"].as_u64(), Some(2), "{r}");
     let acc = r["draft_acceptance"].as_array().unwrap();
     assert_eq!(acc.len(), 2, "{r}");
-    assert!(acc.iter().all(|a| (0.0..=1.0).contains(&a.as_f64().unwrap())));
+    assert!(
+        acc.iter()
+            .all(|a| (0.0..=1.0).contains(&a.as_f64().unwrap()))
+    );
     assert!(r["decode_tok_s"]["median"].as_f64().unwrap() > 0.0);
 }
