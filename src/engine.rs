@@ -601,7 +601,7 @@ impl Speculation {
         if known > 0 {
             let hk = be.gather_rows(&[(h, 0..known)])?;
             let ids = &prompt[piece.start + 1..piece.start + 1 + known];
-            model.mtp_step(&mut self.mtp, ids, &hk, false)?;
+            model.mtp_step(&mut self.mtp, ids, &hk, (false, false))?;
         }
         if piece.end == prompt.len() {
             let last = piece.len() - 1;
@@ -625,7 +625,8 @@ impl Speculation {
         let greedy = sampler.params().is_greedy();
         self.q.clear();
         let mut drafts = Vec::with_capacity(n);
-        let mut s = model.mtp_step(&mut self.mtp, &self.pending_ids, &h, false)?;
+        // Drafting rows are decode rows, as the verify rows are.
+        let mut s = model.mtp_step(&mut self.mtp, &self.pending_ids, &h, (false, true))?;
         while drafts.len() < n {
             let d = if greedy {
                 *be.argmax(&s.logits)?.last().expect("one row")
@@ -637,7 +638,7 @@ impl Speculation {
             };
             drafts.push(d);
             if drafts.len() < n {
-                s = model.mtp_step(&mut self.mtp, &[d], &s.out, false)?;
+                s = model.mtp_step(&mut self.mtp, &[d], &s.out, (false, true))?;
             }
         }
         Ok(drafts)

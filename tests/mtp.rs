@@ -58,7 +58,7 @@ fn mtp_logits_and_recursive_drafts_equal_the_reference_on_every_backend() {
             // Teacher-forced: position t reads token t+1 (the first greedy token at the end).
             let next: Vec<u32> = ids[1..].iter().copied().chain([greedy[0]]).collect();
             let mut mtp = model.new_mtp_sequence().unwrap();
-            let step = model.mtp_step(&mut mtp, &next, &h, true).unwrap();
+            let step = model.mtp_step(&mut mtp, &next, &h, (true, false)).unwrap();
             let got = be.download(&step.logits).unwrap();
             let want = golden.f32(&key("mtp_logits"));
             assert_eq!(got.len(), want.len(), "{ctx}");
@@ -77,7 +77,9 @@ fn mtp_logits_and_recursive_drafts_equal_the_reference_on_every_backend() {
                 let draft = argmax(&logits);
                 assert_eq!(draft, want_ids[k], "{ctx}: draft {k}");
                 if k + 1 < drafts {
-                    let s = model.mtp_step(&mut mtp, &[draft], &h, false).unwrap();
+                    let s = model
+                        .mtp_step(&mut mtp, &[draft], &h, (false, true))
+                        .unwrap();
                     logits = be.download(&s.logits).unwrap();
                     h = s.out;
                 }

@@ -161,7 +161,7 @@ fn sampling_with_drafts_keeps_the_models_distribution() {
         let next = sampler.distribution(&be.download(&o.logits).unwrap());
         let mut mtp = model.new_mtp_sequence().unwrap();
         let ids: Vec<u32> = prompt[1..].iter().copied().chain([t1 as u32]).collect();
-        let d = model.mtp_step(&mut mtp, &ids, &h, false).unwrap();
+        let d = model.mtp_step(&mut mtp, &ids, &h, (false, false)).unwrap();
         let draft = sampler.distribution(&be.download(&d.logits).unwrap());
         for t2 in 0..v {
             p[t2] += w * next[t2];

@@ -331,13 +331,14 @@ impl Model {
     /// main model's `norm_f` output from [`ForwardOutput::final_hidden`], or a previous step's
     /// `out` for a recursive draft), after what the MTP sequence `seq` already holds. Returns
     /// the step's output (the next recursive draft's `h`) and the draft logits, of every row
-    /// or of the last.
+    /// or of the last. `decode` makes the rows decode rows (drafting, between verify steps) or
+    /// prefill rows (a prompt read teacher-forced), as for the main model's rows.
     pub fn mtp_step(
         &self,
         seq: &mut Sequence,
         ids: &[u32],
         hidden: &Tensor,
-        all_rows: bool,
+        (all_rows, decode): (bool, bool),
     ) -> Result<MtpOutput> {
         let mtp = self.mtp()?;
         let d = self.config.hidden_size;
@@ -365,9 +366,16 @@ impl Model {
             result = Some((|| -> Result<MtpOutput> {
                 let be = self.backend.as_ref();
                 let eps = self.config.layer_norm_epsilon;
-                let batch = Batch::new(&[(ids.len(), ids.len() == 1)])?;
+                let batch = Batch::new(&[(ids.len(), decode)])?;
+                let kind = |n: usize| {
+                    if decode {
+                        Rows::decode(n)
+                    } else {
+                        Rows::PREFILL
+                    }
+                };
                 let e = be.embed(&self.embeddings, ids)?;
-                let z = mtp.input(be, &e, hidden, eps)?;
+                let z = mtp.input(be, &e, hidden, (kind(ids.len()), eps))?;
                 let opts = ForwardOptions::default();
                 let (mut hidden, mut routes) = (Vec::new(), Vec::new());
                 let mut states = [&mut seq.layers[..]];
@@ -385,7 +393,7 @@ impl Model {
                 } else {
                     be.last_row(&out)?
                 };
-                let logits = be.linear(&out, self.head())?;
+                let logits = be.linear_rows(&out, self.head(), kind(out.rows()))?;
                 Ok(MtpOutput { out, logits })
             })());
         });

@@ -8,7 +8,7 @@
 //! Embeddings and `lm_head` are the main model's. The step has its own per-sequence state (the
 //! KV cache of its attention layer), kept in a [`Sequence`] of its layers.
 
-use crate::backend::{Backend, Tensor, Weight};
+use crate::backend::{Backend, Rows, Tensor, Weight};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 
@@ -74,12 +74,12 @@ impl Mtp {
         be: &dyn Backend,
         embedded: &Tensor,
         hidden: &Tensor,
-        eps: f32,
+        (rows, eps): (Rows, f32),
     ) -> Result<Tensor> {
         let e = be.rms_norm(embedded, &self.enorm, eps)?;
         let h = be.rms_norm(hidden, &self.hnorm, eps)?;
-        let mut z = be.linear(&e, &self.eh_embed)?;
-        be.add(&mut z, &be.linear(&h, &self.eh_hidden)?)?;
+        let mut z = be.linear_rows(&e, &self.eh_embed, rows)?;
+        be.add(&mut z, &be.linear_rows(&h, &self.eh_hidden, rows)?)?;
         Ok(z)
     }
 }

@@ -963,32 +963,44 @@ fn token_loop(
     mut finish: impl FnMut(usize, usize, &mut [__m256]),
 ) {
     let block = token_block(tn, step);
-    let mut acc = vec![_mm256_setzero_ps(); TOKEN_ROWS * tn * per_acc];
-    for g0 in (0..rows).step_by(TOKEN_ROWS) {
-        let g1 = (g0 + TOKEN_ROWS).min(rows);
-        acc.fill(_mm256_setzero_ps());
-        for c0 in (0..full).step_by(block) {
-            let span = (c0, (c0 + block).min(full));
-            for r in g0..g1 {
-                for half in [0, step / 2] {
-                    for t in (0..tn).step_by(per_pass) {
-                        let a = ((r - g0) * tn + t) * per_acc + half * 2 / step * per_acc / 2;
-                        pass(r, half, span, t, acc[a..].as_mut_ptr());
+    TOKEN_ACC.with_borrow_mut(|acc| {
+        // The first block's passes start their accumulators from zero (see `bf16_pass`), so
+        // the buffer is only cleared where no column block runs at all.
+        acc.resize(TOKEN_ROWS * tn * per_acc, _mm256_setzero_ps());
+        for g0 in (0..rows).step_by(TOKEN_ROWS) {
+            let g1 = (g0 + TOKEN_ROWS).min(rows);
+            if full == 0 {
+                acc.fill(_mm256_setzero_ps());
+            }
+            for c0 in (0..full).step_by(block) {
+                let span = (c0, (c0 + block).min(full));
+                for r in g0..g1 {
+                    for half in [0, step / 2] {
+                        for t in (0..tn).step_by(per_pass) {
+                            let a = ((r - g0) * tn + t) * per_acc + half * 2 / step * per_acc / 2;
+                            pass(r, half, span, t, acc[a..].as_mut_ptr());
+                        }
                     }
                 }
             }
-        }
-        for r in g0..g1 {
-            for t in 0..tn {
-                finish(r, t, &mut acc[((r - g0) * tn + t) * per_acc..][..per_acc]);
+            for r in g0..g1 {
+                for t in 0..tn {
+                    finish(r, t, &mut acc[((r - g0) * tn + t) * per_acc..][..per_acc]);
+                }
             }
         }
-    }
+    });
+}
+
+thread_local! {
+    /// The many-token kernels' accumulators, kept per thread so a call allocates nothing.
+    static TOKEN_ACC: std::cell::RefCell<Vec<__m256>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// One half (`w`, `x` already offset by 0 or 16 columns) of [`dot_bf16`]'s 32-column steps
 /// over columns `c0..c1` for `T` tokens: token t's two accumulators of that half are at
-/// `acc + 4t`. The weights are widened once for all tokens.
+/// `acc + 4t` (read from there, or zero for the first block, `c0` = 0). The weights are
+/// widened once for all tokens.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn bf16_pass<const T: usize>(
@@ -1002,8 +1014,10 @@ unsafe fn bf16_pass<const T: usize>(
     // accumulators per token at `acc`.
     unsafe {
         let mut a = [[_mm256_setzero_ps(); 2]; T];
-        for (t, a) in a.iter_mut().enumerate() {
-            *a = [*acc.add(4 * t), *acc.add(4 * t + 1)];
+        if c0 > 0 {
+            for (t, a) in a.iter_mut().enumerate() {
+                *a = [*acc.add(4 * t), *acc.add(4 * t + 1)];
+            }
         }
         let mut c = c0;
         while c < c1 {
@@ -1080,7 +1094,8 @@ pub(super) unsafe fn dot_bf16_tokens(w: &[u16], cols: usize, xp: &[&[f32]], out:
 
 /// One half (`p`, `x` already offset by 0 or 32 columns) of [`dot_fp8`]'s 64-column steps
 /// over columns `c0..c1` for `T` tokens: token t's four accumulators of that half are at
-/// `acc + 8t`. The codes are widened once for all tokens, as [`fp8_half`] widens them.
+/// `acc + 8t` (zero for the first block). The codes are widened once for all tokens, as
+/// [`fp8_half`] widens them.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn fp8_pass<const T: usize>(
@@ -1094,9 +1109,11 @@ unsafe fn fp8_pass<const T: usize>(
     // accumulators per token at `acc`.
     unsafe {
         let mut a = [[_mm256_setzero_ps(); 4]; T];
-        for (t, a) in a.iter_mut().enumerate() {
-            for (k, v) in a.iter_mut().enumerate() {
-                *v = *acc.add(8 * t + k);
+        if c0 > 0 {
+            for (t, a) in a.iter_mut().enumerate() {
+                for (k, v) in a.iter_mut().enumerate() {
+                    *v = *acc.add(8 * t + k);
+                }
             }
         }
         let z = _mm256_setzero_si256();
