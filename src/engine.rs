@@ -550,7 +550,7 @@ impl Running {
             .final_hidden
             .as_ref()
             .ok_or_else(|| Error::Invalid("the pass kept no hidden states".into()))?;
-        spec.verified(model, &targets[..emitted], h)?;
+        spec.verified(model, self.verify.len() - 1, &targets[..emitted], h)?;
         Ok(None)
     }
 }
@@ -566,8 +566,6 @@ struct Speculation {
     /// Per draft position: drafts proposed and accepted.
     drafted: Vec<usize>,
     accepted: Vec<usize>,
-    /// Drafts of the current step (its recursive MTP positions are cut after verifying).
-    drafted_last: usize,
     /// When sampling: the distribution each of this step's drafts was drawn from.
     q: Vec<Vec<f64>>,
 }
@@ -581,7 +579,6 @@ impl Speculation {
             pending_h: None,
             drafted: vec![0; k],
             accepted: vec![0; k],
-            drafted_last: 0,
             q: Vec::new(),
         })
     }
@@ -644,11 +641,11 @@ impl Speculation {
         Ok(drafts)
     }
 
-    /// After verification: the drafted MTP positions are dropped, and the accepted tokens
-    /// with the main model's `h` of their rows become the next pending rows.
-    fn verified(&mut self, model: &Model, tokens: &[u32], h: &Tensor) -> Result<()> {
-        let drafted_positions = self.drafted_last.saturating_sub(1);
-        let keep = self.mtp.pos - drafted_positions;
+    /// After verifying `drafts` drafts: the MTP positions of the recursive drafts (all but
+    /// the first, which came from the pending rows) are dropped, and the accepted tokens with
+    /// the main model's `h` of their rows become the next pending rows.
+    fn verified(&mut self, model: &Model, drafts: usize, tokens: &[u32], h: &Tensor) -> Result<()> {
+        let keep = self.mtp.pos - drafts.saturating_sub(1);
         model.mtp_truncate(&mut self.mtp, keep)?;
         self.pending_ids = tokens.to_vec();
         self.pending_h = Some(model.backend.gather_rows(&[(h, 0..tokens.len())])?);
@@ -656,7 +653,6 @@ impl Speculation {
     }
 
     fn record(&mut self, drafted: usize, agreed: usize) {
-        self.drafted_last = drafted;
         for i in 0..drafted {
             self.drafted[i] += 1;
             if i < agreed {

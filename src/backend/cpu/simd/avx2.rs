@@ -1153,6 +1153,7 @@ pub(super) unsafe fn dot_fp8_tokens(
 ) {
     let tn = xp.len();
     let full = cols / FP8_STEP * FP8_STEP;
+    let mut row_nan = false;
     token_loop(
         (out.len() / tn, tn),
         (FP8_STEP, full, 8, 2),
@@ -1169,9 +1170,13 @@ pub(super) unsafe fn dot_fp8_tokens(
                 }
             }
         },
-        // What `dot_fp8` does past its whole steps, then its NaN check and sum.
+        // What `dot_fp8` does past its whole steps, then its NaN check (once per row: the
+        // tokens of a row come one after another) and sum.
         |r, t, a| {
             let wr = &w[r * cols..(r + 1) * cols];
+            if t == 0 {
+                row_nan = any_nan_e4m3(wr);
+            }
             if full < cols {
                 let mut p = [0u8; FP8_STEP];
                 p[..cols - full].copy_from_slice(&wr[full..]);
@@ -1184,7 +1189,7 @@ pub(super) unsafe fn dot_fp8_tokens(
                     fp8_half(p.as_ptr().add(32), x.add(32), hi, &mut ignored);
                 }
             }
-            out[r * tn + t] = if any_nan_e4m3(wr) {
+            out[r * tn + t] = if row_nan {
                 f32::NAN
             } else {
                 let s = |k: usize| _mm256_add_ps(a[k], a[k + 4]);
